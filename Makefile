@@ -1,0 +1,34 @@
+# The two commands a newcomer needs: `make up` and `make test`.
+PYTHON ?= python3
+VENV   ?= .venv
+PY     := $(VENV)/bin/python
+STAMP  := $(VENV)/.installed-$(shell cat pyproject.toml | cksum | cut -d' ' -f1)
+
+.PHONY: up test test-e2e bench venv clean
+
+$(STAMP): pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -e '.[test]'
+	rm -f $(VENV)/.installed-*
+	touch $@
+
+venv: $(STAMP)
+
+## Start the whole stack locally in the foreground (Redis, producer :3000, consumers, reclaimer).
+up: $(STAMP)
+	$(PY) -m streamcore.cli up
+
+## Run every test tier that is not opt-in.
+test: $(STAMP)
+	$(PY) -m pytest
+
+## Opt-in kind end-to-end tier (needs docker, kind, helm).
+test-e2e: $(STAMP)
+	ORDERSTREAM_E2E=1 $(PY) -m pytest tests/e2e -m e2e
+
+bench: $(STAMP)
+	$(PY) bench/run.py
+
+clean:
+	rm -rf $(VENV) .local-data
