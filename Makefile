@@ -32,3 +32,4 @@ bench: $(STAMP)
 
 clean:
 	rm -rf $(VENV) .local-data
+include mk/kind.mk
