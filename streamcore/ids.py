@@ -1,0 +1,92 @@
+"""Stream entry IDs: parsing and validating IDs that come from users (case C23).
+
+An entry ID is ``<ms>-<seq>``, both unsigned 64-bit integers. Range bounds given to XRANGE may
+also be ``-``/``+``, an ms-only ID (``1700000000000``, which Redis completes with ``-0`` for a start
+and ``-18446744073709551615`` for an end), and may be made exclusive with a ``(`` prefix.
+Anything else is rejected here, before it reaches Redis, with a reason a client can act on.
+"""
+
+from __future__ import annotations
+
+import re
+
+U64_MAX = 2**64 - 1
+_ID = re.compile(r"^(\d{1,20})(?:-(\d{1,20}))?$")
+
+
+class InvalidStreamId(ValueError):
+    """A user-supplied entry ID or range bound is malformed; ``str(e)`` says why."""
+
+
+def parse_id(text: str) -> tuple[int, int]:
+    """Parse a full entry ID ``ms-seq`` (no ``-``, ``+``, ``(``; ms-only allowed, seq 0).
+
+    Returns:
+        ``(ms, seq)``.
+
+    Raises:
+        InvalidStreamId: not two unsigned 64-bit integers joined by ``-``.
+    """
+    m = _ID.match(text)
+    if not m:
+        raise InvalidStreamId(f"{text!r} is not a stream entry ID of the form <ms>-<seq>")
+    ms, seq = int(m.group(1)), int(m.group(2) or 0)
+    if ms > U64_MAX or seq > U64_MAX:
+        raise InvalidStreamId(f"{text!r} has a part larger than 2^64-1")
+    return ms, seq
+
+
+def format_id(ms: int, seq: int) -> str:
+    """Format ``(ms, seq)`` as ``"ms-seq"``."""
+    return f"{ms}-{seq}"
+
+
+def validate_bound(text: str, *, end: bool) -> str:
+    """Validate an XRANGE bound as Redis reads it and return it unchanged.
+
+    Accepts ``-``, ``+``, ``<ms>``, ``<ms>-<seq>`` and ``(`` + an ID for exclusive bounds
+    (Redis >= 6.2). ``(-`` / ``(+`` and an exclusive bound that cannot be advanced
+    (``(0-0`` as an end, ``(18446744073709551615-18446744073709551615`` as a start) are rejected.
+
+    Args:
+        text: the raw query parameter.
+        end: whether this is the end bound (changes which extreme cannot be exclusive).
+
+    Raises:
+        InvalidStreamId: with a reason.
+    """
+    if text in ("-", "+"):
+        return text
+    exclusive = text.startswith("(")
+    body = text[1:] if exclusive else text
+    if body in ("-", "+"):
+        raise InvalidStreamId(f"{text!r}: '-' and '+' cannot be exclusive")
+    ms, seq = parse_id(body)
+    if exclusive and "-" not in body:
+        # Redis completes ms-only bounds before excluding; keep the same reading.
+        seq = U64_MAX if end else 0
+    if exclusive and not end and (ms, seq) == (U64_MAX, U64_MAX):
+        raise InvalidStreamId(f"{text!r}: nothing comes after the largest ID")
+    if exclusive and end and (ms, seq) == (0, 0):
+        raise InvalidStreamId(f"{text!r}: nothing comes before 0-0")
+    return text
+
+
+def next_id(entry_id: str) -> str:
+    """The smallest ID strictly greater than ``entry_id`` (for paging and ``MINID``).
+
+    Raises:
+        InvalidStreamId: ``entry_id`` is malformed or the largest ID.
+    """
+    ms, seq = parse_id(entry_id)
+    if seq < U64_MAX:
+        return format_id(ms, seq + 1)
+    if ms < U64_MAX:
+        return format_id(ms + 1, 0)
+    raise InvalidStreamId("nothing comes after the largest ID")
+
+
+def compare(a: str, b: str) -> int:
+    """Compare two full entry IDs: -1, 0 or 1."""
+    pa, pb = parse_id(a), parse_id(b)
+    return (pa > pb) - (pa < pb)

