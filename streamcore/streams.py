@@ -102,8 +102,41 @@ class Scripts:
         self.dead_letter = r.register_script(_DEAD_LETTER)
 
 
+def append_call(
+    keys: Keys,
+    fields: dict[str, str],
+    order_id: str,
+    *,
+    idempotency_key: str | None = None,
+    body_hash: str = "",
+    idempotency_ttl_s: int = 86400,
+) -> tuple[list[str], list[str | int]]:
+    """The ``(KEYS, ARGV)`` of the append script for one order (see :func:`append_order`).
+
+    Lets a caller queue many appends in one pipeline (``await scripts.append(keys=k, args=a,
+    client=pipe)``) and read each reply with :func:`append_result`.
+    """
+    flat: list[str] = []
+    for k, v in fields.items():
+        flat += [k, v]
+    idem = keys.idempotency(idempotency_key) if idempotency_key is not None else ""
+    return (
+        [keys.stream, idem, keys.order_index(order_id), keys.trim_floor],
+        [body_hash, idempotency_ttl_s, *flat],
+    )
+
+
+def append_result(reply: list, body_hash: str = "") -> AppendResult:
+    """Read the append script's reply ``[created, id or "id|hash"]`` into an :class:`AppendResult`."""
+    created, value = reply
+    if int(created):
+        return AppendResult(entry_id=value, created=True)
+    entry_id, _, prior_hash = value.partition("|")
+    return AppendResult(entry_id=entry_id, created=False, same_body=prior_hash == body_hash)
+
+
 async def append_order(
-    r: aioredis.Redis | aioredis.client.Pipeline,
+    r: aioredis.Redis,
     keys: Keys,
     fields: dict[str, str],
     order_id: str,
@@ -119,6 +152,9 @@ async def append_order(
     carries ``MINID ~ floor``, which only drops entries every group has delivered and
     acknowledged; without a floor nothing is trimmed here (case C16).
 
+    For pipelines, use :func:`append_call` and :func:`append_result` (awaiting a script on a
+    pipeline only queues it).
+
     Args:
         fields: from :func:`streamcore.envelope.encode`.
         order_id: the orderId as text, for the ``keys.order_index`` key.
@@ -130,19 +166,11 @@ async def append_order(
     Raises:
         redis.exceptions.RedisError: the append failed; nothing was appended.
     """
-    flat: list[str] = []
-    for k, v in fields.items():
-        flat += [k, v]
-    idem = keys.idempotency(idempotency_key) if idempotency_key is not None else ""
-    created, value = await scripts.append(
-        keys=[keys.stream, idem, keys.order_index(order_id), keys.trim_floor],
-        args=[body_hash, idempotency_ttl_s, *flat],
-        client=r,
+    script_keys, script_args = append_call(
+        keys, fields, order_id, idempotency_key=idempotency_key, body_hash=body_hash, idempotency_ttl_s=idempotency_ttl_s
     )
-    if int(created):
-        return AppendResult(entry_id=value, created=True)
-    entry_id, _, prior_hash = value.partition("|")
-    return AppendResult(entry_id=entry_id, created=False, same_body=prior_hash == body_hash)
+    reply = await scripts.append(keys=script_keys, args=script_args, client=r)
+    return append_result(reply, body_hash)
 
 
 # KEYS: stream, dlq, dlq index
