@@ -5,7 +5,7 @@
 #   make kind-up     create the cluster, build + load the image, helm install --wait
 #   make kind-demo   post orders through the producer Service and show them processed
 #   make kind-down   delete the cluster
-#   make k8s-sync-crd  copy the chart's CRD into the kustomize base (see k8s/README.md)
+#   make k8s-base    regenerate k8s/base/ (and its CRD copy) from the chart (see k8s/README.md)
 
 DOCKER        ?= docker
 KIND          ?= kind
@@ -21,10 +21,7 @@ KIND_CONTEXT  := kind-$(KIND_CLUSTER)
 KIND_DEMO_PORT ?= 18080
 KIND_DEMO_ORDERS ?= 10
 
-CHART_CRD := charts/orderstream/crds/streamautoscalers.orderstream.dev.yaml
-K8S_CRD   := k8s/base/crds/streamautoscalers.orderstream.dev.yaml
-
-.PHONY: kind-up kind-demo kind-down k8s-sync-crd
+.PHONY: kind-up kind-demo kind-down k8s-base
 
 ## Create the kind cluster, build and load the image, install the chart and wait until ready.
 kind-up:
@@ -75,6 +72,6 @@ kind-demo:
 kind-down:
 	$(KIND) delete cluster --name $(KIND_CLUSTER)
 
-## Refresh the kustomize base's copy of the CRD (a test fails while the two differ).
-k8s-sync-crd:
-	cp $(CHART_CRD) $(K8S_CRD)
+## Regenerate the kustomize base from the chart, CRD copy included (tests fail while they differ).
+k8s-base:
+	$(VENV)/bin/python k8s/render_base.py
