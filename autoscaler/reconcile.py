@@ -1,0 +1,338 @@
+"""One poll of one StreamAutoscaler: read, decide, act, explain.
+
+:func:`reconcile` is what the kopf timer runs when a poll is due. It reads the target Deployment
+and its pods (the live consumers), reads the Redis signals, asks the pure policy for a decision,
+patches the Deployment's ``scale`` subresource when the count changes (not when ``paused`` or
+``dryRun``), and returns an :class:`Outcome`: the new ``status``, the Events to post and whether
+kopf should retry soon. It never posts or patches the StreamAutoscaler itself — the handler does,
+through kopf — so the flow stays readable and testable.
+"""
+from __future__ import annotations
+
+import dataclasses
+import datetime
+import logging
+import time
+import urllib.parse
+from collections.abc import Callable, Mapping
+from typing import Any
+
+import redis.asyncio as aioredis
+
+from autoscaler import policy
+from autoscaler.actuators import KubeApi, KubeError, KubeNotFound
+from autoscaler.metrics import AutoscalerMetrics
+from autoscaler.signals import Signals, SignalReader
+
+logger = logging.getLogger(__name__)
+
+CONDITION_TYPES = ('Ready', 'Active', 'ScalingLimited', 'RedisReachable', 'LagExact')
+
+
+@dataclasses.dataclass(frozen=True)
+class TargetRef:
+    """``spec.scaleTargetRef``: a Deployment in the StreamAutoscaler's namespace."""
+
+    name: str
+    kind: str = 'Deployment'
+    api_version: str = 'apps/v1'
+
+
+@dataclasses.dataclass(frozen=True)
+class RedisRef:
+    """``spec.redis``: the URL's source and how to connect."""
+
+    secret_name: str | None
+    secret_key: str
+    url: str | None
+    tls: bool
+    username: str | None
+
+
+@dataclasses.dataclass(frozen=True)
+class AutoscalerSpec:
+    """The whole parsed ``spec`` of a StreamAutoscaler, CRD defaults applied."""
+
+    target: TargetRef
+    redis: RedisRef
+    streams: tuple[tuple[str, str], ...]
+    combine: str
+    poll_interval_s: float
+    lag_count_limit: int
+    paused: bool
+    dry_run: bool
+    rules: policy.PolicySpec
+
+    @classmethod
+    def from_spec(cls, spec: Mapping[str, Any]) -> AutoscalerSpec:
+        """Parse a StreamAutoscaler ``spec``. Raises ``ValueError`` naming the bad field."""
+        ref = spec.get('scaleTargetRef') or {}
+        if not ref.get('name'):
+            raise ValueError('spec.scaleTargetRef.name is required')
+        if ref.get('kind', 'Deployment') != 'Deployment' or ref.get('apiVersion', 'apps/v1') != 'apps/v1':
+            raise ValueError('spec.scaleTargetRef must be an apps/v1 Deployment')
+        redis_spec = spec.get('redis') or {}
+        secret = redis_spec.get('urlSecretRef') or {}
+        if not secret.get('name') and not redis_spec.get('url'):
+            raise ValueError('spec.redis needs urlSecretRef.name (or url, for development)')
+        streams = tuple((str(s.get('stream', '')), str(s.get('group', ''))) for s in spec.get('streams') or ())
+        if not streams or any(not stream or not group for stream, group in streams):
+            raise ValueError('spec.streams needs at least one {stream, group}')
+        combine = spec.get('combine', 'sum')
+        if combine not in ('sum', 'max'):
+            raise ValueError('spec.combine must be sum or max')
+        poll = float(spec.get('pollIntervalSeconds', 15))
+        if poll <= 0:
+            raise ValueError('spec.pollIntervalSeconds must be > 0')
+        return cls(
+            target=TargetRef(ref['name']),
+            redis=RedisRef(secret.get('name'), secret.get('key', 'url'), redis_spec.get('url'),
+                           bool(redis_spec.get('tls', False)), redis_spec.get('username')),
+            streams=streams,
+            combine=combine,
+            poll_interval_s=poll,
+            lag_count_limit=int(spec.get('lagCountLimit', 10_000)),
+            paused=bool(spec.get('paused', False)),
+            dry_run=bool(spec.get('dryRun', False)),
+            rules=policy.PolicySpec.from_spec(spec),
+        )
+
+
+def redis_url(url: str, *, tls: bool, username: str | None) -> str:
+    """Apply ``spec.redis.tls`` (``rediss://``) and ``username`` (ACL user) to a URL."""
+    parts = urllib.parse.urlsplit(url)
+    scheme = 'rediss' if tls and parts.scheme == 'redis' else parts.scheme
+    netloc = parts.netloc
+    if username:
+        password = parts.password
+        host = netloc.rpartition('@')[2]
+        user = urllib.parse.quote(username, safe='')
+        netloc = f"{user}:{urllib.parse.quote(password, safe='')}@{host}" if password else f"{user}@{host}"
+    return urllib.parse.urlunsplit((scheme, netloc, parts.path, parts.query, parts.fragment))
+
+
+@dataclasses.dataclass
+class ResourceState:
+    """What one StreamAutoscaler remembers between polls (kept in kopf's per-object memo).
+
+    ``history``: the policy's recent recommendations and changes; ``reader`` and ``reader_key``:
+    the signal reader (it holds the previous counters for rates) and the config it was made for;
+    ``next_poll``: monotonic seconds when the next poll is due; ``generation``: the spec
+    generation of the last poll (a new generation polls at once).
+    """
+
+    history: policy.History = dataclasses.field(default_factory=policy.History)
+    reader: SignalReader | None = None
+    reader_key: tuple[Any, ...] = ()
+    next_poll: float = 0.0
+    generation: int | None = None
+
+    def due(self, now: float, generation: int | None) -> bool:
+        """Whether a poll is due at monotonic ``now`` (or the spec changed since the last one)."""
+        return now >= self.next_poll or generation != self.generation
+
+
+@dataclasses.dataclass(frozen=True)
+class EventSpec:
+    """An Event to post: on the StreamAutoscaler (``on_target`` False) or its Deployment."""
+
+    type: str  # Normal | Warning
+    reason: str
+    message: str
+    on_target: bool = False
+
+
+@dataclasses.dataclass(frozen=True)
+class Outcome:
+    """Result of a poll: ``status`` to merge-patch, ``events`` to post, ``retry_in`` seconds
+    (``None``: no retry needed), ``target`` (the Deployment body, for Events on it)."""
+
+    status: dict[str, Any]
+    events: tuple[EventSpec, ...] = ()
+    retry_in: float | None = None
+    target: dict[str, Any] | None = None
+    error: str | None = None
+
+
+def _now_iso() -> str:
+    return datetime.datetime.now(datetime.timezone.utc).strftime('%Y-%m-%dT%H:%M:%SZ')
+
+
+def conditions(previous: list[Mapping[str, Any]] | None, **states: tuple[str, str, str]) -> list[dict[str, Any]]:
+    """Build ``status.conditions``; each keyword is ``Type=(status, reason, message)``.
+
+    ``lastTransitionTime`` is kept from ``previous`` unless the status changed; types not given
+    keep their previous entry.
+    """
+    old = {c.get('type'): c for c in previous or ()}
+    result = []
+    for kind in CONDITION_TYPES:
+        if kind not in states:
+            if kind in old:
+                result.append(dict(old[kind]))
+            continue
+        status, reason, message = states[kind]
+        before = old.get(kind) or {}
+        since = before.get('lastTransitionTime') if before.get('status') == status else None
+        result.append({'type': kind, 'status': status, 'reason': reason, 'message': message,
+                       'lastTransitionTime': since or _now_iso()})
+    return result
+
+
+def _condition(status: Mapping[str, Any], kind: str) -> Mapping[str, Any]:
+    return next((c for c in status.get('conditions') or () if c.get('type') == kind), {})
+
+
+async def reconcile(
+    *,
+    namespace: str,
+    name: str,
+    spec: Mapping[str, Any],
+    status: Mapping[str, Any],
+    generation: int | None,
+    state: ResourceState,
+    api: KubeApi,
+    redis_for: Callable[[str], aioredis.Redis],
+    metrics: AutoscalerMetrics | None = None,
+    now: float | None = None,
+) -> Outcome:
+    """Run one poll for StreamAutoscaler ``namespace/name``; see the module docstring.
+
+    ``spec``/``status``: the resource's current fields; ``state``: its memory (mutated:
+    history, reader); ``api``: the Kubernetes client; ``redis_for(url)``: a shared client per
+    URL; ``now``: monotonic seconds (defaults to ``time.monotonic()``). Never raises for
+    Kubernetes or Redis failures: they become conditions, Events and ``retry_in``.
+    """
+    now = time.monotonic() if now is None else now
+    key = f'{namespace}/{name}'
+    previous_conditions = list(status.get('conditions') or ())
+    base = {'observedGeneration': generation}
+
+    def transition(kind: str, new_status: str) -> bool:
+        return _condition(status, kind).get('status') != new_status
+
+    try:
+        parsed = AutoscalerSpec.from_spec(spec)
+    except ValueError as e:
+        events = (EventSpec('Warning', 'InvalidSpec', str(e)),) if transition('Ready', 'False') else ()
+        return Outcome({**base, 'reason': 'InvalidSpec', 'message': str(e),
+                        'conditions': conditions(previous_conditions, Ready=('False', 'InvalidSpec', str(e)))},
+                       events, error=str(e))
+
+    # The target Deployment: its replicas (current) and selector (the live consumers).
+    try:
+        deployment = await api.get_deployment(namespace, parsed.target.name)
+    except KubeNotFound:
+        message = f'Deployment {parsed.target.name} not found; retrying every {parsed.poll_interval_s:g}s'
+        events = (EventSpec('Warning', 'TargetNotFound', message),) if _condition(status, 'Ready').get('reason') != 'TargetNotFound' else ()
+        return Outcome({**base, 'reason': 'TargetNotFound', 'message': message,
+                        'conditions': conditions(previous_conditions, Ready=('False', 'TargetNotFound', message))},
+                       events, retry_in=parsed.poll_interval_s, error=message)
+    except KubeError as e:
+        message = f'cannot read Deployment {parsed.target.name}: {e}'
+        return Outcome({**base, 'reason': 'KubernetesError', 'message': message,
+                        'conditions': conditions(previous_conditions, Ready=('False', 'KubernetesError', message))},
+                       retry_in=parsed.poll_interval_s, error=message)
+    current = int((deployment.get('spec') or {}).get('replicas', 1))
+
+    # Redis URL from the Secret (or the development `url`).
+    try:
+        if parsed.redis.secret_name:
+            raw_url = await api.read_secret_value(namespace, parsed.redis.secret_name, parsed.redis.secret_key)
+        else:
+            raw_url = str(parsed.redis.url)
+        url = redis_url(raw_url, tls=parsed.redis.tls, username=parsed.redis.username)
+    except (KubeError, KeyError, ValueError) as e:
+        message = f'cannot read the Redis URL from Secret {parsed.redis.secret_name} key {parsed.redis.secret_key}: {e}'
+        events = (EventSpec('Warning', 'RedisSecretUnavailable', message),) if _condition(status, 'Ready').get('reason') != 'RedisSecretUnavailable' else ()
+        return Outcome({**base, 'currentReplicas': current, 'desiredReplicas': current, 'reason': 'RedisSecretUnavailable',
+                        'message': message,
+                        'conditions': conditions(previous_conditions, Ready=('False', 'RedisSecretUnavailable', message))},
+                       events, retry_in=parsed.poll_interval_s, target=deployment, error=message)
+
+    # The live consumers: the Deployment's pods (consumer name = pod name).
+    match_labels = ((deployment.get('spec') or {}).get('selector') or {}).get('matchLabels') or {}
+    live: set[str] | None
+    try:
+        live = await api.list_pod_names(namespace, match_labels)
+    except KubeError as e:
+        logger.warning('%s: cannot list pods (%s); counting all pending entries as live', key, e)
+        live = None
+
+    reader_key = (url, parsed.streams, parsed.combine, parsed.lag_count_limit)
+    if state.reader is None or state.reader_key != reader_key:
+        state.reader = SignalReader(redis_for(url), parsed.streams, combine=parsed.combine,  # type: ignore[arg-type]
+                                    lag_count_limit=parsed.lag_count_limit)
+        state.reader_key = reader_key
+    signals: Signals = await state.reader.read(live)
+
+    decision = policy.decide(signals, current, parsed.rules, state.history, now)
+    applied = False
+    events: list[EventSpec] = []
+    error: str | None = None
+    retry_in: float | None = None
+    reason, message = decision.reason, decision.message
+    if parsed.paused:
+        reason, message = 'Paused', f'paused: would want {decision.desired} replicas ({decision.message})'
+        if status.get('reason') != 'Paused':
+            events.append(EventSpec('Normal', 'Paused', f'scaling paused at {current} replicas'))
+    elif parsed.dry_run:
+        reason, message = 'DryRun', f'dry run: {decision.message}'
+        if decision.changes and status.get('desiredReplicas') != decision.desired:
+            events.append(EventSpec('Normal', 'DryRun',
+                                    f'would scale {parsed.target.name} from {current} to {decision.desired}: {decision.message}'))
+    elif decision.changes:
+        try:
+            await api.patch_scale(namespace, parsed.target.name, decision.desired)
+            applied = True
+        except KubeError as e:
+            error = f'cannot scale Deployment {parsed.target.name}: {e}'
+            retry_in = parsed.poll_interval_s
+            events.append(EventSpec('Warning', 'ScaleFailed', error))
+    if applied:
+        text = f'scaled {parsed.target.name} from {current} to {decision.desired}: {decision.message}'
+        events.append(EventSpec('Normal', 'Scaled', text))
+        events.append(EventSpec('Normal', 'Scaled', f'{text} (StreamAutoscaler {name})', on_target=True))
+        if metrics is not None:
+            metrics.scalings.labels(key, 'up' if decision.desired > current else 'down').inc()
+    state.history = state.history.recorded(decision, now, parsed.rules, applied)
+
+    if not signals.reachable and transition('RedisReachable', 'False'):
+        events.append(EventSpec('Warning', 'RedisUnreachable', f'{signals.error}; holding {current} replicas'))
+    if metrics is not None:
+        metrics.observe(key, signals, decision)
+        metrics.polls.labels(key, 'hold' if decision.reason == 'Hold' else 'ok').inc()
+
+    limits = [limit for limit in decision.limited_by if limit != policy.TOLERANCE]
+    active = ('Unknown', 'BacklogUnknown', 'the backlog is unknown') if decision.active is None else (
+        ('True', 'BacklogAboveActivation', f'backlog {signals.backlog} >= activation {parsed.rules.activation_backlog}')
+        if decision.active else
+        ('False', 'BacklogBelowActivation', f'backlog {signals.backlog} < activation {parsed.rules.activation_backlog}'))
+    ready = ('True', 'Polling', 'reading Redis and scaling') if signals.reachable else (
+        'False', 'RedisUnreachable', signals.error or 'Redis is unreachable')
+    lag_exact = ('Unknown', 'RedisUnreachable', 'no reading') if not signals.reachable else (
+        ('True', 'Exact', 'lag read or counted exactly') if signals.lag_exact else
+        ('False', 'Estimated', 'lag unknown or a capped count: ' + ', '.join(
+            f'{s.stream}: {s.lag_source}' for s in signals.streams if not s.lag_exact)))
+    new_status: dict[str, Any] = {
+        **base,
+        'currentReplicas': decision.desired if applied else current,
+        'desiredReplicas': decision.desired,
+        'recommendedReplicas': decision.recommended,
+        'limitedBy': ','.join(decision.limited_by) or None,
+        'reason': reason,
+        'message': message,
+        'signals': signals.to_status(),
+        'conditions': conditions(
+            previous_conditions,
+            Ready=ready,
+            Active=active,
+            ScalingLimited=('True', limits[0], message) if limits else ('False', 'NotLimited', 'following the recommendation'),
+            RedisReachable=('True', 'Reachable', 'the last poll read Redis') if signals.reachable else
+                           ('False', 'Unreachable', signals.error or 'Redis is unreachable'),
+            LagExact=lag_exact,
+        ),
+    }
+    if applied:
+        new_status['lastScaleTime'] = _now_iso()
+    return Outcome(new_status, tuple(events), retry_in, deployment, error)
