@@ -1,0 +1,88 @@
+"""The producer application factory."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import AsyncIterator
+
+from aiohttp import web
+from prometheus_client import CollectorRegistry
+from redis.exceptions import RedisError
+
+from producer.appender import Appender
+from producer.appkeys import APPENDER, LIFECYCLE, LIMITS, METRICS, REDIS, REGISTRY, SCRIPTS, SETTINGS, Lifecycle
+from producer.metrics import producer_metrics
+from producer.routes import setup_routes
+from producer.settings import ProducerSettings
+from producer.validation import Limits
+from producer.views import errors_and_metrics
+from streamcore.connection import create_redis, server_info
+from streamcore.streams import Scripts
+
+logger = logging.getLogger(__name__)
+
+
+async def redis_ctx(app: web.Application) -> AsyncIterator[None]:
+    """``cleanup_ctx``: own the Redis client, the scripts and the batching appender.
+
+    Start-up does not need Redis: an unreachable server is logged and ``/readyz`` reports it, so
+    the process starts (and recovers) without depending on start order.
+    """
+    settings = app[SETTINGS]
+    r = create_redis(settings.redis_url.get_secret_value(), socket_timeout_s=settings.redis_socket_timeout_s)
+    app[REDIS] = r
+    app[SCRIPTS] = scripts = Scripts(r)
+    appender = Appender(
+        r,
+        settings.keys,
+        scripts,
+        max_batch=settings.append_batch_max,
+        idempotency_ttl_s=settings.idempotency_ttl_seconds,
+        on_batch=app[METRICS].batch_size.observe,
+    )
+    app[APPENDER] = appender
+    appender.start()
+    try:
+        async with asyncio.timeout(2.0):
+            found = await server_info(r)
+        app[LIFECYCLE].server = {"family": found.family, "version": ".".join(map(str, found.version))}
+        logger.info("connected to %s %s", found.family, app[LIFECYCLE].server["version"])
+    except (RedisError, OSError, TimeoutError) as exc:
+        logger.warning("Redis not reachable at start-up (readiness will say so): %s", exc)
+    try:
+        yield
+    finally:
+        await appender.close()
+        await r.aclose()
+
+
+async def _mark_shutting_down(app: web.Application) -> None:
+    app[LIFECYCLE].shutting_down = True
+
+
+def create_app(settings: ProducerSettings, *, registry: CollectorRegistry | None = None) -> web.Application:
+    """Build the producer application (no I/O until it starts).
+
+    Args:
+        settings: the producer settings.
+        registry: where metrics go; a fresh registry when None (tests), the default
+            ``prometheus_client.REGISTRY`` in ``__main__`` (adds process metrics).
+
+    Returns:
+        The application; request bodies above ``settings.max_body_bytes`` get a JSON 413.
+    """
+    app = web.Application(client_max_size=settings.max_body_bytes, middlewares=[errors_and_metrics])
+    app[SETTINGS] = settings
+    app[LIMITS] = Limits(
+        max_id_length=settings.max_id_length,
+        max_product_length=settings.max_product_length,
+        max_quantity=settings.max_quantity,
+    )
+    app[REGISTRY] = registry if registry is not None else CollectorRegistry()
+    app[METRICS] = producer_metrics(app[REGISTRY])
+    app[LIFECYCLE] = Lifecycle()
+    app.cleanup_ctx.append(redis_ctx)
+    app.on_shutdown.append(_mark_shutting_down)
+    setup_routes(app)
+    return app

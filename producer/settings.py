@@ -1,0 +1,55 @@
+"""Producer settings (environment variables, read once in ``__main__``)."""
+
+from __future__ import annotations
+
+from pydantic import Field
+
+from streamcore.settings import CommonSettings
+
+
+class ProducerSettings(CommonSettings):
+    """Settings of the HTTP API on top of :class:`streamcore.settings.CommonSettings`.
+
+    Every attribute is read from the upper-case environment variable of the same name.
+    """
+
+    host: str = Field(default="0.0.0.0", description="HOST: interface to listen on.")
+    port: int = Field(default=3000, ge=1, le=65535, description="PORT: HTTP port of the API, /healthz, /readyz and /metrics.")
+    max_body_bytes: int = Field(
+        default=1_048_576,
+        ge=1024,
+        description="MAX_BODY_BYTES: largest request body in bytes; larger bodies get 413 and nothing is appended.",
+    )
+    idempotency_ttl_seconds: int = Field(
+        default=86_400,
+        ge=1,
+        description="IDEMPOTENCY_TTL_SECONDS: how long a retry with the same Idempotency-Key replays the first answer, seconds.",
+    )
+    history_max_count: int = Field(
+        default=1000,
+        ge=1,
+        description="HISTORY_MAX_COUNT: most entries one history, pending or dead-letter page returns (larger count/limit is clamped).",
+    )
+    history_max_bytes: int = Field(
+        default=4 * 1_048_576,
+        ge=1024,
+        description=(
+            "HISTORY_MAX_BYTES: most order bytes one history or dead-letter page returns; a page stops early "
+            "(with a cursor) once it is reached, but always holds at least one entry."
+        ),
+    )
+    max_product_length: int = Field(default=200, ge=1, description="MAX_PRODUCT_LENGTH: longest product name, characters.")
+    max_id_length: int = Field(default=64, ge=1, le=512, description="MAX_ID_LENGTH: longest string orderId/userId, characters.")
+    max_quantity: int = Field(default=1_000_000, ge=1, description="MAX_QUANTITY: largest quantity of one order.")
+    batch_max_items: int = Field(default=1000, ge=1, description="BATCH_MAX_ITEMS: most orders in one POST /orders/batch.")
+    append_batch_max: int = Field(
+        default=128,
+        ge=1,
+        description="APPEND_BATCH_MAX: most appends of concurrent requests sent to Redis in one pipeline.",
+    )
+    redrive_max: int = Field(default=100, ge=1, description="REDRIVE_MAX: most dead letters one POST /dead-letters/redrive moves.")
+    shutdown_timeout_s: float = Field(
+        default=10.0,
+        gt=0,
+        description="SHUTDOWN_TIMEOUT_S: how long in-flight requests may finish after SIGTERM, seconds.",
+    )

@@ -1,0 +1,196 @@
+"""Request-body validation for orders (pure, no I/O).
+
+An order is a JSON object with four required fields; every other field, nested or not, is kept
+exactly as sent (key order and types included) and stored as the entry's ``data``:
+
+``orderId``
+    an integer ``0 <= n <= 2**53 - 1`` (exact in every JSON client), or a string of 1 to
+    ``max_id_length`` characters from ``A-Z a-z 0-9 . _ : -`` starting with a letter or digit.
+    The order is identified by the text form, so ``1001`` and ``"1001"`` are the same order.
+``product``
+    a string of 1 to ``max_product_length`` characters, not only white space.
+``quantity``
+    an integer ``1 <= n <= max_quantity``.
+``userId``
+    the same rule as ``orderId``.
+
+``true``/``false`` are not integers and ``2.0`` is not an integer; nothing is coerced. Every bad
+field is reported at once (``{"quantity": "...", "userId": "..."}``).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+from dataclasses import dataclass
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, ValidationError, ValidationInfo, field_validator
+from pydantic_core import PydanticCustomError
+
+#: JavaScript's Number.MAX_SAFE_INTEGER: the largest integer every JSON client reads exactly.
+MAX_SAFE_INT = 2**53 - 1
+_SAFE_TEXT = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:-]*$")
+REQUIRED = ("orderId", "product", "quantity", "userId")
+_MESSAGES = {"missing": "is required", "string_type": "must be a string", "int_type": "must be an integer"}
+
+
+@dataclass(frozen=True, slots=True)
+class Limits:
+    """Bounds that come from settings.
+
+    Attributes:
+        max_id_length: longest string orderId/userId, characters.
+        max_product_length: longest product, characters.
+        max_quantity: largest quantity.
+    """
+
+    max_id_length: int = 64
+    max_product_length: int = 200
+    max_quantity: int = 1_000_000
+
+
+class BodyError(ValueError):
+    """The body is not a JSON document we can read (truncated, not UTF-8, NaN, too deep)."""
+
+
+class OrderInvalid(ValueError):
+    """An order failed validation.
+
+    Attributes:
+        message: one sentence for the ``error`` field of the 400 answer.
+        fields: ``{field name: reason}`` for every bad field (may be empty for a non-object).
+    """
+
+    def __init__(self, message: str, fields: dict[str, str]) -> None:
+        super().__init__(message)
+        self.message = message
+        self.fields = fields
+
+
+def _limits(info: ValidationInfo) -> Limits:
+    return (info.context or {}).get("limits") or Limits()
+
+
+def check_identifier(value: Any, max_length: int) -> Any:
+    """Check an orderId/userId value (see the module docstring); return it unchanged.
+
+    Raises:
+        PydanticCustomError: with a reason, when the value breaks the rule.
+    """
+    if isinstance(value, int) and not isinstance(value, bool):
+        if 0 <= value <= MAX_SAFE_INT:
+            return value
+        raise PydanticCustomError("identifier", "must be an integer from 0 to {max}", {"max": MAX_SAFE_INT})
+    if isinstance(value, str):
+        if 1 <= len(value) <= max_length and _SAFE_TEXT.match(value):
+            return value
+        raise PydanticCustomError(
+            "identifier",
+            "must be 1 to {n} characters from A-Z a-z 0-9 . _ : - starting with a letter or digit",
+            {"n": max_length},
+        )
+    raise PydanticCustomError("identifier", "must be an integer or a string")
+
+
+class Order(BaseModel):
+    """The required part of an order; extra fields are allowed (and ignored here: the original
+    object is what gets stored)."""
+
+    model_config = ConfigDict(extra="allow", strict=True)
+
+    orderId: Any
+    product: str
+    quantity: int
+    userId: Any
+
+    @field_validator("orderId", "userId", mode="plain")
+    @classmethod
+    def _identifier(cls, value: Any, info: ValidationInfo) -> Any:
+        return check_identifier(value, _limits(info).max_id_length)
+
+    @field_validator("product")
+    @classmethod
+    def _product(cls, value: str, info: ValidationInfo) -> str:
+        limit = _limits(info).max_product_length
+        if not value.strip():
+            raise PydanticCustomError("product", "must not be empty")
+        if len(value) > limit:
+            raise PydanticCustomError("product", "must be at most {n} characters", {"n": limit})
+        return value
+
+    @field_validator("quantity")
+    @classmethod
+    def _quantity(cls, value: int, info: ValidationInfo) -> int:
+        limit = _limits(info).max_quantity
+        if not 1 <= value <= limit:
+            raise PydanticCustomError("quantity", "must be an integer from 1 to {n}", {"n": limit})
+        return value
+
+
+def _reject_constant(name: str) -> Any:
+    raise BodyError(f"body is not valid JSON: {name} is not allowed")
+
+
+def parse_json(body: bytes) -> Any:
+    """Parse a request body as strict JSON (UTF-8; no ``NaN``/``Infinity``).
+
+    Raises:
+        BodyError: empty, not UTF-8, not JSON (e.g. truncated), or nested too deeply.
+    """
+    if not body.strip():
+        raise BodyError("body is empty; send a JSON object")
+    try:
+        text = body.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise BodyError(f"body is not UTF-8: {exc.reason} at byte {exc.start}") from None
+    try:
+        return json.loads(text, parse_constant=_reject_constant)
+    except json.JSONDecodeError as exc:
+        raise BodyError(f"body is not valid JSON: {exc.msg} at line {exc.lineno} column {exc.colno}") from None
+    except RecursionError:
+        raise BodyError("body is not acceptable JSON: nested too deeply") from None
+
+
+def validate_order(data: Any, limits: Limits) -> dict[str, Any]:
+    """Validate one order and return the very same object (nothing coerced, nothing dropped).
+
+    Args:
+        data: the parsed JSON value.
+        limits: bounds from settings.
+
+    Raises:
+        OrderInvalid: ``data`` is not an object, or names every bad field in ``fields``.
+    """
+    if not isinstance(data, dict):
+        kind = "an array" if isinstance(data, list) else f"a JSON {type(data).__name__}"
+        raise OrderInvalid(f"an order must be a JSON object, not {kind}", {})
+    try:
+        Order.model_validate(data, context={"limits": limits})
+    except ValidationError as exc:
+        fields: dict[str, str] = {}
+        for err in exc.errors(include_url=False):
+            name = ".".join(str(p) for p in err["loc"]) or "body"
+            message = _MESSAGES.get(err["type"], err["msg"])
+            fields.setdefault(name, message)
+        raise OrderInvalid(f"invalid order: {', '.join(sorted(fields))}", fields) from None
+    return data
+
+
+def canonical_hash(value: Any) -> str:
+    """SHA-256 hex digest of ``value`` as canonical JSON (sorted keys, compact), so the same
+    order sent with different spacing or key order hashes the same (Idempotency-Key check)."""
+    text = json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+def check_order_id_text(text: str, max_length: int) -> str:
+    """Validate an orderId taken from a URL path (its text form); return it unchanged.
+
+    Raises:
+        OrderInvalid: with ``fields={"orderId": reason}``.
+    """
+    if (text.isascii() and text.isdigit() and len(text) <= 16) or (len(text) <= max_length and _SAFE_TEXT.match(text)):
+        return text
+    raise OrderInvalid("invalid orderId in the path", {"orderId": f"must be 1 to {max_length} characters from A-Z a-z 0-9 . _ : -"})

@@ -1,0 +1,407 @@
+"""HTTP handlers of the producer API and the middleware that maps errors to JSON.
+
+Every error answer is JSON: ``{"error": "<sentence>", "fields": {"<name>": "<reason>"}}``
+(``fields`` names each bad body field, query parameter or header). Redis being unreachable or
+failing gives 503 ``{"error": ...}``; nothing ever answers with a stack trace.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import re
+import time
+from typing import Any
+from urllib.parse import quote
+
+from aiohttp import web
+from redis.exceptions import RedisError
+
+from producer import deadletters, queries
+from producer.appkeys import APPENDER, LIFECYCLE, LIMITS, METRICS, REDIS, REGISTRY, SETTINGS
+from producer.openapi import openapi_document
+from producer.validation import (
+    BodyError,
+    OrderInvalid,
+    canonical_hash,
+    check_order_id_text,
+    parse_json,
+    validate_order,
+)
+from streamcore import envelope, ids
+from streamcore.metrics import CONTENT_TYPE_LATEST, render
+
+logger = logging.getLogger(__name__)
+
+_IDEMPOTENCY_KEY = re.compile(r"^[\x21-\x7e]{1,255}$")
+_FULL_ID = re.compile(r"^\d{1,20}-\d{1,20}$")
+_UINT = re.compile(r"^\d{1,19}$")
+
+
+class ApiError(Exception):
+    """An error answer: ``status`` and ``{"error": message, "fields": fields}``."""
+
+    def __init__(self, status: int, message: str, fields: dict[str, str] | None = None, *, reason: str | None = None) -> None:
+        super().__init__(message)
+        self.status = status
+        self.message = message
+        self.fields = fields or {}
+        self.reason = reason
+
+    def response(self) -> web.Response:
+        """The JSON answer."""
+        return web.json_response({"error": self.message, "fields": self.fields}, status=self.status)
+
+
+def _route_name(request: web.Request) -> str:
+    resource = request.match_info.route.resource
+    return resource.canonical if resource is not None else "unmatched"
+
+
+@web.middleware
+async def errors_and_metrics(request: web.Request, handler) -> web.StreamResponse:
+    """Turn every error into a JSON answer and count requests by route template and status.
+
+    ``ApiError`` → its status; aiohttp's own HTTP errors (404, 405, 413 from ``client_max_size``)
+    → the same status with a JSON body; ``RedisError``/``OSError``/``TimeoutError`` → 503; any
+    other exception → 500 ``{"error": "internal error"}`` (logged with its trace, never sent).
+    """
+    metrics = request.app[METRICS]
+    started = time.perf_counter()
+    try:
+        response = await handler(request)
+    except ApiError as exc:
+        if exc.reason:
+            metrics.rejected.labels(exc.reason).inc()
+        response = exc.response()
+    except web.HTTPException as exc:
+        if exc.status < 400:
+            raise
+        if isinstance(exc, web.HTTPRequestEntityTooLarge):
+            metrics.rejected.labels("too_large").inc()
+        message = exc.text if exc.text and exc.content_type == "text/plain" else exc.reason
+        response = web.json_response({"error": message, "fields": {}}, status=exc.status)
+        for name in ("Allow",):
+            if name in exc.headers:
+                response.headers[name] = exc.headers[name]
+    except (RedisError, OSError, TimeoutError) as exc:
+        logger.warning("%s %s: Redis unavailable: %s", request.method, request.path, exc)
+        response = web.json_response({"error": "Redis is unavailable; nothing was changed, retry later", "fields": {}}, status=503)
+        response.headers["Retry-After"] = "1"
+    except asyncio.CancelledError:
+        raise
+    except Exception:
+        logger.exception("%s %s failed", request.method, request.path)
+        response = web.json_response({"error": "internal error", "fields": {}}, status=500)
+    route = _route_name(request)
+    metrics.requests.labels(route, request.method, str(response.status)).inc()
+    metrics.latency.labels(route).observe(time.perf_counter() - started)
+    return response
+
+
+# ---- request helpers -------------------------------------------------------------------------
+
+
+def _bound(request: web.Request, name: str, *, end: bool, default: str) -> str:
+    text = request.query.get(name)
+    if text is None:
+        return default
+    try:
+        return ids.validate_bound(text, end=end)
+    except ids.InvalidStreamId as exc:
+        raise ApiError(400, f"invalid {name} parameter", {name: str(exc)}) from None
+
+
+def _uint(request: web.Request, name: str, *, minimum: int = 0, maximum: int | None = None) -> int | None:
+    text = request.query.get(name)
+    if text is None:
+        return None
+    bound = f" from {minimum} to {maximum}" if maximum is not None else f" >= {minimum}"
+    if not _UINT.match(text) or int(text) < minimum or (maximum is not None and int(text) > maximum):
+        raise ApiError(400, f"invalid {name} parameter", {name: f"must be an integer{bound}"})
+    return int(text)
+
+
+async def _json_body(request: web.Request) -> Any:
+    settings = request.app[SETTINGS]
+    ctype = request.content_type
+    if not (ctype == "application/json" or (ctype.startswith("application/") and ctype.endswith("+json"))):
+        raise ApiError(
+            415,
+            f"Content-Type must be application/json, not {request.headers.get('Content-Type') or 'missing'}",
+            {"Content-Type": "must be application/json"},
+            reason="media_type",
+        )
+    if request.content_length is not None and request.content_length > settings.max_body_bytes:
+        raise ApiError(
+            413,
+            f"body of {request.content_length} bytes is larger than the limit of {settings.max_body_bytes} bytes",
+            reason="too_large",
+        )
+    body = await request.read()  # raises HTTPRequestEntityTooLarge past client_max_size (chunked bodies)
+    try:
+        return parse_json(body)
+    except BodyError as exc:
+        raise ApiError(400, str(exc), reason="not_json") from None
+
+
+def _idempotency_key(request: web.Request) -> str | None:
+    key = request.headers.get("Idempotency-Key")
+    if key is None:
+        return None
+    if not _IDEMPOTENCY_KEY.match(key):
+        raise ApiError(
+            400,
+            "invalid Idempotency-Key header",
+            {"Idempotency-Key": "must be 1 to 255 visible ASCII characters (no spaces)"},
+            reason="invalid",
+        )
+    return key
+
+
+def _validate(data: Any, request: web.Request) -> dict[str, Any]:
+    try:
+        return validate_order(data, request.app[LIMITS])
+    except OrderInvalid as exc:
+        raise ApiError(400, exc.message, exc.fields, reason="invalid") from None
+
+
+def _accepted(entry_id: str, order: dict[str, Any]) -> dict[str, Any]:
+    return {"id": entry_id, "orderId": order["orderId"]}
+
+
+# ---- orders --------------------------------------------------------------------------------------
+
+
+async def post_order(request: web.Request) -> web.Response:
+    """POST /orders → 201 ``{"id": "<entry id>", "orderId": <as sent>}`` with ``Location``.
+
+    With ``Idempotency-Key``: a retry with the same body replays the first answer (201, header
+    ``Idempotent-Replayed: true``) without appending; a different body under the same key is
+    422. Errors: 400 (bad JSON or fields), 413, 415, 503 (Redis).
+    """
+    data = await _json_body(request)
+    order = _validate(data, request)
+    key = _idempotency_key(request)
+    body_hash = canonical_hash(order) if key is not None else ""
+    metrics = request.app[METRICS]
+    try:
+        result = await request.app[APPENDER].append(
+            envelope.encode(order, idempotency_key=key), str(order["orderId"]), idempotency_key=key, body_hash=body_hash
+        )
+    except RedisError:
+        metrics.append_failed.inc()
+        raise
+    headers = {"Location": f"/orders/{quote(str(order['orderId']), safe='')}"}
+    if not result.created:
+        if not result.same_body:
+            raise ApiError(
+                422,
+                "this Idempotency-Key was already used with a different body",
+                {"Idempotency-Key": f"already used for entry {result.entry_id} with another body"},
+                reason="idempotency_conflict",
+            )
+        metrics.replayed.inc()
+        headers["Idempotent-Replayed"] = "true"
+    else:
+        metrics.accepted.inc()
+    return web.json_response(_accepted(result.entry_id, order), status=201, headers=headers)
+
+
+async def post_orders_batch(request: web.Request) -> web.Response:
+    """POST /orders/batch with a JSON array of orders → 201 ``{"orders": [{"id", "orderId"}...],
+    "count": n}`` in request order. Validation is all-or-nothing: one bad order → 400 with
+    ``fields`` keyed ``"<index>.<field>"`` and nothing appended. The appends share pipelines but
+    are not one transaction: on 503 some may have been appended, so retry with an
+    ``Idempotency-Key`` (item ``i`` uses ``<key>#<i>``)."""
+    settings = request.app[SETTINGS]
+    data = await _json_body(request)
+    if not isinstance(data, list):
+        raise ApiError(400, "a batch must be a JSON array of orders", reason="invalid")
+    if not data or len(data) > settings.batch_max_items:
+        raise ApiError(400, f"a batch holds 1 to {settings.batch_max_items} orders, not {len(data)}", reason="invalid")
+    bad: dict[str, str] = {}
+    for index, item in enumerate(data):
+        try:
+            validate_order(item, request.app[LIMITS])
+        except OrderInvalid as exc:
+            if not exc.fields:
+                bad[str(index)] = exc.message
+            for name, reason in exc.fields.items():
+                bad[f"{index}.{name}"] = reason
+    if bad:
+        raise ApiError(400, f"invalid orders in the batch: {len({k.split('.')[0] for k in bad})}", bad, reason="invalid")
+    key = _idempotency_key(request)
+    appender = request.app[APPENDER]
+    metrics = request.app[METRICS]
+
+    async def one(index: int, order: dict[str, Any]):
+        item_key = f"{key}#{index}" if key is not None else None
+        return await appender.append(
+            envelope.encode(order, idempotency_key=item_key),
+            str(order["orderId"]),
+            idempotency_key=item_key,
+            body_hash=canonical_hash(order) if item_key is not None else "",
+        )
+
+    outcomes = await asyncio.gather(*(one(i, o) for i, o in enumerate(data)), return_exceptions=True)
+    for outcome in outcomes:
+        if isinstance(outcome, BaseException):
+            metrics.append_failed.inc()
+            raise outcome
+    conflicts = {f"{i}": "Idempotency-Key already used with another body" for i, o in enumerate(outcomes) if not o.same_body}
+    if conflicts:
+        raise ApiError(422, "this Idempotency-Key was already used with a different batch", conflicts, reason="idempotency_conflict")
+    created = sum(1 for o in outcomes if o.created)
+    metrics.accepted.inc(created)
+    headers = {"Idempotent-Replayed": "true"} if key is not None and created == 0 else {}
+    return web.json_response(
+        {"orders": [_accepted(o.entry_id, d) for o, d in zip(outcomes, data, strict=True)], "count": len(data)},
+        status=201,
+        headers=headers,
+    )
+
+
+async def get_history(request: web.Request) -> web.Response:
+    """GET /orders/history?start&end&count&limit → see :func:`producer.queries.history`."""
+    settings = request.app[SETTINGS]
+    start = _bound(request, "start", end=False, default="-")
+    end = _bound(request, "end", end=True, default="+")
+    count = _uint(request, "count", minimum=1)
+    limit = _uint(request, "limit", minimum=1)
+    if count is not None and limit is not None:
+        raise ApiError(400, "use count (the last N) or limit (a page from start), not both", {"count": "not with limit", "limit": "not with count"})
+    cap = settings.history_max_count
+    answer = await queries.history(
+        request.app[REDIS],
+        settings.keys,
+        start=start,
+        end=end,
+        count=min(count, cap) if count is not None else None,
+        limit=min(limit or cap, cap),
+        max_bytes=settings.history_max_bytes,
+    )
+    if count is not None and count > cap and answer["count"] == cap and not answer["truncated"]:
+        # The count cap cut the answer: say so and where the older entries end.
+        answer["truncated"] = True
+        answer["before"] = "(" + answer["orders"][0]["id"]
+    return web.json_response(answer)
+
+
+async def get_pending(request: web.Request) -> web.Response:
+    """GET /orders/pending?consumer&minIdleMs&start&end&limit → see :func:`producer.queries.pending`."""
+    settings = request.app[SETTINGS]
+    consumer = request.query.get("consumer")
+    if consumer is not None and not 1 <= len(consumer) <= 256:
+        raise ApiError(400, "invalid consumer parameter", {"consumer": "must be 1 to 256 characters"})
+    answer = await queries.pending(
+        request.app[REDIS],
+        settings.keys,
+        consumer=consumer,
+        min_idle_ms=_uint(request, "minIdleMs"),
+        start=_bound(request, "start", end=False, default="-"),
+        end=_bound(request, "end", end=True, default="+"),
+        limit=_uint(request, "limit", minimum=1, maximum=settings.history_max_count) or 100,
+    )
+    return web.json_response(answer)
+
+
+async def get_stream_info(request: web.Request) -> web.Response:
+    """GET /stream/info → see :func:`producer.queries.stream_info`."""
+    return web.json_response(await queries.stream_info(request.app[REDIS], request.app[SETTINGS].keys))
+
+
+async def get_order(request: web.Request) -> web.Response:
+    """GET /orders/{orderId} → see :func:`producer.queries.order_status`; 404 when unknown."""
+    settings = request.app[SETTINGS]
+    try:
+        order_id = check_order_id_text(request.match_info["orderId"], settings.max_id_length)
+    except OrderInvalid as exc:
+        raise ApiError(400, exc.message, exc.fields) from None
+    answer = await queries.order_status(request.app[REDIS], settings.keys, order_id)
+    if answer is None:
+        raise ApiError(404, f"order {order_id} is not known", {"orderId": "not found"})
+    return web.json_response(answer)
+
+
+# ---- dead letters --------------------------------------------------------------------------------
+
+
+async def get_dead_letters(request: web.Request) -> web.Response:
+    """GET /dead-letters?start&end&limit → see :func:`producer.queries.dead_letters`."""
+    settings = request.app[SETTINGS]
+    cap = settings.history_max_count
+    answer = await queries.dead_letters(
+        request.app[REDIS],
+        settings.keys,
+        start=_bound(request, "start", end=False, default="-"),
+        end=_bound(request, "end", end=True, default="+"),
+        limit=min(_uint(request, "limit", minimum=1) or 100, cap),
+        max_bytes=settings.history_max_bytes,
+    )
+    return web.json_response(answer)
+
+
+async def post_redrive_one(request: web.Request) -> web.Response:
+    """POST /dead-letters/{dlqId}/redrive → 200 ``{"dlqId", "id", "orderId", "replayed"}``;
+    404 unknown dlqId; 409 unreadable dead letter."""
+    dlq_id = request.match_info["dlqId"]
+    try:
+        if not _FULL_ID.match(dlq_id):
+            raise ids.InvalidStreamId(f"{dlq_id!r} is not a full entry ID <ms>-<seq>")
+        ids.parse_id(dlq_id)
+    except ids.InvalidStreamId as exc:
+        raise ApiError(400, "invalid dlqId", {"dlqId": str(exc)}) from None
+    settings = request.app[SETTINGS]
+    try:
+        done = await deadletters.redrive_one(request.app[REDIS], settings.keys, request.app[APPENDER], dlq_id)
+    except deadletters.DeadLetterUnreadable as exc:
+        raise ApiError(409, str(exc), {"dlqId": "holds no readable order"}) from None
+    if done is None:
+        raise ApiError(404, f"dead letter {dlq_id} is not in {settings.dlq_stream}", {"dlqId": "not found"})
+    if not done.replayed:
+        request.app[METRICS].accepted.inc()
+    return web.json_response(done.as_json())
+
+
+async def post_redrive_all(request: web.Request) -> web.Response:
+    """POST /dead-letters/redrive?limit → 200 ``{"redriven", "items", "skipped", "remaining"}``
+    (at most ``limit`` ≤ REDRIVE_MAX dead letters, oldest first)."""
+    settings = request.app[SETTINGS]
+    limit = _uint(request, "limit", minimum=1, maximum=settings.redrive_max) or settings.redrive_max
+    answer = await deadletters.redrive_many(request.app[REDIS], settings.keys, request.app[APPENDER], limit=limit)
+    request.app[METRICS].accepted.inc(sum(1 for i in answer["items"] if not i["replayed"]))
+    return web.json_response(answer)
+
+
+# ---- operations ----------------------------------------------------------------------------------
+
+
+async def healthz(request: web.Request) -> web.Response:
+    """GET /healthz → 200 ``{"ok": true}`` while the process serves requests (no Redis call)."""
+    return web.json_response({"ok": True})
+
+
+async def readyz(request: web.Request) -> web.Response:
+    """GET /readyz → 200 ``{"ok": true}`` when Redis answers PING within 2 s; 503 ``{"ok": false,
+    "reason"}`` when it does not or while shutting down."""
+    if request.app[LIFECYCLE].shutting_down:
+        return web.json_response({"ok": False, "reason": "shutting down"}, status=503)
+    try:
+        async with asyncio.timeout(2.0):
+            await request.app[REDIS].ping()
+    except (RedisError, OSError, TimeoutError) as exc:
+        return web.json_response({"ok": False, "reason": f"Redis unreachable: {exc}"}, status=503)
+    return web.json_response({"ok": True})
+
+
+async def metrics(request: web.Request) -> web.Response:
+    """GET /metrics → Prometheus text format of the app's registry."""
+    response = web.Response(body=render(request.app[REGISTRY]))
+    response.headers["Content-Type"] = CONTENT_TYPE_LATEST
+    return response
+
+
+async def openapi(request: web.Request) -> web.Response:
+    """GET /openapi.json → the OpenAPI 3.1 document of this API."""
+    return web.json_response(openapi_document(request.app[SETTINGS]))
