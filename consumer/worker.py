@@ -1,0 +1,428 @@
+"""The consumer-group worker loop.
+
+Shape of one worker (one per pod, consumer name = pod name):
+
+* **Start**: create the group (``XGROUP CREATE ... 0 MKSTREAM``, BUSYGROUP is fine). Then the own
+  PEL: entries already delivered ``MAX_DELIVERIES`` times are dead-lettered without another
+  delivery (``XPENDING`` with the consumer filter), the rest are re-read with ID ``0`` (which
+  counts a delivery) page by page and handled before any new entry (case C06).
+* **Read loop**: ``XREADGROUP ... COUNT n BLOCK BLOCK_MS >`` where ``n`` is the free capacity
+  (at most ``max(READ_COUNT, CONCURRENCY)`` entries are held at once). Never ``BLOCK 0``; the
+  client's socket timeout is longer than BLOCK, so an empty read returns normally (C12). When idle
+  that is one read per BLOCK interval (C22).
+* **Handlers** run as tasks, at most ``CONCURRENCY`` at once (a semaphore), through
+  :class:`streamcore.handling.EntryRunner`. Successes are acked in batches (one ``XACK`` for up to
+  ``ACK_BATCH`` IDs, pipelined, at most ``ACK_FLUSH_MS`` after the handler finished) — never
+  before the handler finished. Failures stay pending; on delivery ``MAX_DELIVERIES`` they are
+  dead-lettered at once.
+* **Timer** (independent of the read loop, so a blocked read or a busy worker never delays it):
+  heartbeat key (``SET keys.heartbeat(name) PX 3*BLOCK_MS`` every BLOCK_MS/2, the liveness signal
+  the reclaimer trusts, C04); lease renewal of held entries every ``CLAIM_IDLE_MS/3`` (owner-checked
+  ``XCLAIM JUSTID``, C05); the claim pass every ``CLAIM_INTERVAL_MS`` (default
+  ``max(1 s, CLAIM_IDLE_MS/4)``): :func:`streamcore.claiming.claim_due` with back-off by delivery
+  count. A permanently failing pending entry therefore never stops new orders being read (C22).
+* **Errors**: NOGROUP (stream flushed, deleted, empty restart) recreates the group at ``0`` with
+  capped, jittered back-off, counted in ``orderstream_nogroup_incidents_total`` and in the health
+  details (C09, C10); connection errors back off and resume (C14). Repeated errors are logged at
+  most every 30 s.
+* **Shutdown** (``stop`` set): readiness goes false, a blocked read is cancelled (what it may have
+  delivered stays in the PEL), no new handler starts, in-flight handlers get
+  ``DRAIN_TIMEOUT_SECONDS`` to finish and are acked; the rest is cancelled and stays pending (C13).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Awaitable, Callable
+
+import redis.asyncio as aioredis
+from prometheus_client import CollectorRegistry
+from redis.exceptions import RedisError
+
+from consumer.settings import ConsumerSettings
+from streamcore.claiming import ClaimScripts, claim_due, renew_leases, scan_pending
+from streamcore.connection import server_info
+from streamcore.envelope import Envelope
+from streamcore.handling import GONE, OK, EntryRunner, HandlerContext, load_handler
+from streamcore.metrics import StreamMetrics, stream_metrics
+from streamcore.pacing import Backoff, RateLimitedLog
+from streamcore.streams import Scripts, dead_letter, ensure_group, is_nogroup
+
+logger = logging.getLogger(__name__)
+
+COMPONENT = "consumer"
+
+
+class Worker:
+    """One consumer of the group; ``await worker.run(stop)`` until ``stop`` is set.
+
+    Args:
+        settings: the consumer settings.
+        r: an asyncio client with ``decode_responses=True`` and a socket timeout longer than
+            ``BLOCK_MS``; the caller owns and closes it.
+        handler: the order handler; default: loaded from ``settings.handler``.
+        registry: where the metrics live (a fresh one per worker in tests).
+    """
+
+    def __init__(self, settings: ConsumerSettings, r: aioredis.Redis, *,
+                 handler: Callable[[Envelope, HandlerContext], Awaitable[None]] | None = None,
+                 registry: CollectorRegistry | None = None, metrics: StreamMetrics | None = None) -> None:
+        self.settings = settings
+        self.name = settings.consumer_name
+        self.keys = settings.keys
+        self.r = r
+        self.scripts = Scripts(r)
+        self.claim_scripts = ClaimScripts(r)
+        self.registry = registry if registry is not None else CollectorRegistry()
+        self.metrics = metrics or stream_metrics(self.registry)
+        self.runner = EntryRunner(r, self.keys, handler or load_handler(settings.handler), scripts=self.scripts,
+                                  metrics=self.metrics, component=COMPONENT, max_deliveries=settings.max_deliveries,
+                                  failure_rate=settings.failure_rate, processed_ttl_s=settings.processed_ttl_seconds)
+        self.capacity = max(settings.read_count, settings.concurrency)
+        self.renew_interval_s = max(settings.claim_idle_ms / 3000.0, 0.05)
+        self.claim_interval_s = (settings.claim_interval_ms / 1000.0 if settings.claim_interval_ms
+                                 else max(1.0, settings.claim_idle_ms / 4000.0))
+        self.heartbeat_interval_s = settings.block_ms / 2000.0
+        #: Stall threshold of /healthz (s): several BLOCK intervals without a completed read.
+        self.stall_after_s = 4 * settings.block_ms / 1000.0 + 1.0
+
+        self.held: dict[str, float] = {}  # entry ID -> monotonic time of delivery or last lease renewal
+        self.lost_lease: set[str] = set()
+        self._tasks: set[asyncio.Task] = set()
+        self._sem = asyncio.Semaphore(settings.concurrency)
+        self._freed = asyncio.Event()
+        self._acks: list[str] = []
+        self._ack_wanted = asyncio.Event()
+        self._ack_full = asyncio.Event()
+        self._stopping = False
+        self._group_ok = False
+
+        # State shown by /healthz and /readyz.
+        self.state = "starting"  # starting | reading | waiting | backoff | draining | stopped
+        self.last_progress = time.monotonic()
+        self.reads = 0
+        self.nogroup_incidents = 0
+        self.last_error = ""
+        self._error_log = RateLimitedLog(logger, 30.0)
+
+    # ------------------------------------------------------------------ lifecycle
+
+    async def run(self, stop: asyncio.Event) -> None:
+        """Process orders until ``stop`` is set, then drain (see the module docstring).
+
+        Never raises for Redis errors (they are retried with back-off); returns after the drain.
+        """
+        logger.info("consumer %s starting on stream %s group %s", self.name, self.keys.stream, self.keys.group)
+        timer = asyncio.create_task(self._timer(stop), name=f"{self.name}-timer")
+        acker = asyncio.create_task(self._ack_loop(), name=f"{self.name}-acks")
+        try:
+            await self._read_loop(stop)
+        finally:
+            self._stopping = True
+            self.state = "draining"
+            timer.cancel()
+            await self._drain()
+            acker.cancel()
+            await asyncio.gather(timer, acker, return_exceptions=True)
+            await self._final_flush()
+            self.state = "stopped"
+            logger.info("consumer %s stopped", self.name)
+
+    async def _drain(self) -> None:
+        """Let in-flight handlers finish within the drain deadline; cancel the rest (they stay pending)."""
+        if not self._tasks:
+            return
+        logger.info("draining %d in-flight orders (deadline %.1fs)", len(self._tasks), self.settings.drain_timeout_seconds)
+        _, late = await asyncio.wait(set(self._tasks), timeout=self.settings.drain_timeout_seconds)
+        if late:
+            logger.warning("%d orders did not finish within the drain deadline; they stay pending", len(late))
+            for task in late:
+                task.cancel()
+            await asyncio.gather(*late, return_exceptions=True)
+
+    async def _final_flush(self) -> None:
+        backoff = Backoff(0.05, 0.5)
+        for _ in range(5):
+            try:
+                await self._flush_acks()
+                return
+            except RedisError as exc:
+                logger.warning("could not send the last acks yet: %s", exc)
+                await backoff.sleep()
+        if self._acks:
+            logger.error("%d processed orders could not be acked before exit; they stay pending and will be "
+                         "redelivered (the processed marker makes that harmless)", len(self._acks))
+
+    # ------------------------------------------------------------------ health
+
+    def live(self) -> tuple[bool, dict]:
+        """Liveness: the read loop made progress within ``stall_after_s`` (waiting for free
+        capacity while handlers run counts as progress)."""
+        age = time.monotonic() - self.last_progress
+        ok = self.state in ("starting", "waiting", "draining", "stopped") or age < self.stall_after_s
+        return ok, self.details(age)
+
+    def ready(self) -> tuple[bool, dict]:
+        """Readiness: not shutting down, and the group is usable."""
+        ok = not self._stopping and self._group_ok and self.state in ("reading", "waiting")
+        return ok, self.details(time.monotonic() - self.last_progress)
+
+    def details(self, age: float) -> dict:
+        return {"consumer": self.name, "state": self.state, "seconds_since_progress": round(age, 3),
+                "reads": self.reads, "in_flight": len(self.held), "nogroup_incidents": self.nogroup_incidents,
+                "last_error": self.last_error}
+
+    # ------------------------------------------------------------------ reading
+
+    async def _read_loop(self, stop: asyncio.Event) -> None:
+        backoff = Backoff(0.05, 5.0)
+        own_pel_done = False
+        checked_server = False
+        while not stop.is_set():
+            try:
+                if not checked_server:
+                    await server_info(self.r)
+                    checked_server = True
+                if not self._group_ok:
+                    await ensure_group(self.r, self.keys, "0")
+                    self._group_ok = True
+                if not own_pel_done:
+                    await self._read_own_pel(stop)
+                    own_pel_done = True
+                if not await self._wait_capacity(stop):
+                    break
+                self.state = "reading"
+                count = min(self.settings.read_count, self.capacity - len(self.held))
+                reply = await self._until_stop(
+                    self.r.xreadgroup(self.keys.group, self.name, {self.keys.stream: ">"}, count=count,
+                                      block=self.settings.block_ms), stop)
+                if reply is _STOPPED:
+                    break
+                self.reads += 1
+                self.last_progress = time.monotonic()
+                backoff.reset()
+                for _stream, entries in reply or ():
+                    for entry_id, fields in entries:
+                        self._dispatch(entry_id, fields, 1)
+            except RedisError as exc:
+                await self._on_error(exc, backoff, stop)
+            except OSError as exc:
+                await self._on_error(exc, backoff, stop)
+
+    async def _on_error(self, exc: BaseException, backoff: Backoff, stop: asyncio.Event) -> None:
+        self.state = "backoff"
+        self.last_error = f"{type(exc).__name__}: {exc}"
+        if is_nogroup(exc):
+            self._group_ok = False
+            self.nogroup_incidents += 1
+            self.metrics.nogroup.labels(COMPONENT).inc()
+            self._error_log.log(logging.ERROR, "consumer group %s on %s is missing (stream flushed, deleted or "
+                                "evicted); recreating it at 0 (incident %d)", self.keys.group, self.keys.stream,
+                                self.nogroup_incidents)
+        else:
+            self._error_log.log(logging.ERROR, "redis error in the read loop, retrying with back-off: %s", self.last_error)
+        await backoff.sleep(stop)
+
+    async def _read_own_pel(self, stop: asyncio.Event) -> None:
+        """Dead-letter own entries already at the limit, then re-read the own PEL with ID ``0``."""
+        counts: dict[str, int] = {}
+        for row in await scan_pending(self.r, self.keys, consumer=self.name, limit=100_000):
+            if row.deliveries >= self.settings.max_deliveries:
+                res = await dead_letter(self.r, self.keys, row.entry_id, scripts=self.scripts, consumer=self.name,
+                                        deliveries=row.deliveries,
+                                        error=f"delivered {row.deliveries} times without success (the worker "
+                                              f"restarted while handling it)")
+                if res.status == "dead_lettered":
+                    self.metrics.dead_lettered.labels(COMPONENT).inc()
+                    logger.error("entry %s reached %d deliveries; dead-lettered", row.entry_id, row.deliveries)
+                elif res.status == "gone":
+                    self.metrics.gone.labels(COMPONENT).inc()
+                    logger.warning("entry %s was pending but its data is gone; acked", row.entry_id)
+            else:
+                counts[row.entry_id] = row.deliveries
+        if counts:
+            logger.info("re-reading %d entries of my own PEL before new ones", len(counts))
+        start = "0"
+        while counts and not stop.is_set():
+            if not await self._wait_capacity(stop):
+                return
+            count = min(self.settings.read_count, self.capacity - len(self.held))
+            reply = await self.r.xreadgroup(self.keys.group, self.name, {self.keys.stream: start}, count=count)
+            entries = reply[0][1] if reply else []
+            if not entries:
+                return
+            for entry_id, fields in entries:
+                # Reading with ID 0 counts a delivery, except for entries whose data is gone.
+                self._dispatch(entry_id, fields, counts.get(entry_id, 0) + 1)
+            start = entries[-1][0]
+            self.last_progress = time.monotonic()
+
+    async def _wait_capacity(self, stop: asyncio.Event) -> bool:
+        """Wait until fewer than ``capacity`` entries are held; False if ``stop`` was set meanwhile."""
+        while len(self.held) >= self.capacity and not stop.is_set():
+            self.state = "waiting"
+            self._freed.clear()
+            await self._until_stop(self._freed.wait(), stop)
+        return not stop.is_set()
+
+    @staticmethod
+    async def _until_stop(aw: Awaitable, stop: asyncio.Event):
+        """Await ``aw`` unless ``stop`` is set first: then cancel it and return ``_STOPPED``."""
+        task = asyncio.ensure_future(aw)
+        stopper = asyncio.ensure_future(stop.wait())
+        try:
+            await asyncio.wait({task, stopper}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            stopper.cancel()
+        if task.done():
+            return task.result()
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+        return _STOPPED
+
+    # ------------------------------------------------------------------ handling
+
+    def _dispatch(self, entry_id: str, fields: dict[str, str] | None, deliveries: int) -> None:
+        if entry_id in self.held:
+            return
+        self.held[entry_id] = time.monotonic()
+        task = asyncio.create_task(self._process(entry_id, fields, deliveries))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _process(self, entry_id: str, fields: dict[str, str] | None, deliveries: int) -> None:
+        try:
+            async with self._sem:
+                if self._stopping:
+                    return  # read but not started before shutdown: stays pending for another delivery
+                outcome = await self.runner.run(entry_id, fields, deliveries, self.name)
+            if outcome == OK:
+                self._queue_ack(entry_id)
+            elif outcome == GONE:
+                self.metrics.gone.labels(COMPONENT).inc()
+                logger.warning("entry %s was pending but its data is gone (trimmed or deleted); acking it", entry_id)
+                self._queue_ack(entry_id)
+        except RedisError as exc:
+            logger.error("entry %s: redis error while handling it, it stays pending: %s", entry_id, exc)
+        finally:
+            self.held.pop(entry_id, None)
+            self.lost_lease.discard(entry_id)
+            self.last_progress = time.monotonic()
+            self._freed.set()
+
+    # ------------------------------------------------------------------ acks
+
+    def _queue_ack(self, entry_id: str) -> None:
+        self._acks.append(entry_id)
+        self._ack_wanted.set()
+        if len(self._acks) >= self.settings.ack_batch:
+            self._ack_full.set()
+
+    async def _ack_loop(self) -> None:
+        backoff = Backoff(0.05, 2.0)
+        while True:
+            await self._ack_wanted.wait()
+            if len(self._acks) < self.settings.ack_batch:
+                try:
+                    await asyncio.wait_for(self._ack_full.wait(), self.settings.ack_flush_ms / 1000.0)
+                except TimeoutError:
+                    pass
+            try:
+                await self._flush_acks()
+                backoff.reset()
+            except RedisError as exc:
+                self._error_log.log(logging.WARNING, "acks not sent yet, retrying: %s", exc)
+                await backoff.sleep()
+
+    async def _flush_acks(self) -> None:
+        """Send the queued acks: one XACK per 1000 IDs, pipelined. On a connection error the IDs
+        stay queued; on NOGROUP they are dropped (the group and its PEL are gone)."""
+        ids, self._acks = self._acks, []
+        self._ack_wanted.clear()
+        self._ack_full.clear()
+        if not ids:
+            return
+        try:
+            async with self.r.pipeline(transaction=False) as pipe:
+                for i in range(0, len(ids), 1000):
+                    pipe.xack(self.keys.stream, self.keys.group, *ids[i:i + 1000])
+                results = await pipe.execute(raise_on_error=False)
+        except RedisError:
+            self._acks[:0] = ids
+            self._ack_wanted.set()
+            raise
+        for res in results:
+            if isinstance(res, Exception):
+                if is_nogroup(res):
+                    logger.warning("group gone while acking %d entries; nothing left to ack", len(ids))
+                    continue
+                self._acks[:0] = ids
+                self._ack_wanted.set()
+                raise res
+            self.metrics.acked.labels(COMPONENT).inc(int(res))
+
+    # ------------------------------------------------------------------ timer
+
+    async def _timer(self, stop: asyncio.Event) -> None:
+        """Heartbeat, lease renewal and the claim pass, each on its own interval."""
+        tick = min(self.heartbeat_interval_s, self.renew_interval_s, self.claim_interval_s, 0.5)
+        next_heartbeat = next_claim = time.monotonic()
+        while not stop.is_set():
+            now = time.monotonic()
+            try:
+                if now >= next_heartbeat:
+                    await self.r.set(self.keys.heartbeat(self.name), str(int(time.time() * 1000)),
+                                     px=3 * self.settings.block_ms)
+                    next_heartbeat = now + self.heartbeat_interval_s
+                await self._renew(now)
+                if now >= next_claim and self._group_ok:
+                    next_claim = now + self.claim_interval_s
+                    await self._claim()
+            except RedisError as exc:
+                if not is_nogroup(exc):
+                    self._error_log.log(logging.WARNING, "timer: redis error (will retry): %s", exc)
+            except OSError as exc:
+                self._error_log.log(logging.WARNING, "timer: connection error (will retry): %s", exc)
+            try:
+                await asyncio.wait_for(stop.wait(), tick)
+            except TimeoutError:
+                pass
+
+    async def _renew(self, now: float) -> None:
+        stale = [i for i, t in self.held.items() if now - t >= self.renew_interval_s and i not in self.lost_lease]
+        if not stale:
+            return
+        renewed = await renew_leases(self.r, self.keys, self.name, stale, scripts=self.claim_scripts)
+        for entry_id in stale:
+            if entry_id in renewed:
+                if entry_id in self.held:
+                    self.held[entry_id] = now
+            elif entry_id in self.held:
+                # Claimed by someone else (or acked, or gone) while we work on it: the processed
+                # marker keeps the effect single; our late XACK is harmless.
+                self.lost_lease.add(entry_id)
+                logger.warning("lost the lease on entry %s while handling it (claimed by another consumer)", entry_id)
+
+    async def _claim(self) -> None:
+        free = self.capacity - len(self.held)
+        if free <= 0 or self._stopping:
+            return
+        out = await claim_due(self.r, self.keys, self.name, scripts=self.scripts, base_ms=self.settings.claim_idle_ms,
+                              max_deliveries=self.settings.max_deliveries, limit=free, exclude=set(self.held),
+                              component=COMPONENT)
+        if out.dead_lettered:
+            self.metrics.dead_lettered.labels(COMPONENT).inc(len(out.dead_lettered))
+        if out.gone:
+            self.metrics.gone.labels(COMPONENT).inc(len(out.gone))
+        if out.claimed:
+            self.metrics.claimed.labels(COMPONENT).inc(len(out.claimed))
+            logger.info("claimed %d pending entries for retry", len(out.claimed))
+        for entry in out.claimed:
+            if self._stopping:
+                break  # claimed after shutdown began: stays pending under our name for the next claimer
+            self._dispatch(entry.entry_id, entry.fields, entry.deliveries)
+
+
+_STOPPED = object()

@@ -1,0 +1,158 @@
+"""The handler protocol, handler loading, and running one entry through a handler.
+
+Shared by the consumer and the reclaimer (which must not import each other). A handler is ``async def handle(order: Envelope, ctx: HandlerContext) -> None``; it raises to
+fail (the order stays pending and is retried after its back-off). Handlers are loaded from a
+``module:function`` string (``HANDLER``), so the consumer and the reclaimer run the same code.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import importlib
+import logging
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import Protocol
+
+import redis.asyncio as aioredis
+
+from streamcore.envelope import Envelope, EnvelopeError, decode
+from streamcore.keys import Keys
+from streamcore.metrics import StreamMetrics
+from streamcore.streams import Scripts, dead_letter
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True, slots=True)
+class HandlerContext:
+    """What a handler may use besides the order.
+
+    Attributes:
+        redis: the process's asyncio client (``decode_responses=True``); do not close it.
+        keys: key names of this stream.
+        consumer: the consumer name handling the order (pod name, or ``reclaimer``).
+        entry_id: the stream entry ID.
+        deliveries: this delivery's number (1 for the first), from the PEL.
+        logger: a logger to use.
+        failure_rate: probability (0..1) the default handler fails on purpose (``FAILURE_RATE``).
+        processed_ttl_s: lifetime of processed markers in seconds.
+    """
+
+    redis: aioredis.Redis
+    keys: Keys
+    consumer: str
+    entry_id: str
+    deliveries: int
+    logger: logging.Logger = field(default=logger)
+    failure_rate: float = 0.0
+    processed_ttl_s: int = 7 * 86400
+
+
+class Handler(Protocol):
+    """``async def handle(order, ctx) -> None``; raising means the order failed."""
+
+    def __call__(self, order: Envelope, ctx: HandlerContext) -> Awaitable[None]: ...
+
+
+class HandlerFailure(Exception):
+    """A handler failed on purpose (``FAILURE_RATE``)."""
+
+
+def load_handler(spec: str) -> Callable[[Envelope, HandlerContext], Awaitable[None]]:
+    """Import ``module:function`` and return the function.
+
+    Raises:
+        ValueError: ``spec`` has no ``:`` or names something that is not callable.
+        ImportError / AttributeError: the module or the function does not exist.
+    """
+    module_name, sep, attr = spec.partition(":")
+    if not sep or not module_name or not attr:
+        raise ValueError(f"HANDLER must look like module:function, got {spec!r}")
+    func = getattr(importlib.import_module(module_name), attr)
+    if not callable(func):
+        raise ValueError(f"HANDLER {spec!r} is not callable")
+    return func
+
+
+#: Outcomes of :meth:`EntryRunner.run`.
+OK, FAILED, DEAD_LETTERED, GONE = "ok", "failed", "dead_lettered", "gone"
+
+
+class EntryRunner:
+    """Run one delivered entry through the handler and decide what happens to it.
+
+    The runner never acks a successful entry itself: the caller batches those XACKs
+    (``ok``). A failure leaves the entry pending (``failed``) unless this was delivery number
+    ``max_deliveries`` or more, in which case it is dead-lettered at once with the error
+    (``dead_lettered``, atomic XADD + XACK). A body-less entry (``fields`` empty: trimmed or
+    deleted) is never handed to the handler (``gone``; the caller XACKs and counts it). An entry
+    whose ``data`` is not a JSON object can never succeed and is dead-lettered at once.
+    """
+
+    def __init__(self, r: aioredis.Redis, keys: Keys, handler: Callable[[Envelope, HandlerContext], Awaitable[None]], *,
+                 scripts: Scripts, metrics: StreamMetrics, component: str, max_deliveries: int,
+                 failure_rate: float = 0.0, processed_ttl_s: int = 7 * 86400) -> None:
+        self.r = r
+        self.keys = keys
+        self.handler = handler
+        self.scripts = scripts
+        self.metrics = metrics
+        self.component = component
+        self.max_deliveries = max_deliveries
+        self.failure_rate = failure_rate
+        self.processed_ttl_s = processed_ttl_s
+
+    async def run(self, entry_id: str, fields: dict[str, str] | None, deliveries: int, consumer: str) -> str:
+        """Handle one entry delivered to ``consumer`` for the ``deliveries``-th time.
+
+        Returns:
+            ``ok``, ``failed``, ``dead_lettered`` or ``gone``.
+
+        Raises:
+            asyncio.CancelledError: cancelled (shutdown past the drain deadline); the entry stays pending.
+            redis.exceptions.RedisError: dead-lettering failed; the entry stays pending.
+        """
+        if not fields:
+            return GONE
+        try:
+            order = decode(entry_id, fields)
+        except EnvelopeError as exc:
+            logger.error("%s: entry %s is not a valid order (%s); dead-lettering it", self.component, entry_id, exc)
+            return await self._dead_letter(entry_id, consumer, deliveries, str(exc), fields.get("order_id", ""))
+        ctx = HandlerContext(redis=self.r, keys=self.keys, consumer=consumer, entry_id=entry_id, deliveries=deliveries,
+                             logger=logging.getLogger(f"{self.component}.handler"), failure_rate=self.failure_rate,
+                             processed_ttl_s=self.processed_ttl_s)
+        gauge = self.metrics.in_flight.labels(self.component)
+        gauge.inc()
+        started = time.monotonic()
+        try:
+            await self.handler(order, ctx)
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:  # the handler's failure, whatever it is, leaves the order pending
+            self.metrics.failed.labels(self.component).inc()
+            error = f"{type(exc).__name__}: {exc}"
+            if deliveries >= self.max_deliveries:
+                logger.error("%s: order %s (entry %s) failed on delivery %d of %d: %s; dead-lettering it", self.component,
+                             order.order_id, entry_id, deliveries, self.max_deliveries, error)
+                return await self._dead_letter(entry_id, consumer, deliveries, error, order.order_id)
+            logger.warning("%s: order %s (entry %s) failed on delivery %d of %d, will be retried: %s", self.component,
+                           order.order_id, entry_id, deliveries, self.max_deliveries, error)
+            return FAILED
+        finally:
+            gauge.dec()
+            self.metrics.handle_seconds.labels(self.component).observe(time.monotonic() - started)
+        self.metrics.processed.labels(self.component).inc()
+        return OK
+
+    async def _dead_letter(self, entry_id: str, consumer: str, deliveries: int, error: str, order_id: str) -> str:
+        res = await dead_letter(self.r, self.keys, entry_id, scripts=self.scripts, consumer=consumer,
+                                deliveries=deliveries, error=error, order_id=order_id)
+        if res.status == "dead_lettered":
+            self.metrics.dead_lettered.labels(self.component).inc()
+            return DEAD_LETTERED
+        if res.status == "gone":
+            return GONE  # the script acked it; the caller counts it as gone
+        return FAILED  # not pending any more: someone else acked or dead-lettered it

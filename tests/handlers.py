@@ -1,0 +1,54 @@
+"""Order handlers for tests, loaded like any handler (``HANDLER=tests.handlers:scripted``).
+
+``scripted`` records every call and then behaves as the order tells it to:
+
+* ``sleep_s``: sleep this long (seconds) first (slow handler, C05, C13);
+* ``fail_until``: raise while this call's number for the orderId is <= the value (retry tests);
+* ``poison``: raise on every call;
+* ``crash``: end the whole process with ``os._exit(3)`` (poison that kills the worker, C21);
+* otherwise apply it with the default handler (processed marker, first writer wins).
+
+Records (test-only keys under the stream name):
+``<stream>:calls:<orderId>`` — INCR per call; ``<stream>:calls`` — RPUSH of ``orderId`` per call,
+in call order; ``<stream>:done:<orderId>`` — INCR per successful call.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+
+from consumer.handler import process_order
+from streamcore.envelope import Envelope
+from streamcore.handling import HandlerContext
+
+
+def calls_key(stream: str, order_id: object) -> str:
+    return f"{stream}:calls:{order_id}"
+
+
+def call_log_key(stream: str) -> str:
+    return f"{stream}:calls"
+
+
+def done_key(stream: str, order_id: object) -> str:
+    return f"{stream}:done:{order_id}"
+
+
+async def scripted(order: Envelope, ctx: HandlerContext) -> None:
+    o = order.order
+    oid = order.order_id
+    async with ctx.redis.pipeline(transaction=True) as pipe:
+        pipe.incr(calls_key(ctx.keys.stream, oid))
+        pipe.rpush(call_log_key(ctx.keys.stream), oid)
+        n, _ = await pipe.execute()
+    if o.get("crash"):
+        os._exit(3)
+    if o.get("sleep_s"):
+        await asyncio.sleep(float(o["sleep_s"]))
+    if o.get("poison"):
+        raise RuntimeError(f"poison order {oid}")
+    if int(n) <= int(o.get("fail_until", 0)):
+        raise RuntimeError(f"order {oid} fails on call {n}")
+    await process_order(order, ctx)
+    await ctx.redis.incr(done_key(ctx.keys.stream, oid))
