@@ -56,6 +56,12 @@ class Keys:
         """Integer key: entries detected as trimmed or deleted before the group acknowledged them."""
         return f"{self.stream}:lost"
 
+    @property
+    def lost_reported(self) -> str:
+        """Hash key: per group, the loss already counted into ``lost_counter`` (so a reclaimer pass
+        never counts the same trimmed-before-delivery entries twice)."""
+        return f"{self.stream}:lost-reported"
+
     def heartbeat(self, consumer: str) -> str:
         """String key with a TTL: present while ``consumer`` is alive (refreshed by its read loop).
 
