@@ -3,11 +3,12 @@ and everything (base, kind overlay, example custom resource) validates strictly.
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import shutil
 import subprocess
-import sys
 from pathlib import Path
+from types import ModuleType
 from typing import Any
 
 import pytest
@@ -38,8 +39,17 @@ KIND_OVERLAY = K8S_DIR / "overlays" / "kind"
 KUBECTL = shutil.which("kubectl")
 needs_kubectl = pytest.mark.skipif(KUBECTL is None, reason="kubectl not found on PATH")
 
-sys.path.insert(0, str(K8S_DIR))
-import render_base  # noqa: E402  (k8s/render_base.py is a script, not a package)
+
+def _load_render_base() -> ModuleType:
+    """Import k8s/render_base.py (a script, not a package) without touching sys.path."""
+    spec = importlib.util.spec_from_file_location("orderstream_k8s_render_base", K8S_DIR / "render_base.py")
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+render_base = _load_render_base()
 
 
 @pytest.fixture(scope="module")
