@@ -396,3 +396,14 @@ def test_notes_tell_how_to_post_an_order(chart: Any) -> None:
     assert "Content-Type: application/json" in notes
     with_ingress = chart.render(SCENARIOS["ingress-tls"], name=RELEASE, namespace=NAMESPACE)["orderstream/templates/NOTES.txt"]
     assert "curl -X POST https://orders.example.com/orders" in with_ingress
+
+
+def test_ingress_without_host_is_a_catch_all_rule(chart: Any, crds: list[Obj]) -> None:
+    from tests.chart.helpers import KUBE_VERSIONS, validate_object
+
+    values = {"producer": {"ingress": {"enabled": True, "hosts": [{"host": "", "paths": [{"path": "/", "pathType": "Prefix"}]}]}}}
+    ingress = one(render_objects(chart, values), "Ingress", "orderstream-producer")
+    assert "host" not in ingress["spec"]["rules"][0]
+    assert "tls" not in ingress["spec"] and "ingressClassName" not in ingress["spec"]
+    for version in KUBE_VERSIONS:
+        validate_object(ingress, version, crds)
