@@ -7,6 +7,7 @@ from typing import Any
 import pytest
 
 from tests.chart.helpers import (
+    KUBE_VERSIONS,
     NAMESPACE,
     RELEASE,
     SCENARIOS,
@@ -19,6 +20,7 @@ from tests.chart.helpers import (
     pod_template,
     render_objects,
     resolve_port,
+    validate_object,
     workloads,
 )
 
@@ -399,8 +401,6 @@ def test_notes_tell_how_to_post_an_order(chart: Any) -> None:
 
 
 def test_ingress_without_host_is_a_catch_all_rule(chart: Any, crds: list[Obj]) -> None:
-    from tests.chart.helpers import KUBE_VERSIONS, validate_object
-
     values = {"producer": {"ingress": {"enabled": True, "hosts": [{"host": "", "paths": [{"path": "/", "pathType": "Prefix"}]}]}}}
     ingress = one(render_objects(chart, values), "Ingress", "orderstream-producer")
     assert "host" not in ingress["spec"]["rules"][0]
