@@ -414,3 +414,32 @@ async def test_redis_down_gives_503_json(own_redis_server, names):
         own_redis_server.start()
         resp, body = await post(api, seed_order(3))
         assert resp.status == 201
+
+
+async def test_answers_match_the_documented_schemas(api, r, keys):
+    from jsonschema import Draft202012Validator
+
+    doc = await (await api.get("/openapi.json")).json()
+    Draft202012Validator.check_schema(doc["components"]["schemas"]["Order"])
+
+    def check(name: str, value) -> None:
+        schema = {"$ref": f"#/components/schemas/{name}", "components": doc["components"]}
+        errors = [e.message for e in Draft202012Validator(schema).iter_errors(value)]
+        assert errors == [], (name, errors)
+
+    scripts = Scripts(r)
+    accepted = (await post(api, {**seed_order(1), "extra": {"n": None}}))[1]
+    check("Accepted", accepted)
+    await post(api, {**seed_order(2), "orderId": "B-2"})
+    check("Error", (await post(api, {"orderId": True}))[1])
+    await ensure_group(r, keys)
+    await r.xreadgroup(keys.group, "pod-a", {keys.stream: ">"}, count=2)
+    await dead_letter(r, keys, accepted["id"], scripts=scripts, consumer="pod-a", deliveries=5, error="x", order_id="1")
+    check("History", await (await api.get("/orders/history")).json())
+    check("Pending", await (await api.get("/orders/pending")).json())
+    check("StreamInfo", await (await api.get("/stream/info")).json())
+    check("OrderStatus", await (await api.get("/orders/1")).json())
+    check("OrderStatus", await (await api.get("/orders/B-2")).json())
+    check("DeadLetters", await (await api.get("/dead-letters")).json())
+    check("RedriveAll", await (await api.post("/dead-letters/redrive")).json())
+    check("Probe", await (await api.get("/readyz")).json())
