@@ -15,7 +15,9 @@ from typing import Any
 from urllib.parse import quote
 
 from aiohttp import web
+from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError
+from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from producer import deadletters, queries
 from producer.appkeys import APPENDER, LIFECYCLE, LIMITS, METRICS, REDIS, REGISTRY, SETTINGS
@@ -36,6 +38,8 @@ logger = logging.getLogger(__name__)
 _IDEMPOTENCY_KEY = re.compile(r"^[\x21-\x7e]{1,255}$")
 _FULL_ID = re.compile(r"^\d{1,20}-\d{1,20}$")
 _UINT = re.compile(r"^\d{1,19}$")
+#: The 503 message: an append may or may not have happened when the connection broke mid-call.
+UNAVAILABLE = "Redis is unavailable; retry later (with the same Idempotency-Key, a retry never appends twice)"
 
 
 class ApiError(Exception):
@@ -79,14 +83,20 @@ async def errors_and_metrics(request: web.Request, handler) -> web.StreamRespons
             raise
         if isinstance(exc, web.HTTPRequestEntityTooLarge):
             metrics.rejected.labels("too_large").inc()
-        message = exc.text if exc.text and exc.content_type == "text/plain" else exc.reason
+        # aiohttp's 413 text says both sizes; other texts just repeat the reason.
+        message = exc.text if isinstance(exc, web.HTTPRequestEntityTooLarge) and exc.text else exc.reason
         response = web.json_response({"error": message, "fields": {}}, status=exc.status)
         for name in ("Allow",):
             if name in exc.headers:
                 response.headers[name] = exc.headers[name]
-    except (RedisError, OSError, TimeoutError) as exc:
+    except (RedisConnectionError, RedisTimeoutError, OSError, TimeoutError) as exc:
         logger.warning("%s %s: Redis unavailable: %s", request.method, request.path, exc)
-        response = web.json_response({"error": "Redis is unavailable; nothing was changed, retry later", "fields": {}}, status=503)
+        response = web.json_response({"error": UNAVAILABLE, "fields": {}}, status=503)
+        response.headers["Retry-After"] = "1"
+    except RedisError as exc:  # the server answered with an error (OOM, READONLY, WRONGTYPE, ...)
+        logger.warning("%s %s: Redis refused: %s", request.method, request.path, exc)
+        first_line = str(exc).splitlines()[0][:200] if str(exc) else type(exc).__name__
+        response = web.json_response({"error": f"Redis refused the request: {first_line}", "fields": {}}, status=503)
         response.headers["Retry-After"] = "1"
     except asyncio.CancelledError:
         raise
@@ -234,24 +244,42 @@ async def post_orders_batch(request: web.Request) -> web.Response:
     key = _idempotency_key(request)
     appender = request.app[APPENDER]
     metrics = request.app[METRICS]
+    # Under a key every item records the hash of the whole batch, and item 0 goes first: a
+    # different batch under the same key stops at item 0 (422) before anything is appended.
+    batch_hash = canonical_hash(data) if key is not None else ""
 
     async def one(index: int, order: dict[str, Any]):
         item_key = f"{key}#{index}" if key is not None else None
         return await appender.append(
-            envelope.encode(order, idempotency_key=item_key),
-            str(order["orderId"]),
-            idempotency_key=item_key,
-            body_hash=canonical_hash(order) if item_key is not None else "",
+            envelope.encode(order, idempotency_key=item_key), str(order["orderId"]), idempotency_key=item_key, body_hash=batch_hash
         )
 
-    outcomes = await asyncio.gather(*(one(i, o) for i, o in enumerate(data)), return_exceptions=True)
+    def conflict() -> ApiError:
+        return ApiError(
+            422,
+            "this Idempotency-Key was already used with a different batch",
+            {"Idempotency-Key": "already used with another batch"},
+            reason="idempotency_conflict",
+        )
+
+    try:
+        if key is not None:
+            head = await one(0, data[0])
+            if not head.same_body:
+                raise conflict()
+            rest = await asyncio.gather(*(one(i, o) for i, o in enumerate(data) if i > 0), return_exceptions=True)
+            outcomes = [head, *rest]
+        else:
+            outcomes = await asyncio.gather(*(one(i, o) for i, o in enumerate(data)), return_exceptions=True)
+    except RedisError:
+        metrics.append_failed.inc()
+        raise
     for outcome in outcomes:
         if isinstance(outcome, BaseException):
             metrics.append_failed.inc()
             raise outcome
-    conflicts = {f"{i}": "Idempotency-Key already used with another body" for i, o in enumerate(outcomes) if not o.same_body}
-    if conflicts:
-        raise ApiError(422, "this Idempotency-Key was already used with a different batch", conflicts, reason="idempotency_conflict")
+    if not all(o.same_body for o in outcomes):
+        raise conflict()
     created = sum(1 for o in outcomes if o.created)
     metrics.accepted.inc(created)
     headers = {"Idempotent-Replayed": "true"} if key is not None and created == 0 else {}

@@ -15,6 +15,7 @@ from prometheus_client import CollectorRegistry
 
 from producer.app import create_app
 from producer.settings import ProducerSettings
+from producer.views import UNAVAILABLE
 from streamcore.keys import Keys
 from streamcore.streams import Scripts, dead_letter, ensure_group
 
@@ -330,8 +331,23 @@ async def test_batch_ingest(api, r, keys):
     resp = await api.post("/orders/batch", json=orders, headers={"Idempotency-Key": "B1"})
     assert (resp.status, resp.headers.get("Idempotent-Replayed"), await resp.json()) == (201, "true", first)
     assert await r.xlen(keys.stream) == 6
+    # Another batch under the same key, even a longer one, appends nothing.
+    resp = await api.post("/orders/batch", json=[*orders, seed_order(9)], headers={"Idempotency-Key": "B1"})
+    assert (resp.status, (await resp.json())["fields"]) == (422, {"Idempotency-Key": "already used with another batch"})
+    assert await r.xlen(keys.stream) == 6
     resp = await api.post("/orders/batch", json={"orderId": 1})
     assert resp.status == 400
+    resp = await api.post("/orders/batch", json=[])
+    assert resp.status == 400
+
+
+async def test_redis_refusing_a_command_is_503_json_not_500(api, r, keys):
+    await r.set(keys.stream, "not a stream")  # WRONGTYPE for every stream command
+    resp, body = await post(api, seed_order(1))
+    assert resp.status == 503
+    assert body["error"].startswith("Redis refused the request: WRONGTYPE")
+    resp = await api.get("/orders/history")
+    assert (resp.status, (await resp.json())["error"].startswith("Redis refused the request")) == (503, True)
 
 
 async def test_concurrent_posts_are_coalesced_into_pipelines(api, r, keys):
@@ -386,11 +402,53 @@ async def test_openapi_document_covers_every_route(api):
 
 
 async def test_readiness_false_while_shutting_down(api):
-    from producer.appkeys import LIFECYCLE
-
-    api.server.app[LIFECYCLE].shutting_down = True
+    await api.server.app.shutdown()  # what the runner does on SIGTERM before draining
     resp = await api.get("/readyz")
     assert (resp.status, await resp.json()) == (503, {"ok": False, "reason": "shutting down"})
+    assert (await api.get("/healthz")).status == 200
+
+
+async def test_main_serves_and_stops_on_sigterm(redis_url, names, r, keys):
+    """``python -m producer`` reads its env, serves on PORT and exits 0 on SIGTERM."""
+    import os
+    import signal
+    import sys
+    from pathlib import Path
+
+    import aiohttp
+
+    from tests.servers import free_port
+
+    port = free_port()
+    env = {**os.environ, "REDIS_URL": redis_url, "PORT": str(port), "HOST": "127.0.0.1", **names.env()}
+    root = Path(__file__).resolve().parents[2]
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "producer", env=env, cwd=root, stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.PIPE
+    )
+    try:
+        async with aiohttp.ClientSession() as session:
+            deadline = asyncio.get_running_loop().time() + 15
+            while True:
+                try:
+                    async with session.get(f"http://127.0.0.1:{port}/readyz") as resp:
+                        if resp.status == 200:
+                            break
+                except aiohttp.ClientConnectionError:
+                    pass
+                assert asyncio.get_running_loop().time() < deadline, "producer did not become ready"
+                await asyncio.sleep(0.05)
+            async with session.post(f"http://127.0.0.1:{port}/orders", json=seed_order(1)) as resp:
+                assert resp.status == 201
+        assert await r.xlen(keys.stream) == 1
+        proc.send_signal(signal.SIGTERM)
+        assert await asyncio.wait_for(proc.wait(), 15) == 0
+        stderr = (await proc.stderr.read()).decode()
+        assert "producer settings" in stderr
+        assert "Traceback" not in stderr
+    finally:
+        if proc.returncode is None:
+            proc.kill()
+            await proc.wait()
 
 
 async def test_redis_down_gives_503_json(own_redis_server, names):
@@ -401,7 +459,8 @@ async def test_redis_down_gives_503_json(own_redis_server, names):
         own_redis_server.stop(kill=True)
         resp, body = await post(api, seed_order(2))
         assert resp.status == 503
-        assert body == {"error": "Redis is unavailable; nothing was changed, retry later", "fields": {}}
+        assert body == {"error": UNAVAILABLE, "fields": {}}
+        assert "Traceback" not in json.dumps(body)
         assert resp.headers["Retry-After"] == "1"
         resp = await api.get("/readyz")
         body = await resp.json()
