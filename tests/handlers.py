@@ -6,11 +6,12 @@
 * ``fail_until``: raise while this call's number for the orderId is <= the value (retry tests);
 * ``poison``: raise on every call;
 * ``crash``: end the whole process with ``os._exit(3)`` (poison that kills the worker, C21);
-* otherwise apply it with the default handler (processed marker, first writer wins).
+* otherwise apply it like the default handler (processed marker, first writer wins).
 
 Records (test-only keys under the stream name):
 ``<stream>:calls:<orderId>`` — INCR per call; ``<stream>:calls`` — RPUSH of ``orderId`` per call,
-in call order; ``<stream>:done:<orderId>`` — INCR per successful call.
+in call order; ``<stream>:done:<orderId>`` — INCR per successful call;
+``<stream>:applied:<orderId>`` — INCR when this call wrote the processed marker (must end at 1).
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ from __future__ import annotations
 import asyncio
 import os
 
-from consumer.handler import process_order
+from consumer.handler import mark_processed
 from streamcore.envelope import Envelope
 from streamcore.handling import HandlerContext
 
@@ -29,6 +30,10 @@ def calls_key(stream: str, order_id: object) -> str:
 
 def call_log_key(stream: str) -> str:
     return f"{stream}:calls"
+
+
+def applied_key(stream: str, order_id: object) -> str:
+    return f"{stream}:applied:{order_id}"
 
 
 def done_key(stream: str, order_id: object) -> str:
@@ -50,5 +55,15 @@ async def scripted(order: Envelope, ctx: HandlerContext) -> None:
         raise RuntimeError(f"poison order {oid}")
     if int(n) <= int(o.get("fail_until", 0)):
         raise RuntimeError(f"order {oid} fails on call {n}")
-    await process_order(order, ctx)
+    if await mark_processed(ctx, oid):
+        await ctx.redis.incr(applied_key(ctx.keys.stream, oid))
     await ctx.redis.incr(done_key(ctx.keys.stream, oid))
+
+
+async def safe(order: Envelope, ctx: HandlerContext) -> None:
+    """Like :func:`scripted`, but a ``crash`` order raises instead of ending the process (for
+    in-process workers that run beside a crashing subprocess)."""
+    if order.order.get("crash"):
+        await ctx.redis.incr(calls_key(ctx.keys.stream, order.order_id))
+        raise RuntimeError("crash order handled by a safe worker")
+    await scripted(order, ctx)

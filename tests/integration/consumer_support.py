@@ -61,11 +61,11 @@ def settings_for(url: str, names, name: str, **overrides) -> ConsumerSettings:
 class RunningWorker:
     """A :class:`Worker` running as an asyncio task with its own client and stop event."""
 
-    def __init__(self, settings: ConsumerSettings) -> None:
+    def __init__(self, settings: ConsumerSettings, handler=None) -> None:
         self.settings = settings
         self.client = aioredis.Redis.from_url(settings.redis_url.get_secret_value(), decode_responses=True,
                                               socket_timeout=settings.redis_socket_timeout_s)
-        self.worker = Worker(settings, self.client)
+        self.worker = Worker(settings, self.client, handler=handler)
         self.stop_event = asyncio.Event()
         self.task = asyncio.create_task(self.worker.run(self.stop_event))
 
@@ -78,9 +78,9 @@ class RunningWorker:
 
 
 @contextlib.asynccontextmanager
-async def running(url: str, names, *consumer_names: str, **overrides):
+async def running(url: str, names, *consumer_names: str, handler=None, **overrides):
     """Run one in-process worker per name; stop and drain them all at the end."""
-    workers = [RunningWorker(settings_for(url, names, n, **overrides)) for n in consumer_names or ("pod-a",)]
+    workers = [RunningWorker(settings_for(url, names, n, **overrides), handler) for n in consumer_names or ("pod-a",)]
     try:
         yield workers
     finally:
@@ -128,3 +128,32 @@ class ConsumerProcess:
             os.kill(self.proc.pid, signal.SIGKILL)
             self.proc.wait(10)
         self.log.close()
+
+
+def reclaimer_for(url_or_client, names, **overrides):
+    """An in-process :class:`reclaimer.reclaim.Reclaimer` on the given client."""
+    from reclaimer.reclaim import Reclaimer
+    from reclaimer.settings import ReclaimerSettings
+
+    values = dict(stream_name=names.stream, group_name=names.group, dlq_stream=names.dlq, handler=HANDLER,
+                  claim_idle_ms=200)
+    values.update(overrides)
+    return Reclaimer(ReclaimerSettings(**values), url_or_client)
+
+
+async def pending_ids(r, keys, consumer=None) -> list[str]:
+    rows = await r.xpending_range(keys.stream, keys.group, "-", "+", 1000, consumername=consumer)
+    return [row["message_id"] for row in rows]
+
+
+async def pending_rows(r, keys) -> dict[str, tuple[str, int]]:
+    """entry ID -> (owner, deliveries) from XPENDING."""
+    rows = await r.xpending_range(keys.stream, keys.group, "-", "+", 1000)
+    return {row["message_id"]: (row["consumer"], row["times_delivered"]) for row in rows}
+
+
+async def wait_idle(r, keys, ms: int, count: int) -> None:
+    """Wait until ``count`` pending entries have been idle at least ``ms``."""
+    async def check():
+        return len(await r.xpending_range(keys.stream, keys.group, "-", "+", 1000, idle=ms)) >= count
+    await wait_for(check, what=f"{count} entries idle {ms}ms")

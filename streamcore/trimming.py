@@ -1,0 +1,217 @@
+"""Safe trimming of the order stream and detection of loss (cases C15, C16).
+
+The reclaimer runs :func:`trim_pass` once per pass:
+
+1. **Group floor** — for every group (``XINFO GROUPS``): the oldest pending ID (``XPENDING``
+   summary ``min``) and the ID right after ``last-delivered-id``; the group floor is the smallest
+   of these over all groups. Nothing at or above it may be removed.
+2. **Retention point** — keep at least ``STREAM_MAXLEN`` newest entries: when ``XLEN`` exceeds it,
+   the first kept entry is found with ``XRANGE - + COUNT excess+1`` (at most ``max_step`` entries
+   per pass, so a huge backlog is trimmed over several passes).
+3. **Floor** = min(group floor, retention point). It is published in ``keys.trim_floor`` (every
+   producer ``XADD`` then carries ``MINID ~ floor``, see :func:`streamcore.streams.append_order`) and
+   applied with ``XTRIM MINID ~ floor``. ``~`` only drops whole radix-tree nodes below the floor,
+   so it never passes it. Without any group there is no safe floor: the key is deleted and
+   nothing is trimmed.
+4. **Loss detection** — ``XINFO STREAM`` ``max-deleted-entry-id`` above a group's
+   ``last-delivered-id`` means entries were deleted before that group read them (a trim by
+   someone else, ``XDEL``, ``MAXLEN`` on another path). The count is
+   ``entries-added - entries-read - entries still after last-delivered-id`` when the group's
+   ``entries-read`` is known, else 1 per new ``max-deleted-entry-id``; what was already counted
+   is remembered per group in ``keys.lost_reported``, the new part is added to
+   ``keys.lost_counter`` (INCRBY), logged as an error and counted in
+   ``orderstream_entries_lost_total``.
+5. **Gone pending entries** — pending IDs below the first entry (``XPENDING - (first``; or up to
+   ``last-generated-id`` when the stream is empty) have no data any more: they are XACKed and
+   reported as gone, so no phantom pending entry stays forever.
+
+Caveat: a published floor is a snapshot. A group created later at ``0`` does not see entries the
+floor let producers trim before the next pass; create groups before producing, as we do.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+
+import redis.asyncio as aioredis
+from prometheus_client import CollectorRegistry, Counter, Gauge
+from redis.exceptions import ResponseError
+
+from streamcore.ids import compare, next_id
+from streamcore.keys import Keys
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class TrimMetrics:
+    """Trimming metrics: ``lost`` (entries deleted before delivery), ``trimmed``, ``floor_ms``."""
+
+    lost: Counter
+    trimmed: Counter
+    floor_ms: Gauge
+
+
+def trim_metrics(registry: CollectorRegistry) -> TrimMetrics:
+    """Create the trimming metrics in ``registry``."""
+    return TrimMetrics(
+        lost=Counter("orderstream_entries_lost_total", "Entries deleted or trimmed before a group read them.", registry=registry),
+        trimmed=Counter("orderstream_entries_trimmed_total", "Entries removed by XTRIM MINID below the safe floor.", registry=registry),
+        floor_ms=Gauge("orderstream_trim_floor_ms", "Millisecond part of the published safe trim floor.", registry=registry),
+    )
+
+
+@dataclass
+class TrimReport:
+    """What :func:`trim_pass` found and did.
+
+    Attributes:
+        group_floor: smallest ID any group still needs (None: no group).
+        retention_floor: first entry kept by ``STREAM_MAXLEN`` (None: nothing to trim by retention).
+        floor: the published floor (None: nothing published).
+        trimmed: entries removed by XTRIM (its reply).
+        lost: entries newly detected as deleted before delivery (added to ``keys.lost_counter``).
+        gone: pending IDs without data that were XACKed.
+    """
+
+    group_floor: str | None = None
+    retention_floor: str | None = None
+    floor: str | None = None
+    trimmed: int = 0
+    lost: int = 0
+    gone: list[str] = field(default_factory=list)
+
+
+def _min_id(ids: list[str]) -> str | None:
+    best = None
+    for i in ids:
+        if best is None or compare(i, best) < 0:
+            best = i
+    return best
+
+
+async def group_floor(r: aioredis.Redis, keys: Keys, groups: list[dict]) -> str | None:
+    """Smallest ID any group still needs: min over groups of (oldest pending, next after last-delivered)."""
+    candidates: list[str] = []
+    for g in groups:
+        candidates.append(next_id(g["last-delivered-id"]))
+        if int(g.get("pending") or 0):
+            summary = await r.xpending(keys.stream, g["name"])
+            if summary.get("min"):
+                candidates.append(summary["min"])
+    return _min_id(candidates)
+
+
+async def retention_floor(r: aioredis.Redis, keys: Keys, maxlen: int, *, max_step: int = 10_000) -> str | None:
+    """ID of the first entry to keep so that at least ``maxlen`` newest entries stay.
+
+    At most ``max_step`` entries are passed per call. None when ``XLEN <= maxlen``.
+    """
+    excess = await r.xlen(keys.stream) - maxlen
+    if excess <= 0:
+        return None
+    take = min(excess, max_step)
+    rows = await r.xrange(keys.stream, "-", "+", count=take + 1)
+    return rows[take][0] if len(rows) > take else None
+
+
+async def detect_loss(r: aioredis.Redis, keys: Keys, info: dict, groups: list[dict], *, count_cap: int = 100_000) -> int:
+    """Count entries deleted before some group read them (see the module docstring, step 4).
+
+    Returns:
+        the newly detected number (already added to ``keys.lost_counter``).
+    """
+    max_deleted = info.get("max-deleted-entry-id") or "0-0"
+    entries_added = info.get("entries-added")
+    new_total = 0
+    for g in groups:
+        last = g["last-delivered-id"]
+        if compare(max_deleted, last) <= 0:
+            continue
+        prev = await r.hget(keys.lost_reported, g["name"])
+        prev_max, _, prev_total_s = (prev or "0-0|0").partition("|")
+        prev_total = int(prev_total_s or 0)
+        entries_read = g.get("entries-read")
+        if entries_read is not None and entries_added is not None:
+            surviving = len(await r.xrange(keys.stream, "(" + last, "+", count=count_cap))
+            total = max(0, int(entries_added) - int(entries_read) - surviving)
+        else:
+            total = prev_total + (1 if prev_max != max_deleted else 0)
+        delta = total - prev_total
+        if delta > 0:
+            await r.incrby(keys.lost_counter, delta)
+            new_total += delta
+            logger.error("LOSS: %d entries of %s were deleted or trimmed before group %s read them "
+                         "(max-deleted-entry-id %s > last-delivered-id %s)", delta, keys.stream, g["name"],
+                         max_deleted, last)
+        if prev != f"{max_deleted}|{max(total, prev_total)}":
+            await r.hset(keys.lost_reported, g["name"], f"{max_deleted}|{max(total, prev_total)}")
+    return new_total
+
+
+async def ack_gone_below_first(r: aioredis.Redis, keys: Keys, info: dict, groups: list[dict], *,
+                               cap: int = 10_000) -> list[str]:
+    """XACK pending entries of every group whose IDs lie below the first entry (their data is gone)."""
+    first = info.get("first-entry")
+    upper = "(" + first[0] if first else info.get("last-generated-id") or "0-0"
+    if upper == "0-0":
+        return []
+    gone: list[str] = []
+    for g in groups:
+        if not int(g.get("pending") or 0):
+            continue
+        rows = await r.xpending_range(keys.stream, g["name"], "-", upper, cap)
+        ids = [row["message_id"] for row in rows]
+        if ids:
+            await r.xack(keys.stream, g["name"], *ids)
+            logger.warning("group %s: %d pending entries below the first entry %s had no data; acked as gone: %s",
+                           g["name"], len(ids), upper, ", ".join(ids[:20]))
+            gone += ids
+    return gone
+
+
+async def trim_pass(r: aioredis.Redis, keys: Keys, *, maxlen: int, max_step: int = 10_000, approximate: bool = True,
+                    metrics: TrimMetrics | None = None) -> TrimReport:
+    """Detect loss, ack gone pending entries, publish the safe floor and trim below it.
+
+    Args:
+        maxlen: ``STREAM_MAXLEN``, the retention in entries.
+        max_step: most entries removed by retention in one pass.
+        approximate: ``XTRIM MINID ~`` (default; whole nodes only) or exact ``=``.
+
+    Raises:
+        redis.exceptions.RedisError: connection errors. A missing stream is not an error
+        (empty report).
+    """
+    report = TrimReport()
+    try:
+        info = await r.xinfo_stream(keys.stream)
+        groups = await r.xinfo_groups(keys.stream)
+    except ResponseError as exc:
+        if "no such key" in str(exc).lower():
+            return report
+        raise
+    report.lost = await detect_loss(r, keys, info, groups)
+    report.gone = await ack_gone_below_first(r, keys, info, groups)
+    if report.gone:
+        groups = await r.xinfo_groups(keys.stream)
+    report.group_floor = await group_floor(r, keys, groups)
+    if report.group_floor is None:
+        await r.delete(keys.trim_floor)
+        logger.info("no consumer group on %s: no safe trim floor, nothing trimmed", keys.stream)
+        return report
+    report.retention_floor = await retention_floor(r, keys, maxlen, max_step=max_step)
+    if report.retention_floor is None:
+        first = info.get("first-entry")
+        floor = _min_id([report.group_floor, first[0]]) if first else report.group_floor
+    else:
+        floor = _min_id([report.group_floor, report.retention_floor])
+    report.floor = floor
+    await r.set(keys.trim_floor, floor)
+    report.trimmed = int(await r.xtrim(keys.stream, minid=floor, approximate=approximate))
+    if metrics is not None:
+        metrics.lost.inc(report.lost)
+        metrics.trimmed.inc(report.trimmed)
+        metrics.floor_ms.set(int(floor.split("-")[0]))
+    return report
