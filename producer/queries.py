@@ -16,6 +16,7 @@ from redis.exceptions import ResponseError
 
 from streamcore import envelope, ids
 from streamcore.keys import Keys
+from streamcore.loss import removed_before_delivery
 from streamcore.streams import is_nogroup
 
 #: First read size of a page; later reads are sized from the average entry size seen so far.
@@ -253,7 +254,7 @@ async def stream_info(r: aioredis.Redis, keys: Keys, *, has_inactive: bool | Non
         "entriesRead", "undeliveredDeleted", "consumers": [{"name", "pending", "idleMs",
         "inactiveMs" (None where not reported)}]}]}``. ``undeliveredDeleted`` is True when
         entries were trimmed or deleted before this group read them (case C16; see
-        :func:`_undelivered_deleted`). A missing stream gives ``exists: false``.
+        :func:`streamcore.loss.removed_before_delivery`). A missing stream gives ``exists: false``.
     """
     async with r.pipeline(transaction=False) as pipe:
         pipe.get(keys.lost_counter)
@@ -298,7 +299,7 @@ async def stream_info(r: aioredis.Redis, keys: Keys, *, has_inactive: bool | Non
     )
     for g, consumers in zip(groups, consumers_by_group, strict=True):
         last = g["last-delivered-id"]
-        undelivered_deleted = _undelivered_deleted(info, last, _int_or_none(g.get("entries-read")))
+        undelivered_deleted = removed_before_delivery(info, last, _int_or_none(g.get("entries-read")))
         answer["groups"].append(
             {
                 "name": g["name"],
@@ -320,35 +321,6 @@ async def stream_info(r: aioredis.Redis, keys: Keys, *, has_inactive: bool | Non
             }
         )
     return answer
-
-
-def _undelivered_deleted(info: dict[str, Any], last_delivered: str, entries_read: int | None) -> bool:
-    """Whether entries were removed from the stream before a group read them (case C16).
-
-    Two ways entries go: XDEL records ``max-deleted-entry-id`` (an XDEL'd entry above the group's
-    last-delivered-id was never delivered), while trimming only moves the first entry and keeps
-    ``entries-added``. Trimmed entries all lie before the first retained entry; some of them were
-    unread when the group's last-delivered-id is before that first entry and the group's logical
-    read position (``entries-read``) is below the number of removed entries
-    (``entries-added - length``). When the server cannot tell the position (``entries-read`` is
-    null), a removal past a group that is behind the first entry is reported.
-    """
-    max_deleted = info.get("max-deleted-entry-id")
-    if max_deleted and ids.compare(max_deleted, last_delivered) > 0:
-        return True
-    added = info.get("entries-added")
-    if added is None:
-        return False
-    removed = int(added) - int(info["length"])
-    if removed <= 0:
-        return False
-    first = info.get("first-entry")
-    boundary = first[0] if first and first[0] is not None else info.get("last-generated-id")
-    if not boundary:
-        return False
-    # With entries left, the boundary is the first one; with none, the last ID ever generated.
-    behind = ids.compare(last_delivered, boundary) < 0
-    return behind and (entries_read is None or entries_read < removed)
 
 
 async def order_status(r: aioredis.Redis, keys: Keys, order_id: str) -> dict[str, Any] | None:

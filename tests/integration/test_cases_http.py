@@ -135,6 +135,9 @@ async def test_c16_a_group_that_read_everything_before_the_trim_lost_nothing(api
     await r.xtrim(keys.stream, maxlen=1, approximate=False)  # now an unread one goes too
     [group] = (await (await api.get("/stream/info")).json())["groups"]
     assert group["undeliveredDeleted"] is True
+    await r.xtrim(keys.stream, maxlen=0, approximate=False)  # an empty stream still tells
+    info = await (await api.get("/stream/info")).json()
+    assert (info["length"], info["firstEntry"], info["groups"][0]["undeliveredDeleted"]) == (0, None, True)
 
 
 # ---- C23: malformed IDs from users ----------------------------------------------------------
