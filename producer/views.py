@@ -67,8 +67,10 @@ async def errors_and_metrics(request: web.Request, handler) -> web.StreamRespons
     """Turn every error into a JSON answer and count requests by route template and status.
 
     ``ApiError`` → its status; aiohttp's own HTTP errors (404, 405, 413 from ``client_max_size``)
-    → the same status with a JSON body; ``RedisError``/``OSError``/``TimeoutError`` → 503; any
-    other exception → 500 ``{"error": "internal error"}`` (logged with its trace, never sent).
+    → the same status with a JSON body; Redis unreachable or timing out → 503 with
+    :data:`UNAVAILABLE` and ``Retry-After: 1``; an error reply from Redis (OOM, READONLY,
+    WRONGTYPE) → 503 naming it; any other exception → 500 ``{"error": "internal error"}`` (logged
+    with its trace, never sent).
     """
     metrics = request.app[METRICS]
     started = time.perf_counter()
