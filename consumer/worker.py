@@ -106,6 +106,7 @@ class Worker:
         self.nogroup_incidents = 0
         self.last_error = ""
         self._error_log = RateLimitedLog(logger, 30.0)
+        self._nogroup_log = RateLimitedLog(logger, 30.0)
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -214,13 +215,13 @@ class Worker:
     async def _on_error(self, exc: BaseException, backoff: Backoff, stop: asyncio.Event) -> None:
         self.state = "backoff"
         self.last_error = f"{type(exc).__name__}: {exc}"
-        if is_nogroup(exc):
+        if group_lost(exc):
             self._group_ok = False
             self.nogroup_incidents += 1
             self.metrics.nogroup.labels(COMPONENT).inc()
-            self._error_log.log(logging.ERROR, "consumer group %s on %s is missing (stream flushed, deleted or "
-                                "evicted); recreating it at 0 (incident %d)", self.keys.group, self.keys.stream,
-                                self.nogroup_incidents)
+            self._nogroup_log.log(logging.ERROR, "consumer group %s on %s is missing (stream flushed, deleted or "
+                                 "evicted: %s); recreating it at 0 (incident %d)", self.keys.group, self.keys.stream,
+                                 self.last_error, self.nogroup_incidents)
         else:
             self._error_log.log(logging.ERROR, "redis error in the read loop, retrying with back-off: %s", self.last_error)
         await backoff.sleep(stop)
@@ -426,3 +427,12 @@ class Worker:
 
 
 _STOPPED = object()
+
+
+def group_lost(exc: BaseException) -> bool:
+    """NOGROUP, or a blocked read ended because the stream or the group was deleted (Redis 7.0
+    answers ``UNBLOCKED the stream key no longer exists`` / ``... consumer group ... no longer exists``)."""
+    if is_nogroup(exc):
+        return True
+    text = str(exc)
+    return isinstance(exc, RedisError) and text.startswith("UNBLOCKED") and "no longer exists" in text

@@ -101,7 +101,7 @@ class ConsumerProcess:
         full.update(names.env())
         full.update({"REDIS_URL": url, "POD_NAME": name, "HANDLER": HANDLER, "CLAIM_IDLE_MS": "200",
                      "BLOCK_MS": "500", "HEALTH_PORT": str(self.health_port), "HEALTH_HOST": "127.0.0.1",
-                     "LOG_LEVEL": "INFO", "PYTHONWARNINGS": "error"})
+                     "LOG_LEVEL": "INFO"})
         full.update({k: str(v) for k, v in env.items()})
         self.log = tempfile.TemporaryFile()
         self.proc = subprocess.Popen([sys.executable, "-m", "consumer"], cwd=ROOT, env=full,
