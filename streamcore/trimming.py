@@ -13,11 +13,11 @@ The reclaimer runs :func:`trim_pass` once per pass:
    applied with ``XTRIM MINID ~ floor``. ``~`` only drops whole radix-tree nodes below the floor,
    so it never passes it. Without any group there is no safe floor: the key is deleted and
    nothing is trimmed.
-4. **Loss detection** — ``XINFO STREAM`` ``max-deleted-entry-id`` above a group's
-   ``last-delivered-id`` means entries were deleted before that group read them (a trim by
-   someone else, ``XDEL``, ``MAXLEN`` on another path). The count is
-   ``entries-added - entries-read - entries still after last-delivered-id`` when the group's
-   ``entries-read`` is known, else 1 per new ``max-deleted-entry-id``; what was already counted
+4. **Loss detection** — entries deleted before a group read them (a ``MAXLEN`` on another path,
+   ``XDEL``, a manual trim) number ``entries-added - entries-read - entries still after
+   last-delivered-id`` when the group's ``entries-read`` is known; otherwise only an ``XDEL``
+   above ``last-delivered-id`` (``max-deleted-entry-id``) is detectable, counted 1 per new
+   ``max-deleted-entry-id`` (details in :func:`detect_loss`); what was already counted
    is remembered per group in ``keys.lost_reported``, the new part is added to
    ``keys.lost_counter`` (INCRBY), logged as an error and counted in
    ``orderstream_entries_lost_total``.
@@ -119,34 +119,53 @@ async def retention_floor(r: aioredis.Redis, keys: Keys, maxlen: int, *, max_ste
 async def detect_loss(r: aioredis.Redis, keys: Keys, info: dict, groups: list[dict], *, count_cap: int = 100_000) -> int:
     """Count entries deleted before some group read them (see the module docstring, step 4).
 
+    Per group, with ``added`` = XINFO STREAM ``entries-added`` and ``read`` = XINFO GROUPS
+    ``entries-read`` (0 for a group that never read, i.e. ``last-delivered-id`` 0-0), the entries
+    the group can still never read number ``added - read - surviving``, where ``surviving`` is
+    the count of entries after ``last-delivered-id`` (``XLEN`` when the first entry is already past
+    it, else a capped exclusive ``XRANGE``). Trimming does not move ``max-deleted-entry-id`` (only
+    XDEL does), so the count is what catches a MAXLEN cut. When ``entries-read`` is unknown
+    (None), only XDEL above ``last-delivered-id`` is detectable: 1 per new ``max-deleted-entry-id``.
+
     Returns:
         the newly detected number (already added to ``keys.lost_counter``).
     """
     max_deleted = info.get("max-deleted-entry-id") or "0-0"
-    entries_added = info.get("entries-added")
+    added = info.get("entries-added")
+    first = info.get("first-entry")
+    first_id = first[0] if first else None
+    length = int(info.get("length") or 0)
     new_total = 0
     for g in groups:
         last = g["last-delivered-id"]
-        if compare(max_deleted, last) <= 0:
+        head_past = first_id is None or compare(first_id, last) > 0
+        tombstone = compare(max_deleted, last) > 0
+        if not head_past and not tombstone:
             continue
+        read = g.get("entries-read")
+        if read is None and last == "0-0":
+            read = 0
         prev = await r.hget(keys.lost_reported, g["name"])
         prev_max, _, prev_total_s = (prev or "0-0|0").partition("|")
         prev_total = int(prev_total_s or 0)
-        entries_read = g.get("entries-read")
-        if entries_read is not None and entries_added is not None:
-            surviving = len(await r.xrange(keys.stream, "(" + last, "+", count=count_cap))
-            total = max(0, int(entries_added) - int(entries_read) - surviving)
+        if read is not None and added is not None:
+            if head_past:
+                surviving = length
+            else:
+                surviving = len(await r.xrange(keys.stream, "(" + last, "+", count=count_cap))
+            total = max(0, int(added) - int(read) - surviving)
         else:
-            total = prev_total + (1 if prev_max != max_deleted else 0)
+            total = prev_total + (1 if tombstone and prev_max != max_deleted else 0)
         delta = total - prev_total
         if delta > 0:
             await r.incrby(keys.lost_counter, delta)
             new_total += delta
             logger.error("LOSS: %d entries of %s were deleted or trimmed before group %s read them "
-                         "(max-deleted-entry-id %s > last-delivered-id %s)", delta, keys.stream, g["name"],
-                         max_deleted, last)
-        if prev != f"{max_deleted}|{max(total, prev_total)}":
-            await r.hset(keys.lost_reported, g["name"], f"{max_deleted}|{max(total, prev_total)}")
+                         "(last-delivered-id %s, first entry %s, max-deleted-entry-id %s)", delta, keys.stream,
+                         g["name"], last, first_id, max_deleted)
+        value = f"{max_deleted}|{max(total, prev_total)}"
+        if prev != value:
+            await r.hset(keys.lost_reported, g["name"], value)
     return new_total
 
 
