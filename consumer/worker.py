@@ -42,13 +42,13 @@ from prometheus_client import CollectorRegistry
 from redis.exceptions import RedisError
 
 from consumer.settings import ConsumerSettings
-from streamcore.claiming import ClaimScripts, claim_due, renew_leases, scan_pending
+from streamcore.claiming import ClaimScripts, claim_due, dead_letter_pending, renew_leases, scan_pending
 from streamcore.connection import server_info
 from streamcore.envelope import Envelope
 from streamcore.handling import GONE, OK, EntryRunner, HandlerContext, load_handler
 from streamcore.metrics import StreamMetrics, stream_metrics
 from streamcore.pacing import Backoff, RateLimitedLog
-from streamcore.streams import Scripts, dead_letter, ensure_group, is_nogroup
+from streamcore.streams import Scripts, ensure_group, is_nogroup
 
 logger = logging.getLogger(__name__)
 
@@ -231,7 +231,7 @@ class Worker:
         counts: dict[str, int] = {}
         for row in await scan_pending(self.r, self.keys, consumer=self.name, limit=100_000):
             if row.deliveries >= self.settings.max_deliveries:
-                res = await dead_letter(self.r, self.keys, row.entry_id, scripts=self.scripts, consumer=self.name,
+                res = await dead_letter_pending(self.r, self.keys, row.entry_id, scripts=self.scripts, consumer=self.name,
                                         deliveries=row.deliveries,
                                         error=f"delivered {row.deliveries} times without success (the worker "
                                               f"restarted while handling it)")

@@ -35,11 +35,11 @@ from prometheus_client import CollectorRegistry
 
 from reclaimer.settings import ReclaimerSettings
 from streamcore.claiming import (ClaimedEntry, ClaimScripts, autoclaim_sweep, ceiling_ms, claim_due,
-                                 delete_consumer_if_dead, renew_leases)
+                                 dead_letter_pending, delete_consumer_if_dead, renew_leases)
 from streamcore.envelope import Envelope
 from streamcore.handling import DEAD_LETTERED, GONE, OK, EntryRunner, HandlerContext, load_handler
 from streamcore.metrics import stream_metrics
-from streamcore.streams import Scripts, dead_letter, ensure_group
+from streamcore.streams import Scripts, ensure_group
 from streamcore.trimming import trim_metrics, trim_pass
 
 logger = logging.getLogger(__name__)
@@ -107,7 +107,7 @@ class Reclaimer:
         for entry in swept.claimed:
             if entry.deliveries > self.settings.max_deliveries:
                 # The sweep cannot filter by count; it added a delivery no handler will see.
-                res = await dead_letter(self.r, self.keys, entry.entry_id, scripts=self.scripts, consumer=self.name,
+                res = await dead_letter_pending(self.r, self.keys, entry.entry_id, scripts=self.scripts, consumer=self.name,
                                         deliveries=entry.deliveries - 1,
                                         error=f"gave up after {entry.deliveries - 1} deliveries")
                 s.dead_lettered += res.status == "dead_lettered"

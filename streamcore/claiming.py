@@ -41,7 +41,7 @@ from dataclasses import dataclass, field
 import redis.asyncio as aioredis
 
 from streamcore.keys import Keys
-from streamcore.streams import Scripts, dead_letter
+from streamcore.streams import DeadLetterResult, Scripts, dead_letter
 
 logger = logging.getLogger(__name__)
 
@@ -145,6 +145,16 @@ async def ack_gone(r: aioredis.Redis, keys: Keys, entry_ids: Collection[str], *,
     await r.xack(keys.stream, keys.group, *entry_ids)
     logger.warning("%s: %d pending entries had no data any more (trimmed or deleted), acked as gone: %s",
                    component, len(entry_ids), ", ".join(list(entry_ids)[:20]))
+
+
+async def dead_letter_pending(r: aioredis.Redis, keys: Keys, entry_id: str, *, scripts: Scripts, consumer: str,
+                              deliveries: int, error: str) -> DeadLetterResult:
+    """:func:`streamcore.streams.dead_letter` for an entry we hold no data of: its ``order_id`` is
+    read first with ``XRANGE id id`` so the orderId index of the DLQ is written too."""
+    rows = await r.xrange(keys.stream, entry_id, entry_id)
+    order_id = rows[0][1].get("order_id", "") if rows else ""
+    return await dead_letter(r, keys, entry_id, scripts=scripts, consumer=consumer, deliveries=deliveries,
+                             error=error, order_id=order_id)
 
 
 async def _split_missing(r: aioredis.Redis, keys: Keys, missing: list[str]) -> tuple[list[str], list[str]]:
