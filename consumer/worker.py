@@ -97,6 +97,7 @@ class Worker:
         self._ack_wanted = asyncio.Event()
         self._ack_full = asyncio.Event()
         self._stopping = False
+        self._stop: asyncio.Event | None = None
         self._group_ok = False
 
         # State shown by /healthz and /readyz.
@@ -116,6 +117,7 @@ class Worker:
         Never raises for Redis errors (they are retried with back-off); returns after the drain.
         """
         logger.info("consumer %s starting on stream %s group %s", self.name, self.keys.stream, self.keys.group)
+        self._stop = stop
         timer = asyncio.create_task(self._timer(stop), name=f"{self.name}-timer")
         acker = asyncio.create_task(self._ack_loop(), name=f"{self.name}-acks")
         try:
@@ -167,7 +169,8 @@ class Worker:
 
     def ready(self) -> tuple[bool, dict]:
         """Readiness: not shutting down, and the group is usable."""
-        ok = not self._stopping and self._group_ok and self.state in ("reading", "waiting")
+        stopping = self._stopping or (self._stop is not None and self._stop.is_set())
+        ok = not stopping and self._group_ok and self.state in ("reading", "waiting")
         return ok, self.details(time.monotonic() - self.last_progress)
 
     def details(self, age: float) -> dict:

@@ -2,8 +2,15 @@
 
 from __future__ import annotations
 
+import asyncio
+import time
+
+import aiohttp
+
+from consumer.health import start_health_server
 from tests.handlers import call_log_key, calls_key, done_key
 from tests.integration.consumer_support import keys_for, post, running, wait_for
+from tests.servers import free_port
 
 
 async def test_seed_orders_are_processed_once_and_acked(r, redis_url, names):
@@ -53,3 +60,54 @@ async def test_failed_order_is_retried_after_its_backoff_then_acked(r, redis_url
 
 async def _pending_is(r, keys, n):
     return (await r.xpending(keys.stream, keys.group))["pending"] == n
+
+
+async def test_retry_waits_for_the_backoff_of_its_delivery_count(r, redis_url, names):
+    keys = keys_for(names)
+    async with running(redis_url, names, "consumer-1", claim_idle_ms=400, claim_interval_ms=20):
+        await post(r, keys, 8, fail_until=2)
+        await wait_for(lambda: _calls(r, keys, 8, 1), interval=0.01, what="first delivery")
+        t1 = time.monotonic()
+        await wait_for(lambda: _calls(r, keys, 8, 2), interval=0.01, what="second delivery")
+        t2 = time.monotonic()
+        await wait_for(lambda: _calls(r, keys, 8, 3), interval=0.01, what="third delivery")
+        t3 = time.monotonic()
+        await wait_for(lambda: r.get(done_key(keys.stream, 8)), what="applied")
+    assert 0.36 <= t2 - t1 < 1.2   # 400 ms +-10 % after delivery 1
+    assert 0.72 <= t3 - t2 < 1.8   # 800 ms +-10 % after delivery 2
+
+
+async def test_probe_server_reports_health_readiness_and_metrics(r, redis_url, names):
+    keys = keys_for(names)
+    port = free_port()
+    async with running(redis_url, names, "consumer-1", health_port=port, health_host="127.0.0.1") as (w,):
+        runner = await start_health_server(w.worker, w.settings)
+        try:
+            await post(r, keys, 1)
+            await wait_for(lambda: r.get(done_key(keys.stream, 1)), what="processed")
+            await wait_for(lambda: _acked_metric(w.worker, 1), what="ack counted")
+            async with aiohttp.ClientSession() as http:
+                async with http.get(f"http://127.0.0.1:{port}/healthz") as resp:
+                    live = (resp.status, await resp.json())
+                async with http.get(f"http://127.0.0.1:{port}/readyz") as resp:
+                    ready = resp.status
+                async with http.get(f"http://127.0.0.1:{port}/metrics") as resp:
+                    metrics = await resp.text()
+                w.stop_event.set()  # shutdown begins: readiness goes false first
+                await asyncio.sleep(0)
+                async with http.get(f"http://127.0.0.1:{port}/readyz") as resp:
+                    ready_after = resp.status
+        finally:
+            await runner.cleanup()
+    assert live[0] == 200 and live[1]["consumer"] == "consumer-1" and live[1]["nogroup_incidents"] == 0
+    assert (ready, ready_after) == (200, 503)
+    assert 'orderstream_orders_processed_total{component="consumer"} 1.0' in metrics
+    assert 'orderstream_entries_acked_total{component="consumer"} 1.0' in metrics
+
+
+async def _calls(r, keys, oid, n):
+    return int(await r.get(calls_key(keys.stream, oid)) or 0) >= n
+
+
+async def _acked_metric(worker, n):
+    return worker.registry.get_sample_value("orderstream_entries_acked_total", {"component": "consumer"}) == n
