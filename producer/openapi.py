@@ -339,7 +339,10 @@ def openapi_document(settings: ProducerSettings) -> dict[str, Any]:
                     "summary": "The group's pending entries (XPENDING summary + extended form)",
                     "parameters": [
                         _query("consumer", "Only this consumer's entries.", {"type": "string"}),
-                        _query("minIdleMs", "Only entries idle at least this many milliseconds.", {"type": "integer", "minimum": 0}),
+                        _query(
+                            "minIdleMs", "Only entries idle at least this many milliseconds.",
+                            {"type": "integer", "minimum": 0, "maximum": 2**63 - 1},
+                        ),
                         bound_start,
                         bound_end,
                         _query("limit", f"Page size (default 100, at most {settings.history_max_count}).", {"type": "integer", "minimum": 1}),

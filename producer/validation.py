@@ -31,7 +31,8 @@ from pydantic_core import PydanticCustomError
 
 #: JavaScript's Number.MAX_SAFE_INTEGER: the largest integer every JSON client reads exactly.
 MAX_SAFE_INT = 2**53 - 1
-_SAFE_TEXT = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:-]*$")
+# Used with fullmatch: ``$`` would also match before a final newline ("abc\n" passed).
+_SAFE_TEXT = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:-]*")
 REQUIRED = ("orderId", "product", "quantity", "userId")
 _MESSAGES = {"missing": "is required", "string_type": "must be a string", "int_type": "must be an integer"}
 
@@ -84,7 +85,7 @@ def check_identifier(value: Any, max_length: int) -> Any:
             return value
         raise PydanticCustomError("identifier", "must be an integer from 0 to {max}", {"max": MAX_SAFE_INT})
     if isinstance(value, str):
-        if 1 <= len(value) <= max_length and _SAFE_TEXT.match(value):
+        if 1 <= len(value) <= max_length and _SAFE_TEXT.fullmatch(value):
             return value
         raise PydanticCustomError(
             "identifier",
@@ -191,6 +192,6 @@ def check_order_id_text(text: str, max_length: int) -> str:
     Raises:
         OrderInvalid: with ``fields={"orderId": reason}``.
     """
-    if (text.isascii() and text.isdigit() and len(text) <= 16) or (len(text) <= max_length and _SAFE_TEXT.match(text)):
+    if (text.isascii() and text.isdigit() and len(text) <= 16) or (len(text) <= max_length and _SAFE_TEXT.fullmatch(text)):
         return text
     raise OrderInvalid("invalid orderId in the path", {"orderId": f"must be 1 to {max_length} characters from A-Z a-z 0-9 . _ : -"})

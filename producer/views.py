@@ -35,9 +35,13 @@ from streamcore.metrics import CONTENT_TYPE_LATEST, render
 
 logger = logging.getLogger(__name__)
 
-_IDEMPOTENCY_KEY = re.compile(r"^[\x21-\x7e]{1,255}$")
-_FULL_ID = re.compile(r"^\d{1,20}-\d{1,20}$")
-_UINT = re.compile(r"^\d{1,19}$")
+# All used with fullmatch and ASCII classes: ``$`` also matches before a final newline and ``\d``
+# matches every Unicode digit ("5\n", "\u0665" passed and reached Redis, which refused them: 503).
+_IDEMPOTENCY_KEY = re.compile(r"[\x21-\x7e]{1,255}")
+_FULL_ID = re.compile(r"[0-9]{1,20}-[0-9]{1,20}")
+_UINT = re.compile(r"[0-9]{1,19}")
+#: Largest value Redis takes where it reads a signed 64-bit integer (XPENDING ... IDLE).
+_INT64_MAX = 2**63 - 1
 #: The 503 message: an append may or may not have happened when the connection broke mid-call.
 UNAVAILABLE = "Redis is unavailable; retry later (with the same Idempotency-Key, a retry never appends twice)"
 
@@ -129,7 +133,7 @@ def _uint(request: web.Request, name: str, *, minimum: int = 0, maximum: int | N
     if text is None:
         return None
     bound = f" from {minimum} to {maximum}" if maximum is not None else f" >= {minimum}"
-    if not _UINT.match(text) or int(text) < minimum or (maximum is not None and int(text) > maximum):
+    if not _UINT.fullmatch(text) or int(text) < minimum or (maximum is not None and int(text) > maximum):
         raise ApiError(400, f"invalid {name} parameter", {name: f"must be an integer{bound}"})
     return int(text)
 
@@ -161,7 +165,7 @@ def _idempotency_key(request: web.Request) -> str | None:
     key = request.headers.get("Idempotency-Key")
     if key is None:
         return None
-    if not _IDEMPOTENCY_KEY.match(key):
+    if not _IDEMPOTENCY_KEY.fullmatch(key):
         raise ApiError(
             400,
             "invalid Idempotency-Key header",
@@ -328,7 +332,7 @@ async def get_pending(request: web.Request) -> web.Response:
         request.app[REDIS],
         settings.keys,
         consumer=consumer,
-        min_idle_ms=_uint(request, "minIdleMs"),
+        min_idle_ms=_uint(request, "minIdleMs", maximum=_INT64_MAX),
         start=_bound(request, "start", end=False, default="-"),
         end=_bound(request, "end", end=True, default="+"),
         limit=_uint(request, "limit", minimum=1, maximum=settings.history_max_count) or 100,
@@ -377,7 +381,7 @@ async def post_redrive_one(request: web.Request) -> web.Response:
     404 unknown dlqId; 409 unreadable dead letter."""
     dlq_id = request.match_info["dlqId"]
     try:
-        if not _FULL_ID.match(dlq_id):
+        if not _FULL_ID.fullmatch(dlq_id):
             raise ids.InvalidStreamId(f"{dlq_id!r} is not a full entry ID <ms>-<seq>")
         ids.parse_id(dlq_id)
     except ids.InvalidStreamId as exc:

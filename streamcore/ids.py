@@ -11,7 +11,9 @@ from __future__ import annotations
 import re
 
 U64_MAX = 2**64 - 1
-_ID = re.compile(r"^(\d{1,20})(?:-(\d{1,20}))?$")
+# ASCII digits and fullmatch: ``\d`` matches every Unicode digit and ``$`` also matches before a
+# final newline, so "\u0661" and "5\n" passed here and Redis refused them (a 503, not a 400).
+_ID = re.compile(r"([0-9]{1,20})(?:-([0-9]{1,20}))?")
 
 
 class InvalidStreamId(ValueError):
@@ -27,7 +29,7 @@ def parse_id(text: str) -> tuple[int, int]:
     Raises:
         InvalidStreamId: not two unsigned 64-bit integers joined by ``-``.
     """
-    m = _ID.match(text)
+    m = _ID.fullmatch(text)
     if not m:
         raise InvalidStreamId(f"{text!r} is not a stream entry ID of the form <ms>-<seq>")
     ms, seq = int(m.group(1)), int(m.group(2) or 0)
