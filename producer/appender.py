@@ -27,9 +27,13 @@ from streamcore.streams import AppendResult, Scripts, append_call, append_result
 logger = logging.getLogger(__name__)
 
 
+class Unencodable(ValueError):
+    """An append holds text that cannot be encoded as UTF-8 (a lone surrogate); nothing was sent."""
+
+
 @dataclass(slots=True)
 class _Pending:
-    keys: list[str]
+    keys: list[bytes]
     args: list
     body_hash: str
     future: asyncio.Future
@@ -93,6 +97,7 @@ class Appender:
             The script's outcome (new entry, or the replayed one).
 
         Raises:
+            Unencodable: a key or value is not encodable as UTF-8 (only this call fails).
             redis.exceptions.RedisError: this append (or its whole pipeline) failed.
         """
         if self._closing or self._task is None:
@@ -100,6 +105,14 @@ class Appender:
         script_keys, script_args = append_call(
             self._keys, fields, order_id, idempotency_key=idempotency_key, body_hash=body_hash, idempotency_ttl_s=self._ttl
         )
+        # Encode here, per caller: redis-py encodes a pipeline as a whole when it is sent, so one
+        # value it cannot encode (a lone surrogate) failed every append batched with it. Bytes
+        # are sent as they are, so this costs no second encoding.
+        try:
+            script_keys = [k.encode() for k in script_keys]
+            script_args = [a.encode() if isinstance(a, str) else a for a in script_args]
+        except UnicodeEncodeError as exc:
+            raise Unencodable(f"this order cannot be sent to Redis: {exc.reason} at position {exc.start}") from None
         future = asyncio.get_running_loop().create_future()
         self._queue.append(_Pending(script_keys, script_args, body_hash, future))
         self._wake.set()

@@ -58,12 +58,15 @@ def _order_of(dlq_id: str, fields: dict[str, str]) -> dict[str, Any]:
 async def _append(appender: Appender, dlq_id: str, fields: dict[str, str]) -> Redriven:
     order = _order_of(dlq_id, fields)
     key = f"redrive {dlq_id}"
-    result = await appender.append(
-        envelope.encode(order, idempotency_key=key, redriven_from=dlq_id),
-        str(order["orderId"]),
-        idempotency_key=key,
-        body_hash=canonical_hash(order),
-    )
+    try:
+        result = await appender.append(
+            envelope.encode(order, idempotency_key=key, redriven_from=dlq_id),
+            str(order["orderId"]),
+            idempotency_key=key,
+            body_hash=canonical_hash(order),
+        )
+    except ValueError as exc:  # appender.Unencodable (a lone surrogate), a non-finite number: nothing was sent
+        raise DeadLetterUnreadable(f"dead letter {dlq_id} cannot be appended again: {exc}") from None
     return Redriven(dlq_id, result.entry_id, str(order["orderId"]), replayed=not result.created)
 
 

@@ -58,7 +58,9 @@ def _schemas(settings: ProducerSettings) -> dict[str, Any]:
             "type": "object",
             "description": (
                 "An order. Extra fields (nested too) are kept exactly as sent. `true`/`false` and `2.0` are "
-                "not integers; nothing is coerced. `1001` and `\"1001\"` identify the same order."
+                "not integers; nothing is coerced. `1001` and `\"1001\"` identify the same order. Refused "
+                "with 400: numbers that overflow to infinity (`1e400`), integers over 4300 digits, lone "
+                "surrogate escapes (`\\ud800`)."
             ),
             "required": ["orderId", "product", "quantity", "userId"],
             "properties": {

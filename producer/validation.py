@@ -16,12 +16,18 @@ exactly as sent (key order and types included) and stored as the entry's ``data`
 
 ``true``/``false`` are not integers and ``2.0`` is not an integer; nothing is coerced. Every bad
 field is reported at once (``{"quantity": "...", "userId": "..."}``).
+
+What is stored must be readable by every reader later, so a body is refused (400) when it holds a
+number that overflows to infinity (``1e400``), an integer of more digits than Python converts
+(4300), or a lone UTF-16 surrogate escape (``"\\ud800"``: not encodable as UTF-8, so Redis could
+never receive it).
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import math
 import re
 from dataclasses import dataclass
 from typing import Any
@@ -33,6 +39,9 @@ from pydantic_core import PydanticCustomError
 MAX_SAFE_INT = 2**53 - 1
 # Used with fullmatch: ``$`` would also match before a final newline ("abc\n" passed).
 _SAFE_TEXT = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:-]*")
+# A \uD800-\uDFFF escape; only then can the parsed text hold a lone surrogate (the raw body was
+# decoded as strict UTF-8, which refuses encoded surrogates).
+_SURROGATE_ESCAPE = re.compile(r"\\u[dD][89a-fA-F]")
 REQUIRED = ("orderId", "product", "quantity", "userId")
 _MESSAGES = {"missing": "is required", "string_type": "must be a string", "int_type": "must be an integer"}
 
@@ -134,11 +143,22 @@ def _reject_constant(name: str) -> Any:
     raise BodyError(f"body is not valid JSON: {name} is not allowed")
 
 
+def _finite_float(text: str) -> float:
+    """``parse_float`` hook: ``1e400`` parses to ``inf``, which JSON cannot carry back out
+    (``allow_nan=False`` raised ValueError later, a 500), so refuse it here."""
+    value = float(text)
+    if not math.isfinite(value):
+        raise BodyError(f"body is not acceptable JSON: the number {text[:40]} is out of range")
+    return value
+
+
 def parse_json(body: bytes) -> Any:
-    """Parse a request body as strict JSON (UTF-8; no ``NaN``/``Infinity``).
+    """Parse a request body as strict JSON (UTF-8; no ``NaN``/``Infinity``, no number that
+    overflows to infinity, no integer over 4300 digits, no lone surrogate escape).
 
     Raises:
-        BodyError: empty, not UTF-8, not JSON (e.g. truncated), or nested too deeply.
+        BodyError: empty, not UTF-8, not JSON (e.g. truncated), unrepresentable as above, or
+            nested too deeply for the parser.
     """
     if not body.strip():
         raise BodyError("body is empty; send a JSON object")
@@ -147,11 +167,23 @@ def parse_json(body: bytes) -> Any:
     except UnicodeDecodeError as exc:
         raise BodyError(f"body is not UTF-8: {exc.reason} at byte {exc.start}") from None
     try:
-        return json.loads(text, parse_constant=_reject_constant)
+        value = json.loads(text, parse_constant=_reject_constant, parse_float=_finite_float)
+    except BodyError:
+        raise
     except json.JSONDecodeError as exc:
         raise BodyError(f"body is not valid JSON: {exc.msg} at line {exc.lineno} column {exc.colno}") from None
     except RecursionError:
         raise BodyError("body is not acceptable JSON: nested too deeply") from None
+    except ValueError as exc:  # int(): "Exceeds the limit (4300 digits) for integer string conversion"
+        raise BodyError(f"body is not acceptable JSON: {str(exc).split(';')[0]}") from None
+    if _SURROGATE_ESCAPE.search(text):
+        # Paired escapes (an emoji) were combined by the parser; a lone one stays a surrogate,
+        # which no UTF-8 encoder accepts: it made the whole Redis pipeline it shared fail.
+        try:
+            json.dumps(value, ensure_ascii=False).encode("utf-8")
+        except UnicodeEncodeError:
+            raise BodyError("body is not acceptable JSON: it holds a lone UTF-16 surrogate escape (\\uD800-\\uDFFF)") from None
+    return value
 
 
 def validate_order(data: Any, limits: Limits) -> dict[str, Any]:

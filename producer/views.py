@@ -154,7 +154,12 @@ async def _json_body(request: web.Request) -> Any:
             f"body of {request.content_length} bytes is larger than the limit of {settings.max_body_bytes} bytes",
             reason="too_large",
         )
-    body = await request.read()  # raises HTTPRequestEntityTooLarge past client_max_size (chunked bodies)
+    try:
+        body = await request.read()  # raises HTTPRequestEntityTooLarge past client_max_size (chunked bodies)
+    except web.RequestPayloadError as exc:
+        # The body cannot be read as sent, e.g. ``Content-Encoding: gzip`` on a plain body: the
+        # client's fault (it was a 500).
+        raise ApiError(400, f"body cannot be read: {exc}", {"Content-Encoding": "does not match the body"}, reason="not_json") from None
     try:
         return parse_json(body)
     except BodyError as exc:

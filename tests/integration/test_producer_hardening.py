@@ -8,6 +8,8 @@ results checked in Redis too.
 
 from __future__ import annotations
 
+import asyncio
+import gzip
 import json
 
 import pytest
@@ -15,7 +17,9 @@ from aiohttp.test_utils import TestClient, TestServer
 from prometheus_client import CollectorRegistry
 
 from producer.app import create_app
+from producer.appkeys import APPENDER
 from producer.settings import ProducerSettings
+from streamcore import envelope
 from streamcore.keys import Keys
 from streamcore.streams import ensure_group
 
@@ -47,6 +51,114 @@ def good(i: int | str) -> dict:
 async def post_raw(api: TestClient, body: bytes, **headers):
     resp = await api.post("/orders", data=body, headers={"Content-Type": "application/json", **headers})
     return resp.status, await resp.json()
+
+
+def order_text(extra: str) -> bytes:
+    """An otherwise valid order with ``extra`` (raw JSON text) as one more member."""
+    return ('{"orderId":"o1","product":"p","quantity":1,"userId":1,' + extra + "}").encode()
+
+
+# ---- bodies that used to answer 500 ----------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "extra",
+    [
+        '"note":"\\ud800"',  # lone high surrogate: not encodable as UTF-8
+        '"note":"\\udfff x"',  # lone low surrogate
+        '"\\udc00":1',  # in a member name
+    ],
+)
+async def test_lone_surrogate_is_400_and_nothing_appended(api, r, keys, extra):
+    status, body = await post_raw(api, order_text(extra), **{"Idempotency-Key": "sur-1"})
+    assert status == 400, body
+    assert "surrogate" in body["error"]
+    assert await r.xlen(keys.stream) == 0
+    # A correctly paired surrogate (an emoji written as an escape) is fine and round-trips.
+    status, body = await post_raw(api, order_text('"note":"\\ud83d\\ude00"'))
+    assert status == 201, body
+    [(_, fields)] = await r.xrange(keys.stream)
+    assert json.loads(fields["data"])["note"] == "\U0001f600"
+
+
+async def test_lone_surrogate_does_not_fail_the_orders_sharing_its_pipeline(api, r, keys):
+    """One bad request must not fail the concurrent ones batched with it (it failed them all
+    with 500: the pipeline could not be encoded)."""
+    bad = order_text('"note":"\\ud800"')
+    bodies = [bad if i % 10 == 0 else json.dumps(good(i)).encode() for i in range(60)]
+    results = await asyncio.gather(*(post_raw(api, b) for b in bodies))
+    statuses = [s for s, _ in results]
+    assert [s for i, s in enumerate(statuses) if i % 10 == 0] == [400] * 6
+    assert [s for i, s in enumerate(statuses) if i % 10] == [201] * 54
+    assert await r.xlen(keys.stream) == 54
+
+
+async def test_appender_isolates_an_unencodable_append(api, r, keys):
+    """Defence in depth below validation: the appender encodes each append on its own, so a
+    value that cannot be sent fails that caller only, never the pipeline it would have shared."""
+    appender = api.server.app[APPENDER]
+    fields = [envelope.encode(good(i)) for i in range(20)]
+    fields[5] = {**fields[5], "data": fields[5]["data"].replace("Item-5", "\ud800")}
+    outcomes = await asyncio.gather(*(appender.append(f, str(i)) for i, f in enumerate(fields)), return_exceptions=True)
+    assert isinstance(outcomes[5], ValueError)
+    assert all(not isinstance(o, BaseException) and o.created for i, o in enumerate(outcomes) if i != 5)
+    assert await r.xlen(keys.stream) == 19
+
+
+@pytest.mark.parametrize("number", ["1e400", "-1e400", "1.5e999"])
+async def test_number_overflowing_to_infinity_is_400(api, r, keys, number):
+    status, body = await post_raw(api, order_text(f'"price":{number}'))
+    assert status == 400, body
+    assert await r.xlen(keys.stream) == 0
+
+
+@pytest.mark.parametrize("where", ["extra", "orderId", "quantity"])
+async def test_integer_with_thousands_of_digits_is_400(api, r, keys, where):
+    digits = "9" * 5000
+    if where == "extra":
+        body = order_text(f'"n":{digits}')
+    elif where == "orderId":
+        body = ('{"orderId":' + digits + ',"product":"p","quantity":1,"userId":1}').encode()
+    else:
+        body = ('{"orderId":1,"product":"p","quantity":' + digits + ',"userId":1}').encode()
+    status, answer = await post_raw(api, body)
+    assert status == 400, answer
+    assert await r.xlen(keys.stream) == 0
+    # In a batch as well.
+    resp = await api.post("/orders/batch", data=b"[" + body + b"]", headers={"Content-Type": "application/json"})
+    assert resp.status == 400, await resp.text()
+    assert await r.xlen(keys.stream) == 0
+
+
+async def test_content_encoding_that_does_not_match_the_body_is_400(api, r, keys):
+    body = json.dumps(good(1)).encode()
+    resp = await api.post("/orders", data=body, headers={"Content-Type": "application/json", "Content-Encoding": "gzip"})
+    assert resp.status == 400, await resp.text()
+    assert "error" in await resp.json()
+    assert await r.xlen(keys.stream) == 0
+    # A real gzip body is fine.
+    resp = await api.post(
+        "/orders", data=gzip.compress(body), headers={"Content-Type": "application/json", "Content-Encoding": "gzip"}
+    )
+    assert resp.status == 201, await resp.text()
+
+
+async def test_redrive_of_an_unencodable_dead_letter_is_409_and_does_not_block_the_others(api, r, keys):
+    """A dead letter whose JSON holds a lone surrogate escape decodes, but cannot be sent back to
+    Redis: it failed the shared pipeline, so re-driving all answered 500 and moved nothing."""
+    bad_id = await r.xadd(keys.dlq, {"original_id": "1-1", "data": '{"orderId":"bad","product":"\\ud800","quantity":1,"userId":1}', "order_id": "bad"})
+    good_ids = [
+        await r.xadd(keys.dlq, {"original_id": f"1-{i + 2}", "data": json.dumps(good(i)), "order_id": str(i)}) for i in range(3)
+    ]
+    resp = await api.post(f"/dead-letters/{bad_id}/redrive")
+    assert resp.status == 409, await resp.text()
+    resp = await api.post("/dead-letters/redrive")
+    assert resp.status == 200, await resp.text()
+    answer = await resp.json()
+    assert [i["dlqId"] for i in answer["items"]] == good_ids
+    assert [s["dlqId"] for s in answer["skipped"]] == [bad_id]
+    assert answer["remaining"] == 1
+    assert await r.xlen(keys.stream) == 3
 
 
 # ---- text that used to pass a regex anchored with ``$`` or ``\d`` ---------------------------------
