@@ -20,7 +20,7 @@ from typing import Any
 import redis.asyncio as aioredis
 
 from producer.appender import Appender
-from producer.validation import canonical_hash
+from producer.validation import MAX_NESTING, canonical_hash, too_deep
 from streamcore import envelope
 from streamcore.keys import Keys
 
@@ -48,10 +48,15 @@ class Redriven:
 def _order_of(dlq_id: str, fields: dict[str, str]) -> dict[str, Any]:
     try:
         order = json.loads(fields.get("data", ""))
+    except RecursionError:
+        raise DeadLetterUnreadable(f"dead letter {dlq_id} data is nested too deeply") from None
     except ValueError as exc:
         raise DeadLetterUnreadable(f"dead letter {dlq_id} data is not JSON: {exc}") from None
     if not isinstance(order, dict) or "orderId" not in order:
         raise DeadLetterUnreadable(f"dead letter {dlq_id} holds no order object with an orderId")
+    # Re-driving must not put back what POST /orders would refuse: readers fail on it.
+    if too_deep(order) is not None:
+        raise DeadLetterUnreadable(f"dead letter {dlq_id} data is nested more than {MAX_NESTING} levels deep")
     return order
 
 

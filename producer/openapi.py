@@ -9,7 +9,7 @@ from __future__ import annotations
 from typing import Any
 
 from producer.settings import ProducerSettings
-from producer.validation import MAX_SAFE_INT
+from producer.validation import MAX_NESTING, MAX_SAFE_INT
 
 _ID_PATTERN = r"^\d{1,20}-\d{1,20}$"
 _BOUND = (
@@ -59,8 +59,8 @@ def _schemas(settings: ProducerSettings) -> dict[str, Any]:
             "description": (
                 "An order. Extra fields (nested too) are kept exactly as sent. `true`/`false` and `2.0` are "
                 "not integers; nothing is coerced. `1001` and `\"1001\"` identify the same order. Refused "
-                "with 400: numbers that overflow to infinity (`1e400`), integers over 4300 digits, lone "
-                "surrogate escapes (`\\ud800`)."
+                f"with 400: arrays/objects nested more than {MAX_NESTING} levels inside the order, numbers that overflow "
+                "to infinity (`1e400`), integers over 4300 digits, lone surrogate escapes (`\\ud800`)."
             ),
             "required": ["orderId", "product", "quantity", "userId"],
             "properties": {

@@ -14,6 +14,7 @@ from typing import Any
 import redis.asyncio as aioredis
 from redis.exceptions import ResponseError
 
+from producer.validation import MAX_NESTING, too_deep
 from streamcore import envelope, ids
 from streamcore.keys import Keys
 from streamcore.loss import removed_before_delivery
@@ -116,6 +117,16 @@ async def read_last(r: aioredis.Redis, key: str, start: str, end: str, *, count:
     return page
 
 
+#: An entry nested deeper than writers allow (written before the limit, or by another writer):
+#: decoding or answering it could raise RecursionError, which failed the whole page with 500.
+_TOO_DEEP = "entry {} data is nested too deeply to return"
+
+
+def _maybe_deep(data: str) -> bool:
+    """Cheap pre-check (C-speed counts) before walking an order for its depth."""
+    return data.count("[") + data.count("{") > MAX_NESTING
+
+
 def order_item(entry_id: str, fields: dict[str, str] | None) -> dict[str, Any]:
     """One history item: ``{"id", "order"}`` (plus ``redrivenFrom`` when re-driven), or
     ``{"id", "error"}`` when the entry has no readable order."""
@@ -123,6 +134,10 @@ def order_item(entry_id: str, fields: dict[str, str] | None) -> dict[str, Any]:
         env = envelope.decode(entry_id, fields)
     except envelope.EnvelopeError as exc:
         return {"id": entry_id, "error": str(exc)}
+    except RecursionError:
+        return {"id": entry_id, "error": _TOO_DEEP.format(entry_id)}
+    if _maybe_deep(fields["data"]) and too_deep(env.order) is not None:
+        return {"id": entry_id, "error": _TOO_DEEP.format(entry_id)}
     item: dict[str, Any] = {"id": entry_id, "order": env.order}
     if "redriven_from" in env.fields:
         item["redrivenFrom"] = env.fields["redriven_from"]
@@ -432,11 +447,16 @@ def dead_letter_item(dlq_id: str, fields: dict[str, str]) -> dict[str, Any]:
     "lastError", "consumer", "owner", "firstSeenMs", "deadLetteredMs", "sourceStream"}``
     (the fields written by :func:`streamcore.streams.dead_letter`)."""
     item: dict[str, Any] = {"dlqId": dlq_id, "originalId": fields.get("original_id"), "orderId": fields.get("order_id")}
+    data = fields.get("data", "")
     try:
-        order = json.loads(fields.get("data", ""))
+        order = json.loads(data)
         if not isinstance(order, dict):
             raise ValueError("not a JSON object")
+        if _maybe_deep(data) and too_deep(order) is not None:
+            raise ValueError("nested too deeply to return")
         item["order"] = order
+    except RecursionError:
+        item["error"] = f"dead letter {dlq_id} has no readable order: nested too deeply to return"
     except ValueError as exc:
         item["error"] = f"dead letter {dlq_id} has no readable order: {exc}"
     item.update(

@@ -19,8 +19,10 @@ field is reported at once (``{"quantity": "...", "userId": "..."}``).
 
 What is stored must be readable by every reader later, so a body is refused (400) when it holds a
 number that overflows to infinity (``1e400``), an integer of more digits than Python converts
-(4300), or a lone UTF-16 surrogate escape (``"\\ud800"``: not encodable as UTF-8, so Redis could
-never receive it).
+(4300), a lone UTF-16 surrogate escape (``"\\ud800"``: not encodable as UTF-8, so Redis could
+never receive it), or arrays/objects nested more than :data:`MAX_NESTING` levels inside an order
+(an order nested ~975 deep parsed here but made every later history page holding it fail with
+``RecursionError`` in readers whose stack was deeper).
 """
 
 from __future__ import annotations
@@ -37,6 +39,8 @@ from pydantic_core import PydanticCustomError
 
 #: JavaScript's Number.MAX_SAFE_INTEGER: the largest integer every JSON client reads exactly.
 MAX_SAFE_INT = 2**53 - 1
+#: Most levels of arrays/objects inside one order (the order object itself is level 0).
+MAX_NESTING = 64
 # Used with fullmatch: ``$`` would also match before a final newline ("abc\n" passed).
 _SAFE_TEXT = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:-]*")
 # A \uD800-\uDFFF escape; only then can the parsed text hold a lone surrogate (the raw body was
@@ -186,6 +190,27 @@ def parse_json(body: bytes) -> Any:
     return value
 
 
+def too_deep(value: Any, limit: int = MAX_NESTING) -> str | None:
+    """The first top-level member of ``value`` whose arrays/objects nest more than ``limit``
+    levels below ``value`` (``"body"`` if ``value`` is no object), or None. Iterative: safe on
+    any depth the parser returned."""
+    top = value.items() if isinstance(value, dict) else [("body", value)]
+    for name, member in top:
+        stack = [(member, 1)]
+        while stack:
+            item, depth = stack.pop()
+            if isinstance(item, dict):
+                children = item.values()
+            elif isinstance(item, list):
+                children = item
+            else:
+                continue
+            if depth > limit:
+                return str(name)
+            stack.extend((c, depth + 1) for c in children if isinstance(c, (dict, list)))
+    return None
+
+
 def validate_order(data: Any, limits: Limits) -> dict[str, Any]:
     """Validate one order and return the very same object (nothing coerced, nothing dropped).
 
@@ -199,6 +224,11 @@ def validate_order(data: Any, limits: Limits) -> dict[str, Any]:
     if not isinstance(data, dict):
         kind = "an array" if isinstance(data, list) else f"a JSON {type(data).__name__}"
         raise OrderInvalid(f"an order must be a JSON object, not {kind}", {})
+    deep = too_deep(data)
+    if deep is not None:
+        raise OrderInvalid(
+            f"invalid order: nested too deeply (at most {MAX_NESTING} levels)", {deep: f"nested more than {MAX_NESTING} levels deep"}
+        )
     try:
         Order.model_validate(data, context={"limits": limits})
     except ValidationError as exc:

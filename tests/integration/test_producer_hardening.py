@@ -130,6 +130,65 @@ async def test_integer_with_thousands_of_digits_is_400(api, r, keys, where):
     assert await r.xlen(keys.stream) == 0
 
 
+def nested(depth: int) -> str:
+    return "[" * depth + "]" * depth
+
+
+async def test_deep_nesting_is_400_before_it_can_break_readers(api, r, keys):
+    """An order nested ~975 deep was accepted, and then every history page holding it and
+    /stream/info answered 500 (RecursionError decoding it at a deeper stack)."""
+    for depth in (65, 200, 975, 100_000):
+        status, body = await post_raw(api, order_text(f'"x":{nested(depth)}'), **{"Idempotency-Key": f"deep-{depth}"})
+        assert status == 400, (depth, body)
+        assert "deep" in body["error"]
+        resp = await api.post(
+            "/orders/batch", data=("[" + order_text(f'"x":{nested(depth)}').decode() + "]").encode(),
+            headers={"Content-Type": "application/json"},
+        )
+        assert resp.status == 400, (depth, await resp.text())
+    assert await r.xlen(keys.stream) == 0
+    status, body = await post_raw(api, order_text(f'"x":{nested(64)}'))
+    assert status == 201, body
+
+
+async def test_history_and_info_survive_an_entry_nested_too_deeply(api, r, keys):
+    """Entries written before the depth limit (or by another writer) must not turn reads into 500."""
+    await ensure_group(r, keys)
+    deep = '{"orderId":"deep","product":"p","quantity":1,"userId":1,"x":' + nested(990) + "}"
+    deep_id = await r.xadd(keys.stream, {"data": deep, "order_id": "deep", "v": "1"})
+    await r.set(keys.order_index("deep"), deep_id)
+    # Decodes here, but answering it from a deeper stack could still recurse too far.
+    deep2 = '{"orderId":"deep2","product":"p","quantity":1,"userId":1,"x":' + nested(960) + "}"
+    deep2_id = await r.xadd(keys.stream, {"data": deep2, "order_id": "deep2", "v": "1"})
+    status, body = await post_raw(api, json.dumps(good(2)).encode())
+    assert status == 201
+
+    resp = await api.get("/orders/history")
+    assert resp.status == 200, await resp.text()
+    page = await resp.json()
+    assert [o["id"] for o in page["orders"][:2]] == [deep_id, deep2_id]
+    assert all("error" in o and "order" not in o for o in page["orders"][:2])
+    assert page["orders"][2]["order"] == good(2)
+    resp = await api.get("/orders/history", params={"count": "5"})
+    assert resp.status == 200, await resp.text()
+    resp = await api.get("/stream/info")
+    assert resp.status == 200, await resp.text()
+    assert "error" in (await resp.json())["firstEntry"]
+    resp = await api.get("/orders/deep")
+    assert resp.status == 200, await resp.text()
+    assert (await resp.json())["status"] == "waiting"
+
+    dlq_id = await r.xadd(keys.dlq, {"original_id": deep_id, "data": deep, "order_id": "deep", "deliveries": "3"})
+    resp = await api.get("/dead-letters")
+    assert resp.status == 200, await resp.text()
+    assert "error" in (await resp.json())["deadLetters"][0]
+    resp = await api.post(f"/dead-letters/{dlq_id}/redrive")
+    assert resp.status == 409, await resp.text()
+    resp = await api.post("/dead-letters/redrive")
+    assert resp.status == 200, await resp.text()
+    assert [s["dlqId"] for s in (await resp.json())["skipped"]] == [dlq_id]
+
+
 async def test_content_encoding_that_does_not_match_the_body_is_400(api, r, keys):
     body = json.dumps(good(1)).encode()
     resp = await api.post("/orders", data=body, headers={"Content-Type": "application/json", "Content-Encoding": "gzip"})
