@@ -192,22 +192,28 @@ def parse_json(body: bytes) -> Any:
 
 def too_deep(value: Any, limit: int = MAX_NESTING) -> str | None:
     """The first top-level member of ``value`` whose arrays/objects nest more than ``limit``
-    levels below ``value`` (``"body"`` if ``value`` is no object), or None. Iterative: safe on
-    any depth the parser returned."""
+    levels below ``value`` (``"body"`` if ``value`` is no object), or None.
+
+    Iterative (safe on any depth the parser returned) and level by level, which is ~3x faster
+    than a stack of (node, depth) pairs on container-heavy bodies (a 640 KB body of 200k small
+    arrays: ~30 ms instead of ~80 ms, next to ~90 ms for parsing it).
+    """
     top = value.items() if isinstance(value, dict) else [("body", value)]
     for name, member in top:
-        stack = [(member, 1)]
-        while stack:
-            item, depth = stack.pop()
-            if isinstance(item, dict):
-                children = item.values()
-            elif isinstance(item, list):
-                children = item
-            else:
-                continue
+        if not isinstance(member, (dict, list)):
+            continue
+        level = [member]
+        depth = 1
+        while level:
             if depth > limit:
                 return str(name)
-            stack.extend((c, depth + 1) for c in children if isinstance(c, (dict, list)))
+            below = []
+            for item in level:
+                for child in item.values() if isinstance(item, dict) else item:
+                    if isinstance(child, (dict, list)):
+                        below.append(child)
+            level = below
+            depth += 1
     return None
 
 
