@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import logging
+import threading
 import time
 from typing import Any
 
@@ -61,8 +62,11 @@ class Runtime:
 
 async def configure(settings: kopf.OperatorSettings, **_: Any) -> None:
     """Startup: post only our own Events (not kopf's per-tick log lines), keep kopf's state in
-    annotations (status is ours), and retry failed polls quickly."""
+    annotations (status is ours), and let a poll in progress finish when the operator stops
+    (timers have no cancellation timeout: without this, a poll caught mid-flight is orphaned
+    and the cleanup closes its clients under it)."""
     settings.posting.level = logging.WARNING
+    settings.background.instant_exit_timeout = 5.0
     settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix='orderstream.dev')
     settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(prefix='orderstream.dev')
 
@@ -148,11 +152,14 @@ async def run_operator(
     settings: AutoscalerSettings,
     *,
     kopf_settings: kopf.OperatorSettings | None = None,
-    stop_flag: asyncio.Event | None = None,
-    ready_flag: asyncio.Event | None = None,
+    stop_flag: asyncio.Event | threading.Event | None = None,
+    ready_flag: asyncio.Event | threading.Event | None = None,
     metrics_registry: CollectorRegistry | None = None,
 ) -> None:
-    """Run the operator until ``stop_flag`` (or SIGINT/SIGTERM, which kopf handles).
+    """Run the operator until ``stop_flag`` is set (or SIGINT/SIGTERM, which kopf handles).
+
+    ``stop_flag``/``ready_flag`` may be asyncio or threading events (tests run the operator in
+    a thread of its own).
 
     Serves kopf's liveness probe on ``HEALTH_PORT`` (``/healthz``) and our metrics on
     ``METRICS_PORT`` (``/metrics``); 0 disables either.

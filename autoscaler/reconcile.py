@@ -115,13 +115,16 @@ def redis_url(url: str, *, tls: bool, username: str | None) -> str:
 class ResourceState:
     """What one StreamAutoscaler remembers between polls (kept in kopf's per-object memo).
 
-    ``history``: the policy's recent recommendations and changes; ``reader`` and ``reader_key``:
+    ``history``: the policy's recent recommendations and changes; ``last_status``: the status
+    computed by the last poll (the object's own status may lag behind our patches, and Events
+    are posted on transitions, so we compare with what we wrote); ``reader`` and ``reader_key``:
     the signal reader (it holds the previous counters for rates) and the config it was made for;
     ``next_poll``: monotonic seconds when the next poll is due; ``generation``: the spec
     generation of the last poll (a new generation polls at once).
     """
 
     history: policy.History = dataclasses.field(default_factory=policy.History)
+    last_status: dict[str, Any] | None = None
     reader: SignalReader | None = None
     reader_key: tuple[Any, ...] = ()
     next_poll: float = 0.0
@@ -183,7 +186,17 @@ def _condition(status: Mapping[str, Any], kind: str) -> Mapping[str, Any]:
     return next((c for c in status.get('conditions') or () if c.get('type') == kind), {})
 
 
-async def reconcile(
+async def reconcile(**kwargs: Any) -> Outcome:
+    """Run one poll; see :func:`_reconcile` for the arguments. Remembers the status it computed."""
+    state: ResourceState = kwargs['state']
+    if state.last_status is not None:
+        kwargs['status'] = state.last_status
+    outcome = await _reconcile(**kwargs)
+    state.last_status = {**kwargs['status'], **outcome.status}
+    return outcome
+
+
+async def _reconcile(
     *,
     namespace: str,
     name: str,

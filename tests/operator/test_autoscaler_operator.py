@@ -1,0 +1,214 @@
+"""The autoscaler operator against kmock (the Kubernetes API) and a real Redis/Valkey."""
+from __future__ import annotations
+
+import time
+
+import pytest
+
+from tests.operator.conftest import DEPLOYMENTS, NS, SAS, autoscaler_spec, eventually
+from tests.servers import free_port
+
+pytestmark = pytest.mark.timeout(60)
+
+
+async def fill(r, stream: str, n: int) -> None:
+    pipe = r.pipeline(transaction=False)
+    for i in range(n):
+        pipe.xadd(stream, {'data': f'{{"orderId": "o{i}"}}'})
+    await pipe.execute()
+
+
+async def drain(r, stream: str, group: str, consumer: str) -> None:
+    """Read and acknowledge everything, as a consumer would."""
+    while entries := await r.xreadgroup(group, consumer, {stream: '>'}, count=500):
+        await r.xack(stream, group, *[entry_id for entry_id, _ in entries[0][1]])
+    pending = await r.xpending_range(stream, group, min='-', max='+', count=10_000)
+    if pending:
+        await r.xack(stream, group, *[p['message_id'] for p in pending])
+
+
+def polls(cluster, deployment: str = 'consumer') -> int:
+    """How many times the operator has read the Deployment (one GET per poll)."""
+    path = f'/apis/apps/v1/namespaces/{NS}/deployments/{deployment}'
+    return sum(1 for r in list(cluster.server) if r.method == 'GET' and r.url.path == path)
+
+
+async def more_polls(cluster, n: int = 3, deployment: str = 'consumer') -> None:
+    start = polls(cluster, deployment)
+    await eventually(lambda: polls(cluster, deployment) >= start + n, 10, f'{n} more polls')
+
+
+@pytest.fixture
+async def redis_secret(cluster, redis_url) -> str:
+    await cluster.create_secret('redis', redis_url)
+    return 'redis'
+
+
+async def test_scales_up_on_backlog_and_explains(cluster, operator, r, names, redis_secret):
+    await r.xgroup_create(names.stream, names.group, '0', mkstream=True)
+    await fill(r, names.stream, 500)
+    await r.xreadgroup(names.group, 'consumer-0', {names.stream: '>'}, count=50)  # live pod, in flight
+    await r.xreadgroup(names.group, 'consumer-gone', {names.stream: '>'}, count=30)  # its pod is gone
+    await cluster.create_deployment('consumer', replicas=1)  # pod consumer-0
+
+    await cluster.create_autoscaler('sas', autoscaler_spec(redis_secret, names.stream, names.group))
+
+    # lag 420 + live pending 50 = 470 -> ceil(4.7) = 5; the dead consumer's 30 are not backlog.
+    await eventually(lambda: cluster.scale_patches('consumer') == [5], 10, 'scale to 5')
+    await eventually(lambda: cluster.status('sas').get('currentReplicas') == 5, 10, lambda: cluster.status('sas'))
+    status = cluster.status('sas')
+    assert (status['desiredReplicas'], status['recommendedReplicas'], status['reason']) == (5, 5, 'ScaleUp')
+    assert status['observedGeneration'] == 1 and status['lastScaleTime']
+    signals = status['signals']
+    assert (signals['backlog'], signals['lag'], signals['livePending'], signals['deadPending']) == (470, 420, 50, 30)
+    assert signals['redisReachable'] and signals['lagExact']
+    assert {c['type']: c['status'] for c in status['conditions']} == {
+        'Ready': 'True', 'Active': 'True', 'ScalingLimited': 'False', 'RedisReachable': 'True', 'LagExact': 'True'}
+    assert cluster.replicas('consumer') == 5
+
+    await eventually(lambda: len(cluster.events('Scaled')) == 2, 10, 'Events posted (asynchronously by kopf)')
+    (on_autoscaler,) = cluster.events('Scaled', 'StreamAutoscaler')
+    (on_deployment,) = cluster.events('Scaled', 'Deployment')
+    assert 'from 1 to 5' in on_autoscaler['message'] and 'from 1 to 5' in on_deployment['message']
+    assert on_deployment['involvedObject']['name'] == 'consumer'
+
+    # Steady afterwards: the scale subresource is patched only when the count changes.
+    await more_polls(cluster, 3)
+    assert cluster.scale_patches('consumer') == [5]
+    assert len(cluster.events('Scaled')) == 2
+    assert operator.metrics.get_sample_value('orderstream_autoscaler_desired_replicas', {'autoscaler': f'{NS}/sas'}) == 5
+    assert operator.metrics.get_sample_value('orderstream_autoscaler_backlog_entries', {'autoscaler': f'{NS}/sas'}) == 470
+
+
+async def test_scales_down_after_draining_respecting_the_window(cluster, operator, r, names, redis_secret):
+    await r.xgroup_create(names.stream, names.group, '0', mkstream=True)
+    await fill(r, names.stream, 400)
+    await cluster.create_deployment('consumer', replicas=4)
+    window = 1.5
+    await cluster.create_autoscaler('sas', autoscaler_spec(
+        redis_secret, names.stream, names.group,
+        behavior={'scaleDown': {'stabilizationWindowSeconds': window}}))
+    await eventually(lambda: cluster.status('sas').get('reason') == 'Steady', 10, 'steady at 4')
+    assert cluster.scale_patches('consumer') == []
+
+    await drain(r, names.stream, names.group, 'consumer-0')
+    drained = time.monotonic()
+    await eventually(lambda: cluster.scale_patches('consumer') == [0], 10, 'scale to 0')
+    # Not before a whole window of zero backlog (the last non-zero sample may precede the end of
+    # the drain by up to one poll interval, 0.1 s).
+    assert time.monotonic() - drained >= window - 0.1
+
+    history = cluster.server.objects[SAS, NS, 'sas'].history
+    held = [v for v in history if v and 'ScaleDownStabilization' in ((v.get('status') or {}).get('limitedBy') or '')]
+    assert held, 'the stabilization window was never reported as the limit'
+    await eventually(lambda: cluster.condition('sas', 'Active').get('status') == 'False')
+    assert await r.xlen(names.stream) == 400  # scaled to zero on lag + pending, not on XLEN (C19)
+
+
+async def test_target_missing_sets_condition_and_retries(cluster, operator, r, names, redis_secret):
+    await r.xgroup_create(names.stream, names.group, '0', mkstream=True)
+    await fill(r, names.stream, 300)
+    await cluster.create_autoscaler('sas', autoscaler_spec(redis_secret, names.stream, names.group))
+
+    await eventually(lambda: cluster.condition('sas', 'Ready').get('reason') == 'TargetNotFound', 10)
+    await eventually(lambda: cluster.events('TargetNotFound'), 10)
+    await more_polls(cluster, 3)  # kopf retries the timer; the Warning is posted once
+    (warning,) = cluster.events('TargetNotFound', 'StreamAutoscaler')
+    assert warning['type'] == 'Warning' and 'consumer' in warning['message']
+    assert cluster.condition('sas', 'Ready')['status'] == 'False'
+
+    await cluster.create_deployment('consumer', replicas=1)
+    await eventually(lambda: cluster.scale_patches('consumer') == [3], 10, 'scale to 3 once the target exists')
+    await eventually(lambda: cluster.condition('sas', 'Ready').get('status') == 'True')
+
+
+async def test_redis_unreachable_holds_with_condition_and_event(cluster, operator, names):
+    await cluster.create_secret('redis', f'redis://127.0.0.1:{free_port()}/0')
+    await cluster.create_deployment('consumer', replicas=3)
+    await cluster.create_autoscaler('sas', autoscaler_spec('redis', names.stream, names.group))
+
+    await eventually(lambda: cluster.condition('sas', 'RedisReachable').get('status') == 'False', 10)
+    await eventually(lambda: cluster.events('RedisUnreachable'), 10)
+    await more_polls(cluster, 3)
+    status = cluster.status('sas')
+    assert (status['desiredReplicas'], status['reason']) == (3, 'Hold')
+    assert 'backlog' not in status['signals']  # unknown: absent (merge-patched away), never 0
+    assert cluster.condition('sas', 'Ready')['status'] == 'False'
+    assert cluster.condition('sas', 'LagExact')['status'] == 'Unknown'
+    assert 'RedisUnreachable' in status['limitedBy']
+    assert cluster.scale_patches('consumer') == []  # never scales in blind (min is 0 here)
+    (warning,) = cluster.events('RedisUnreachable', 'StreamAutoscaler')
+    assert warning['type'] == 'Warning' and 'holding 3 replicas' in warning['message']
+
+
+async def test_paused_lets_a_manual_scale_stick(cluster, operator, r, names, redis_secret):
+    await r.xgroup_create(names.stream, names.group, '0', mkstream=True)
+    await fill(r, names.stream, 1000)
+    await cluster.create_deployment('consumer', replicas=2)
+    await cluster.create_autoscaler('sas', autoscaler_spec(redis_secret, names.stream, names.group, paused=True))
+
+    await eventually(lambda: cluster.status('sas').get('reason') == 'Paused', 10)
+    assert cluster.status('sas')['desiredReplicas'] == 10  # reported, not applied
+    await cluster.scale_manually('consumer', 7)  # kubectl scale --replicas=7
+    await eventually(lambda: cluster.status('sas').get('currentReplicas') == 7, 10)
+    await more_polls(cluster, 3)
+    assert cluster.replicas('consumer') == 7
+    assert cluster.scale_patches('consumer') == []
+    await eventually(lambda: cluster.events('Paused'), 10)
+    assert len(cluster.events('Paused')) == 1
+
+    await cluster.patch_autoscaler('sas', {'paused': False})
+    await eventually(lambda: cluster.scale_patches('consumer') == [10], 10, 'resumes scaling')
+    await eventually(lambda: cluster.status('sas').get('observedGeneration') == 2, 10, lambda: cluster.status('sas'))
+
+
+async def test_dry_run_reports_without_patching(cluster, operator, r, names, redis_secret):
+    await r.xgroup_create(names.stream, names.group, '0', mkstream=True)
+    await fill(r, names.stream, 500)
+    await cluster.create_deployment('consumer', replicas=1)
+    await cluster.create_autoscaler('sas', autoscaler_spec(redis_secret, names.stream, names.group, dryRun=True))
+
+    await eventually(lambda: cluster.status('sas').get('reason') == 'DryRun', 10)
+    await eventually(lambda: cluster.events('DryRun'), 10)
+    await more_polls(cluster, 3)
+    status = cluster.status('sas')
+    assert (status['desiredReplicas'], status['currentReplicas']) == (5, 1)
+    assert 'lastScaleTime' not in status
+    assert cluster.scale_patches('consumer') == [] and cluster.replicas('consumer') == 1
+    (event,) = cluster.events('DryRun')
+    assert 'would scale consumer from 1 to 5' in event['message']
+
+
+async def test_created_while_running_is_picked_up_and_deleting_stops_scaling(cluster, operator, r, names, redis_secret):
+    await r.xgroup_create(names.stream, names.group, '0', mkstream=True)
+    await fill(r, names.stream, 200)
+    await cluster.create_deployment('consumer', replicas=1)
+    await cluster.create_deployment('other', replicas=1)
+
+    await cluster.create_autoscaler('sas', autoscaler_spec(redis_secret, names.stream, names.group))
+    await eventually(lambda: cluster.scale_patches('consumer') == [2], 10, 'picked up')
+
+    await cluster.delete_autoscaler('sas')
+    await eventually(lambda: cluster.autoscaler('sas') is None, 10, 'deleted (finalizer released)')
+    assert operator.metrics.get_sample_value('orderstream_autoscaler_desired_replicas', {'autoscaler': f'{NS}/sas'}) is None
+
+    # A canary autoscaler on another Deployment proves the operator keeps polling meanwhile.
+    await fill(r, names.stream, 800)
+    canary = autoscaler_spec(redis_secret, names.stream + ':none', names.group, scaleTargetRef={'name': 'other'},
+                             minReplicas=1)
+    await cluster.create_autoscaler('canary', canary)
+    await eventually(lambda: cluster.status('canary').get('reason') == 'Steady', 10)
+    await more_polls(cluster, 5, deployment='other')
+    assert cluster.scale_patches('consumer') == [2]
+    assert cluster.replicas('consumer') == 2
+
+
+async def test_invalid_spec_is_reported(cluster, operator, names, redis_secret):
+    await cluster.create_deployment('consumer', replicas=1)
+    spec = autoscaler_spec(redis_secret, names.stream, names.group, minReplicas=5, maxReplicas=2)
+    await cluster.create_autoscaler('sas', spec)
+    await eventually(lambda: cluster.condition('sas', 'Ready').get('reason') == 'InvalidSpec', 10)
+    assert 'maxReplicas' in cluster.condition('sas', 'Ready')['message']
+    await eventually(lambda: len(cluster.events('InvalidSpec')) == 1, 10, 'one InvalidSpec event')
+    assert cluster.scale_patches('consumer') == []
+    assert cluster.server.objects[DEPLOYMENTS, NS, 'consumer'].raw['spec']['replicas'] == 1
