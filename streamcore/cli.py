@@ -165,7 +165,7 @@ async def up(args: argparse.Namespace) -> int:
             raise SystemExit(f"port {port} is taken: pass --redis-port or set REDIS_URL to use that server")
         argv = [
             redis_binary(), "--port", str(port), "--bind", "127.0.0.1", "--dir", str(data),
-            "--appendonly", "yes", "--appendfsync", "everysec", "--save", "", "--daemonize", "no",
+            "--appendonly", "yes", "--appendfsync", "everysec", "--save", "", "--daemonize", "no", "--loglevel", "warning",
         ]
         redis_child = Child("redis", argv, env, COLORS[0], restart=False)
         await redis_child.start()
