@@ -1,0 +1,174 @@
+"""Local end-to-end: ``python -m autoscaler --local`` scales real ``python -m consumer`` processes.
+
+One consumer, a burst of 2000 orders: more consumers within a few polls, the backlog drains,
+the consumers go back to one, and every order is processed exactly once. The consumers run a
+slowed-down default handler (``slow_process_order`` below, 5 ms per order) so the burst lasts
+long enough to need more than one consumer.
+"""
+from __future__ import annotations
+
+import asyncio
+import os
+import re
+import signal
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from streamcore.envelope import encode
+from streamcore.keys import Keys
+
+pytestmark = pytest.mark.timeout(120)
+
+REPO = Path(__file__).resolve().parents[2]
+ORDERS = 2000
+POLL_S = 0.3
+
+
+async def slow_process_order(order, ctx) -> None:
+    """The default handler after 5 ms of pretend work (``HANDLER`` for the consumers here)."""
+    from consumer.handler import process_order
+
+    await asyncio.sleep(0.005)
+    await process_order(order, ctx)
+
+
+class Autoscaler:
+    """The local autoscaler as a child process; its (and its consumers') output is collected."""
+
+    def __init__(self, env: dict[str, str]) -> None:
+        self.env = env
+        self.lines: list[str] = []
+        self.proc: asyncio.subprocess.Process | None = None
+        self._pump: asyncio.Task[None] | None = None
+
+    async def start(self) -> None:
+        self.proc = await asyncio.create_subprocess_exec(
+            sys.executable, '-m', 'autoscaler', '--local', cwd=str(REPO), env=self.env,
+            stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT)
+        self._pump = asyncio.create_task(self._read())
+
+    async def _read(self) -> None:
+        assert self.proc and self.proc.stdout
+        async for raw in self.proc.stdout:
+            self.lines.append(raw.decode(errors='replace').rstrip())
+
+    def scalings(self) -> list[tuple[int, int]]:
+        """(before, after) of every 'scaling consumers A -> B' decision logged so far."""
+        found = []
+        for line in list(self.lines):
+            if m := re.search(r'scaling consumers (\d+) -> (\d+)', line):
+                found.append((int(m[1]), int(m[2])))
+        return found
+
+    async def stop(self, timeout: float = 30.0) -> int:
+        assert self.proc is not None
+        if self.proc.returncode is None:
+            self.proc.send_signal(signal.SIGTERM)
+        try:
+            code = await asyncio.wait_for(self.proc.wait(), timeout)
+        except asyncio.TimeoutError:
+            self.proc.kill()
+            await self.proc.wait()
+            raise
+        if self._pump is not None:
+            await self._pump
+        return code
+
+
+async def wait_until(check, timeout: float, what: str, autoscaler: Autoscaler):
+    deadline = time.monotonic() + timeout
+    while True:
+        result = check()
+        if asyncio.iscoroutine(result):
+            result = await result
+        if result:
+            return result
+        if time.monotonic() > deadline:
+            tail = '\n'.join(autoscaler.lines[-40:])
+            raise AssertionError(f'{what}: not within {timeout}s; last output:\n{tail}')
+        await asyncio.sleep(0.05)
+
+
+@pytest.fixture
+async def autoscaler(redis_url, names):
+    env = dict(os.environ)
+    env.update(names.env())
+    env.update({
+        'REDIS_URL': redis_url,
+        'PYTHONPATH': str(REPO),
+        'LOCAL_MIN_CONSUMERS': '1',
+        'LOCAL_MAX_CONSUMERS': '4',
+        'TARGET_BACKLOG_PER_REPLICA': '200',
+        'LOCAL_POLL_INTERVAL_SECONDS': str(POLL_S),
+        'LOCAL_SCALE_DOWN_WINDOW_SECONDS': '2',
+        'LOCAL_GRACE_SECONDS': '15',
+        'LOCAL_CONSUMER_HEALTH_PORT': '0',
+        'HEALTH_PORT': '0',  # consumers: no probe server (ports would clash between children)
+        'METRICS_PORT': '0',
+        'HANDLER': 'tests.integration.test_autoscaler_local:slow_process_order',
+        'CONCURRENCY': '4',
+        'BLOCK_MS': '500',
+        'FAILURE_RATE': '0',
+        'LOG_LEVEL': 'INFO',
+    })
+    process = Autoscaler(env)
+    await process.start()
+    yield process
+    if process.proc is not None and process.proc.returncode is None:
+        await process.stop()
+
+
+async def test_burst_scales_up_drains_and_scales_down(autoscaler, r, names):
+    keys = Keys(names.stream, names.group, names.dlq)
+
+    # The one consumer is up when it has made the group.
+    async def group_exists() -> bool:
+        try:
+            return any(g['name'] == names.group for g in await r.xinfo_groups(names.stream))
+        except Exception:
+            return False
+    await wait_until(group_exists, 30, 'consumer-1 created the group', autoscaler)
+    assert autoscaler.scalings() == []
+
+    pipe = r.pipeline(transaction=False)
+    for i in range(ORDERS):
+        pipe.xadd(names.stream, encode({'orderId': f'burst-{i}', 'product': 'widget', 'quantity': 1}))
+    await pipe.execute()
+    burst_at = time.monotonic()
+
+    # Scale-up within a few polls of the burst (the first poll that sees it asks for more).
+    await wait_until(lambda: any(after > before for before, after in autoscaler.scalings()), 10 * POLL_S + 5,
+                     'scale up after the burst', autoscaler)
+    assert time.monotonic() - burst_at < 10 * POLL_S + 5
+    assert autoscaler.scalings()[0][0] == 1
+
+    # Drained: nothing undelivered, nothing pending.
+    async def drained() -> bool:
+        (group,) = [g for g in await r.xinfo_groups(names.stream) if g['name'] == names.group]
+        return group['pending'] == 0 and group['lag'] == 0
+    await wait_until(drained, 60, 'the backlog drains', autoscaler)
+
+    # Back down to the minimum once the scale-down window has seen only zeros.
+    await wait_until(lambda: autoscaler.scalings() and autoscaler.scalings()[-1][1] == 1, 30,
+                     'scale back down to 1', autoscaler)
+    peak = max(after for _, after in autoscaler.scalings())
+    assert 2 <= peak <= 4
+
+    # Every order processed exactly once: one marker per orderId, never a second application.
+    pipe = r.pipeline(transaction=False)
+    for i in range(ORDERS):
+        pipe.hget(keys.processed(f'burst-{i}'), 'consumer')
+    owners = await pipe.execute()
+    assert all(owners), f'{owners.count(None)} orders were never processed'
+    assert len(set(owners)) >= 2, 'the added consumers took part'
+    assert set(owners) <= {f'consumer-{n}' for n in range(1, 5)}
+    assert not [line for line in autoscaler.lines if 'was already processed' in line]
+
+    # SIGTERM stops the children cleanly, then the autoscaler exits 0.
+    assert await autoscaler.stop() == 0
+    started = [line for line in autoscaler.lines if re.search(r'consumer-\d+\s*\| started \(pid', line)]
+    stopped = [line for line in autoscaler.lines if re.search(r'consumer-\d+\s*\| stopped \(exit 0\)', line)]
+    assert len(started) == len(stopped) >= peak, '\n'.join(autoscaler.lines[-30:])
