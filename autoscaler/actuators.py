@@ -52,9 +52,15 @@ class KubeApi:
         self._session: aiohttp.ClientSession | None = None
         self._server: str = ''
         self._timeout = aiohttp.ClientTimeout(total=timeout_s)
+        self._relogin: Callable[[], kopf.ConnectionInfo | None] | None = None
 
-    async def connect(self, info: kopf.ConnectionInfo) -> None:
-        """(Re)build the HTTP session from kopf's credentials (token, basic auth, client certs, CA)."""
+    async def connect(self, info: kopf.ConnectionInfo,
+                      relogin: Callable[[], kopf.ConnectionInfo | None] | None = None) -> None:
+        """(Re)build the HTTP session from kopf's credentials (token, basic auth, client certs, CA).
+
+        ``relogin``: called once when the server answers 401, to read fresh credentials.
+        """
+        self._relogin = relogin or self._relogin
         ssl: Any = None
         if info.server.startswith('https'):
             ssl = False if info.insecure else info.as_ssl_context()
@@ -75,7 +81,21 @@ class KubeApi:
 
     async def request(self, method: str, path: str, *, body: Any = None,
                       params: Mapping[str, str] | None = None, content_type: str | None = None) -> dict[str, Any]:
-        """Send one request to ``path`` (``/apis/...``) and return the JSON answer."""
+        """Send one request to ``path`` (``/apis/...``) and return the JSON answer.
+
+        On 401 the credentials are re-read once (``relogin``) and the request is repeated.
+        """
+        try:
+            return await self._request(method, path, body=body, params=params, content_type=content_type)
+        except KubeError as e:
+            fresh = self._relogin() if e.status == 401 and self._relogin is not None else None
+            if fresh is None:
+                raise
+            await self.connect(fresh)
+            return await self._request(method, path, body=body, params=params, content_type=content_type)
+
+    async def _request(self, method: str, path: str, *, body: Any, params: Mapping[str, str] | None,
+                       content_type: str | None) -> dict[str, Any]:
         if self._session is None:
             raise KubeError(0, 'NotConnected', 'no credentials yet (the operator has not logged in)')
         headers = {'Content-Type': content_type} if content_type else {}

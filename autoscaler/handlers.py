@@ -60,24 +60,40 @@ class Runtime:
         await self.api.close()
 
 
-async def configure(settings: kopf.OperatorSettings, **_: Any) -> None:
-    """Startup: post only our own Events (not kopf's per-tick log lines), keep kopf's state in
-    annotations (status is ours), and let a poll in progress finish when the operator stops
-    (timers have no cancellation timeout: without this, a poll caught mid-flight is orphaned
-    and the cleanup closes its clients under it)."""
+async def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> None:
+    """Startup: tune kopf for this operator.
+
+    * Post only our own Events (not kopf's per-tick log lines as Events).
+    * Keep kopf's bookkeeping in annotations: the status is ours.
+    * Let a poll in progress finish when the operator stops: timers have no cancellation
+      timeout, and a poll caught mid-flight would be orphaned while the cleanup closes its
+      clients under it.
+    * Namespaced mode watches exact namespaces: no cluster-wide scanning of namespaces and
+      CRDs, which the least-privilege Role does not allow (it would only log 403 warnings).
+    """
     settings.posting.level = logging.WARNING
-    settings.background.instant_exit_timeout = 5.0
     settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix='orderstream.dev')
     settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(prefix='orderstream.dev')
+    settings.background.instant_exit_timeout = 5.0
+    if not memo.runtime.settings.all_namespaces:
+        settings.scanning.disabled = True
 
 
-async def login(memo: kopf.Memo, **kwargs: Any) -> kopf.ConnectionInfo:
-    """Log in from the pod's service account, else a kubeconfig; share the credentials with
-    our own API client (:class:`KubeApi`). Raises ``kopf.LoginError`` when neither exists."""
-    info = kopf.login_with_service_account(**kwargs) or kopf.login_with_kubeconfig(**kwargs)
+def credentials(settings: kopf.OperatorSettings) -> kopf.ConnectionInfo | None:
+    """The pod's service account, else a kubeconfig (``KUBECONFIG`` or ``~/.kube/config``)."""
+    return kopf.login_with_service_account(settings=settings) or kopf.login_with_kubeconfig(settings=settings)
+
+
+async def login(memo: kopf.Memo, settings: kopf.OperatorSettings, **_: Any) -> kopf.ConnectionInfo:
+    """Log in and share the credentials with our own API client (:class:`KubeApi`), which
+    re-reads them by itself on a 401 (service-account tokens rotate).
+
+    Raises ``kopf.LoginError`` when there is neither a service account nor a kubeconfig.
+    """
+    info = credentials(settings)
     if info is None:
         raise kopf.LoginError('no service account and no kubeconfig found')
-    await memo.runtime.api.connect(info)
+    await memo.runtime.api.connect(info, relogin=lambda: credentials(settings))
     return info
 
 
