@@ -429,7 +429,10 @@ async def readyz(request: web.Request) -> web.Response:
     try:
         async with asyncio.timeout(2.0):
             await request.app[REDIS].ping()
-    except (RedisError, OSError, TimeoutError) as exc:
+    except TimeoutError as exc:  # our 2 s deadline: a TimeoutError without a message (a hung server)
+        reason = str(exc) or "no answer to PING within 2 s"
+        return web.json_response({"ok": False, "reason": f"Redis unreachable: {reason}"}, status=503)
+    except (RedisError, OSError) as exc:
         return web.json_response({"ok": False, "reason": f"Redis unreachable: {exc}"}, status=503)
     return web.json_response({"ok": True})
 

@@ -297,3 +297,44 @@ async def test_min_idle_beyond_what_redis_accepts_is_400(api, r, keys, value):
     assert "minIdleMs" in (await resp.json())["fields"]
     resp = await api.get("/orders/pending", params={"minIdleMs": "9223372036854775807"})
     assert resp.status == 200, await resp.text()
+
+
+# ---- a Redis that hangs instead of refusing ---------------------------------------------------------
+
+
+async def test_hung_redis_gives_503_within_the_socket_timeout_and_readyz_says_why(own_redis_server, names):
+    """SIGSTOP, not a refused connection: answers must still be JSON 503s bounded by the socket
+    timeout, and /readyz must give a reason (it said ``"Redis unreachable: "``: a TimeoutError
+    has no message)."""
+    import os
+    import signal
+    import time
+
+    settings = ProducerSettings(
+        redis_url=own_redis_server.url, stream_name=names.stream, group_name=names.group, dlq_stream=names.dlq,
+        redis_socket_timeout_s=3.0,  # longer than readyz's own 2 s deadline, as in production (15 s)
+    )
+    async with TestClient(TestServer(create_app(settings, registry=CollectorRegistry()))) as api:
+        status, _ = await post_raw(api, json.dumps(good(1)).encode())
+        assert status == 201
+        os.kill(own_redis_server.proc.pid, signal.SIGSTOP)
+        try:
+            started = time.monotonic()
+            status, body = await post_raw(api, json.dumps(good(2)).encode(), **{"Idempotency-Key": "hung-2"})
+            assert status == 503 and "error" in body
+            assert time.monotonic() - started < 6
+            resp = await api.get("/readyz")
+            body = await resp.json()
+            assert resp.status == 503
+            assert body["reason"].startswith("Redis unreachable: ") and len(body["reason"]) > len("Redis unreachable: ")
+            resp = await api.get("/orders/history")
+            assert (resp.status, resp.content_type) == (503, "application/json")
+        finally:
+            os.kill(own_redis_server.proc.pid, signal.SIGCONT)
+        # The retry with the same key appends at most once, whatever the hung attempt did.
+        status, body = await post_raw(api, json.dumps(good(2)).encode(), **{"Idempotency-Key": "hung-2"})
+        assert status == 201, body
+        status, _ = await post_raw(api, json.dumps(good(2)).encode(), **{"Idempotency-Key": "hung-2"})
+        assert status == 201
+        history = await (await api.get("/orders/history")).json()
+        assert [o["order"]["orderId"] for o in history["orders"]] == [1, 2]
