@@ -104,10 +104,10 @@ def redis_url(url: str, *, tls: bool, username: str | None) -> str:
     scheme = 'rediss' if tls and parts.scheme == 'redis' else parts.scheme
     netloc = parts.netloc
     if username:
-        password = parts.password
-        host = netloc.rpartition('@')[2]
+        userinfo, _, host = netloc.rpartition('@')
+        password = userinfo.partition(':')[2] if ':' in userinfo else ''  # kept percent-encoded as given
         user = urllib.parse.quote(username, safe='')
-        netloc = f"{user}:{urllib.parse.quote(password, safe='')}@{host}" if password else f"{user}@{host}"
+        netloc = f"{user}:{password}@{host}" if password else f"{user}@{host}"
     return urllib.parse.urlunsplit((scheme, netloc, parts.path, parts.query, parts.fragment))
 
 
