@@ -20,6 +20,7 @@ from dataclasses import dataclass
 
 import redis.asyncio as aioredis
 from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import NoScriptError
 
 from streamcore.keys import Keys
 from streamcore.streams import AppendResult, Scripts, append_call, append_result
@@ -132,24 +133,34 @@ class Appender:
     async def _flush(self, batch: list[_Pending]) -> None:
         if self._on_batch is not None:
             self._on_batch(len(batch))
-        try:
-            async with self._r.pipeline(transaction=False) as pipe:
+        for attempt in (1, 2):
+            try:
+                async with self._r.pipeline(transaction=False) as pipe:
+                    for item in batch:
+                        await self._scripts.append(keys=item.keys, args=item.args, client=pipe)
+                    replies = await pipe.execute(raise_on_error=False)
+            except Exception as exc:  # the whole pipeline failed (connection lost, timeout)
+                logger.warning("append pipeline of %d failed: %s", len(batch), exc)
                 for item in batch:
-                    await self._scripts.append(keys=item.keys, args=item.args, client=pipe)
-                replies = await pipe.execute(raise_on_error=False)
-        except Exception as exc:  # the whole pipeline failed (connection lost, timeout)
-            logger.warning("append pipeline of %d failed: %s", len(batch), exc)
-            for item in batch:
-                if not item.future.done():
-                    item.future.set_exception(exc)
-            return
-        for item, reply in zip(batch, replies, strict=True):
-            if item.future.done():  # the caller was cancelled
-                continue
-            if isinstance(reply, Exception):
-                item.future.set_exception(reply)
-            else:
-                item.future.set_result(append_result(reply, item.body_hash))
+                    if not item.future.done():
+                        item.future.set_exception(exc)
+                return
+            again: list[_Pending] = []
+            for item, reply in zip(batch, replies, strict=True):
+                if item.future.done():  # the caller was cancelled
+                    continue
+                if isinstance(reply, NoScriptError) and attempt == 1:
+                    # The script cache was flushed between redis-py's SCRIPT EXISTS and our
+                    # EVALSHA: the script did not run, so sending it again cannot append twice.
+                    again.append(item)
+                elif isinstance(reply, Exception):
+                    item.future.set_exception(reply)
+                else:
+                    item.future.set_result(append_result(reply, item.body_hash))
+            if not again:
+                return
+            logger.warning("script cache flushed under an append pipeline; resending %d appends", len(again))
+            batch = again
 
     async def close(self, timeout_s: float = 5.0) -> None:
         """Send what is queued (within ``timeout_s`` seconds), then stop; later calls raise.
