@@ -156,9 +156,18 @@ class Signals:
         return None if not rates or any(r is None for r in rates) else sum(r for r in rates if r is not None)
 
     def to_status(self) -> dict[str, Any]:
-        """A JSON-ready summary for ``status.signals`` of the StreamAutoscaler (camelCase)."""
+        """A JSON-ready summary for ``status.signals`` of the StreamAutoscaler (camelCase).
+
+        Top-level unknowns are ``None`` so that the merge patch *removes* a previous value (an
+        unknown backlog must not keep showing the last known one); inside the per-stream list,
+        which is replaced as a whole, unknown values are simply left out.
+        """
         def rate(value: float | None) -> str | None:
             return None if value is None else f"{value:.2f}"
+
+        def known(item: dict[str, Any]) -> dict[str, Any]:
+            return {k: v for k, v in item.items() if v is not None}
+
         return {
             'redisReachable': self.reachable,
             'backlog': self.backlog,
@@ -170,13 +179,13 @@ class Signals:
             'deliveryRate': rate(self.delivery_rate),
             'error': self.error,
             'streams': [
-                {
+                known({
                     'stream': s.stream, 'group': s.group, 'length': s.length,
                     'lag': s.lag, 'lagSource': s.lag_source, 'reportedLag': s.reported_lag,
                     'pending': s.pending, 'livePending': s.live_pending, 'deadPending': s.dead_pending,
                     'consumers': len(s.consumers), 'liveConsumers': sum(c.live for c in s.consumers),
                     'lastDeliveredId': s.last_delivered_id,
-                }
+                })
                 for s in self.streams
             ],
         }
