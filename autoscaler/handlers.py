@@ -63,7 +63,8 @@ class Runtime:
 async def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> None:
     """Startup: tune kopf for this operator.
 
-    * Post only our own Events (not kopf's per-tick log lines as Events).
+    * Post only our own Events: kopf would also post handler log lines (e.g. every retry of a
+      missing target) as Events; ours are posted once per change or incident.
     * Keep kopf's bookkeeping in annotations: the status is ours.
     * Let a poll in progress finish when the operator stops: timers have no cancellation
       timeout, and a poll caught mid-flight would be orphaned while the cleanup closes its
@@ -71,7 +72,7 @@ async def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) 
     * Namespaced mode watches exact namespaces: no cluster-wide scanning of namespaces and
       CRDs, which the least-privilege Role does not allow (it would only log 403 warnings).
     """
-    settings.posting.level = logging.WARNING
+    settings.posting.level = logging.CRITICAL
     settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix='orderstream.dev')
     settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(prefix='orderstream.dev')
     settings.background.instant_exit_timeout = 5.0
@@ -154,6 +155,14 @@ async def forget(namespace: str, name: str, memo: kopf.Memo, **_: Any) -> None:
     memo.runtime.metrics.forget(f'{namespace}/{name}')
 
 
+class QuietTicks(logging.Filter):
+    """Drops kopf's per-tick "Timer 'poll' is invoked/succeeded" lines (one per second per
+    StreamAutoscaler); failures and everything else pass."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return record.levelno > logging.INFO or not str(record.msg).startswith("Timer 'poll'")
+
+
 def register(registry: kopf.OperatorRegistry, settings: AutoscalerSettings) -> None:
     """Register the handlers into ``registry`` with the tick from ``settings``."""
     kopf.on.startup(registry=registry)(configure)
@@ -182,6 +191,8 @@ async def run_operator(
     """
     registry = kopf.OperatorRegistry()
     register(registry, settings)
+    quiet = QuietTicks()
+    logging.getLogger('kopf.objects').addFilter(quiet)
     metrics_registry = metrics_registry or CollectorRegistry()
     runtime = Runtime(settings, KubeApi(), autoscaler_metrics(metrics_registry))
     runner = None
@@ -203,6 +214,7 @@ async def run_operator(
             ready_flag=ready_flag,
         )
     finally:
+        logging.getLogger('kopf.objects').removeFilter(quiet)
         if runner is not None:
             await runner.cleanup()
         await runtime.close()  # idempotent; in case cleanup handlers did not run

@@ -116,6 +116,7 @@ async def test_target_missing_sets_condition_and_retries(cluster, operator, r, n
     (warning,) = cluster.events('TargetNotFound', 'StreamAutoscaler')
     assert warning['type'] == 'Warning' and 'consumer' in warning['message']
     assert cluster.condition('sas', 'Ready')['status'] == 'False'
+    assert not cluster.events('Logging'), "kopf's log lines are not posted as Events"
 
     await cluster.create_deployment('consumer', replicas=1)
     await eventually(lambda: cluster.scale_patches('consumer') == [3], 10, 'scale to 3 once the target exists')
