@@ -103,6 +103,13 @@ class EntryRunner:
         self.max_deliveries = max_deliveries
         self.failure_rate = failure_rate
         self.processed_ttl_s = processed_ttl_s
+        # Labelled children looked up once: labels() costs more than the increment itself.
+        self._processed = metrics.processed.labels(component)
+        self._failed = metrics.failed.labels(component)
+        self._dead_lettered = metrics.dead_lettered.labels(component)
+        self._seconds = metrics.handle_seconds.labels(component)
+        self._in_flight = metrics.in_flight.labels(component)
+        self._handler_logger = logging.getLogger(f"{component}.handler")
 
     async def run(self, entry_id: str, fields: dict[str, str] | None, deliveries: int, consumer: str) -> str:
         """Handle one entry delivered to ``consumer`` for the ``deliveries``-th time.
@@ -122,9 +129,9 @@ class EntryRunner:
             logger.error("%s: entry %s is not a valid order (%s); dead-lettering it", self.component, entry_id, exc)
             return await self._dead_letter(entry_id, consumer, deliveries, str(exc), fields.get("order_id", ""))
         ctx = HandlerContext(redis=self.r, keys=self.keys, consumer=consumer, entry_id=entry_id, deliveries=deliveries,
-                             logger=logging.getLogger(f"{self.component}.handler"), failure_rate=self.failure_rate,
+                             logger=self._handler_logger, failure_rate=self.failure_rate,
                              processed_ttl_s=self.processed_ttl_s)
-        gauge = self.metrics.in_flight.labels(self.component)
+        gauge = self._in_flight
         gauge.inc()
         started = time.monotonic()
         try:
@@ -132,7 +139,7 @@ class EntryRunner:
         except asyncio.CancelledError:
             raise
         except Exception as exc:  # the handler's failure, whatever it is, leaves the order pending
-            self.metrics.failed.labels(self.component).inc()
+            self._failed.inc()
             error = f"{type(exc).__name__}: {exc}"
             if deliveries >= self.max_deliveries:
                 logger.error("%s: order %s (entry %s) failed on delivery %d of %d: %s; dead-lettering it", self.component,
@@ -143,15 +150,15 @@ class EntryRunner:
             return FAILED
         finally:
             gauge.dec()
-            self.metrics.handle_seconds.labels(self.component).observe(time.monotonic() - started)
-        self.metrics.processed.labels(self.component).inc()
+            self._seconds.observe(time.monotonic() - started)
+        self._processed.inc()
         return OK
 
     async def _dead_letter(self, entry_id: str, consumer: str, deliveries: int, error: str, order_id: str) -> str:
         res = await dead_letter(self.r, self.keys, entry_id, scripts=self.scripts, consumer=consumer,
                                 deliveries=deliveries, error=error, order_id=order_id)
         if res.status == "dead_lettered":
-            self.metrics.dead_lettered.labels(self.component).inc()
+            self._dead_lettered.inc()
             return DEAD_LETTERED
         if res.status == "gone":
             return GONE  # the script acked it; the caller counts it as gone

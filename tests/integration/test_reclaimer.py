@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import signal
 import sys
 
 from streamcore.streams import ensure_group
@@ -49,3 +50,19 @@ async def test_unreachable_redis_exits_non_zero(names):
     assert code == 1
     assert out == ""
     assert "reclaim pass failed" in err
+
+
+async def test_loop_mode_runs_passes_until_sigterm(redis_url, names):
+    full = {**os.environ, "HANDLER": HANDLER, "REDIS_URL": redis_url, "RECLAIM_INTERVAL_SECONDS": "0.2", **names.env()}
+    proc = await asyncio.create_subprocess_exec(sys.executable, "-m", "reclaimer", "--loop", cwd=ROOT, env=full,
+                                                stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.DEVNULL)
+    try:
+        lines = [await asyncio.wait_for(proc.stdout.readline(), 20) for _ in range(3)]
+        proc.send_signal(signal.SIGTERM)
+        code = await asyncio.wait_for(proc.wait(), 10)
+    finally:
+        if proc.returncode is None:
+            proc.kill()
+            await proc.wait()
+    assert [line.decode().split(":")[0] for line in lines] == ["reclaim"] * 3
+    assert code == 0
