@@ -110,6 +110,7 @@ async def test_c14_read_loop_survives_a_redis_restart_and_liveness_tracks_it(own
             await wait_for(lambda: r.get(applied_key(keys.stream, 1)), timeout=10, what="order after restart")
             reads = w.worker.reads
             await wait_for(lambda: _reads_at_least(w.worker, reads + 2), what="blocked reads resumed")
+            await wait_for(lambda: _blocked_clients(r), what="the worker blocked in XREADGROUP again")
             assert w.worker.live()[0] is True
             await r.aclose()
             own_redis_server.stop()
@@ -174,6 +175,10 @@ async def _all_applied(r, keys, order_ids):
 
 async def _reads_at_least(worker, n):
     return worker.reads >= n
+
+
+async def _blocked_clients(r):
+    return (await r.info("clients"))["blocked_clients"] >= 1
 
 
 async def _not_live(worker):
