@@ -257,3 +257,21 @@ async def _reads_at_least(worker, n):
 
 async def _no_pending(r, keys):
     return (await r.xpending(keys.stream, keys.group))["pending"] == 0
+
+
+async def test_two_claimers_racing_for_the_same_entries_never_both_win(r, names):
+    keys = keys_for(names)
+    await ensure_group(r, keys)
+    ids = [await post(r, keys, 500 + i) for i in range(20)]
+    await r.xreadgroup(keys.group, "pod-dead", {keys.stream: ">"}, count=20)
+    await wait_idle(r, keys, 60, 20)
+    scripts = Scripts(r)
+    a, b = await asyncio.gather(*(claim_due(r, keys, name, scripts=scripts, base_ms=50, max_deliveries=5,
+                                            rand=lambda: 0.5) for name in ("pod-b", "reclaimer")))
+    won_a, won_b = {c.entry_id for c in a.claimed}, {c.entry_id for c in b.claimed}
+    assert won_a.isdisjoint(won_b) and won_a | won_b == set(ids)
+    # Whoever scanned after the other's XCLAIM sees nothing idle; whoever scanned before loses at
+    # XCLAIM's min-idle guard: either way no entry is claimed (and delivered) twice.
+    assert set(a.lost_race) <= won_b and set(b.lost_race) <= won_a
+    rows = await pending_rows(r, keys)
+    assert {d for _, d in rows.values()} == {2}
