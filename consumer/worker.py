@@ -299,7 +299,7 @@ class Worker:
     async def _process(self, entry_id: str, fields: dict[str, str] | None, deliveries: int) -> None:
         try:
             async with self._sem:
-                if self._stopping:
+                if self._stopping or (self._stop is not None and self._stop.is_set()):
                     return  # read but not started before shutdown: stays pending for another delivery
                 outcome = await self.runner.run(entry_id, fields, deliveries, self.name)
             if outcome == OK:
