@@ -40,6 +40,7 @@ from redis.exceptions import ResponseError
 
 from streamcore.ids import compare, next_id
 from streamcore.keys import Keys
+from streamcore.loss import removed_before_delivery
 
 logger = logging.getLogger(__name__)
 
@@ -140,7 +141,8 @@ async def detect_loss(r: aioredis.Redis, keys: Keys, info: dict, groups: list[di
         last = g["last-delivered-id"]
         head_past = first_id is None or compare(first_id, last) > 0
         tombstone = compare(max_deleted, last) > 0
-        if not head_past and not tombstone:
+        # The same yes/no test the producer's /stream/info uses, so both always agree.
+        if not removed_before_delivery(info, last, g.get("entries-read")):
             continue
         read = g.get("entries-read")
         if read is None and last == "0-0":
