@@ -11,7 +11,7 @@ from prometheus_client import CollectorRegistry
 from redis.exceptions import RedisError
 
 from producer.appender import Appender
-from producer.appkeys import APPENDER, LIFECYCLE, LIMITS, METRICS, REDIS, REGISTRY, SCRIPTS, SETTINGS, Lifecycle
+from producer.appkeys import APPENDER, IN_FLIGHT, LIFECYCLE, LIMITS, METRICS, REDIS, REGISTRY, SCRIPTS, SETTINGS, InFlight, Lifecycle
 from producer.metrics import producer_metrics
 from producer.routes import setup_routes
 from producer.settings import ProducerSettings
@@ -82,6 +82,7 @@ def create_app(settings: ProducerSettings, *, registry: CollectorRegistry | None
     app[REGISTRY] = registry if registry is not None else CollectorRegistry()
     app[METRICS] = producer_metrics(app[REGISTRY])
     app[LIFECYCLE] = Lifecycle()
+    app[IN_FLIGHT] = InFlight(limit=settings.in_flight_max_bytes)
     app.cleanup_ctx.append(redis_ctx)
     app.on_shutdown.append(_mark_shutting_down)
     setup_routes(app)

@@ -284,7 +284,10 @@ def openapi_document(settings: ProducerSettings) -> dict[str, Any]:
         "413": _error(f"Body larger than {settings.max_body_bytes} bytes."),
         "415": _error("Content-Type is not application/json."),
         "422": _error("The Idempotency-Key was already used with a different body."),
-        "503": _UNAVAILABLE,
+        "503": _error(
+            "Redis is unavailable, or more than IN_FLIGHT_MAX_BYTES of request bodies are in flight; "
+            "nothing was changed (header `Retry-After`)."
+        ),
     }
     return {
         "openapi": "3.1.0",

@@ -20,7 +20,7 @@ from redis.exceptions import RedisError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from producer import deadletters, queries
-from producer.appkeys import APPENDER, LIFECYCLE, LIMITS, METRICS, REDIS, REGISTRY, SETTINGS
+from producer.appkeys import APPENDER, IN_FLIGHT, LIFECYCLE, LIMITS, METRICS, REDIS, REGISTRY, SETTINGS
 from producer.openapi import openapi_document
 from producer.validation import (
     BodyError,
@@ -40,6 +40,10 @@ logger = logging.getLogger(__name__)
 _IDEMPOTENCY_KEY = re.compile(r"[\x21-\x7e]{1,255}")
 _FULL_ID = re.compile(r"[0-9]{1,20}-[0-9]{1,20}")
 _UINT = re.compile(r"[0-9]{1,19}")
+#: Request key: bytes of the in-flight budget this request holds (see ``_json_body``).
+_RESERVED = web.RequestKey("reserved_bytes", int)
+#: Least a POST is charged against IN_FLIGHT_MAX_BYTES, whatever its body size.
+_MIN_CHARGE = 16 * 1024
 #: Largest value Redis takes where it reads a signed 64-bit integer (XPENDING ... IDLE).
 _INT64_MAX = 2**63 - 1
 #: The 503 message: an append may or may not have happened when the connection broke mid-call.
@@ -49,16 +53,25 @@ UNAVAILABLE = "Redis is unavailable; retry later (with the same Idempotency-Key,
 class ApiError(Exception):
     """An error answer: ``status`` and ``{"error": message, "fields": fields}``."""
 
-    def __init__(self, status: int, message: str, fields: dict[str, str] | None = None, *, reason: str | None = None) -> None:
+    def __init__(
+        self,
+        status: int,
+        message: str,
+        fields: dict[str, str] | None = None,
+        *,
+        reason: str | None = None,
+        headers: dict[str, str] | None = None,
+    ) -> None:
         super().__init__(message)
         self.status = status
         self.message = message
         self.fields = fields or {}
         self.reason = reason
+        self.headers = headers or {}
 
     def response(self) -> web.Response:
         """The JSON answer."""
-        return web.json_response({"error": self.message, "fields": self.fields}, status=self.status)
+        return web.json_response({"error": self.message, "fields": self.fields}, status=self.status, headers=self.headers)
 
 
 def _route_name(request: web.Request) -> str:
@@ -79,7 +92,10 @@ async def errors_and_metrics(request: web.Request, handler) -> web.StreamRespons
     metrics = request.app[METRICS]
     started = time.perf_counter()
     try:
-        response = await handler(request)
+        try:
+            response = await handler(request)
+        finally:
+            request.app[IN_FLIGHT].release(request.get(_RESERVED, 0))
     except ApiError as exc:
         if exc.reason:
             metrics.rejected.labels(exc.reason).inc()
@@ -154,6 +170,20 @@ async def _json_body(request: web.Request) -> Any:
             f"body of {request.content_length} bytes is larger than the limit of {settings.max_body_bytes} bytes",
             reason="too_large",
         )
+    # Reserve the body's bytes before reading it, so a slow or hung Redis cannot make requests
+    # pile up without bound (each holds ~3x its body until Redis answers); released by the
+    # middleware when the handler ends.
+    # A request costs memory beyond its body (aiohttp buffers, objects): charge at least
+    # _MIN_CHARGE, so many small requests are bounded too.
+    size = max(_MIN_CHARGE, request.content_length if request.content_length is not None else settings.max_body_bytes)
+    if not request.app[IN_FLIGHT].reserve(size):
+        raise ApiError(
+            503,
+            "too many request bytes in flight (Redis is slow or the producer is overloaded); retry later",
+            reason="overloaded",
+            headers={"Retry-After": "1"},
+        )
+    request[_RESERVED] = size
     try:
         body = await request.read()  # raises HTTPRequestEntityTooLarge past client_max_size (chunked bodies)
     except web.RequestPayloadError as exc:
