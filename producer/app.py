@@ -39,6 +39,7 @@ async def redis_ctx(app: web.Application) -> AsyncIterator[None]:
         scripts,
         max_batch=settings.append_batch_max,
         idempotency_ttl_s=settings.idempotency_ttl_seconds,
+        order_index_ttl_s=settings.order_index_ttl_seconds,
         on_batch=app[METRICS].batch_size.observe,
     )
     app[APPENDER] = appender

@@ -23,7 +23,7 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import NoScriptError
 
 from streamcore.keys import Keys
-from streamcore.streams import AppendResult, Scripts, append_call, append_result
+from streamcore.streams import ORDER_INDEX_TTL_S, AppendResult, Scripts, append_call, append_result
 
 logger = logging.getLogger(__name__)
 
@@ -49,6 +49,7 @@ class Appender:
         scripts: the registered scripts of ``r``.
         max_batch: most appends per pipeline.
         idempotency_ttl_s: TTL of idempotency records, seconds.
+        order_index_ttl_s: TTL of the orderId → entry ID index, seconds.
         on_batch: called with the size of every batch sent (a metric).
     """
 
@@ -60,6 +61,7 @@ class Appender:
         *,
         max_batch: int = 128,
         idempotency_ttl_s: int = 86400,
+        order_index_ttl_s: int = ORDER_INDEX_TTL_S,
         on_batch: Callable[[int], None] | None = None,
     ) -> None:
         self._r = r
@@ -67,6 +69,7 @@ class Appender:
         self._scripts = scripts
         self._max_batch = max_batch
         self._ttl = idempotency_ttl_s
+        self._index_ttl = order_index_ttl_s
         self._on_batch = on_batch
         self._queue: deque[_Pending] = deque()
         self._wake = asyncio.Event()
@@ -104,7 +107,8 @@ class Appender:
         if self._closing or self._task is None:
             raise RedisConnectionError("the appender is not running")
         script_keys, script_args = append_call(
-            self._keys, fields, order_id, idempotency_key=idempotency_key, body_hash=body_hash, idempotency_ttl_s=self._ttl
+            self._keys, fields, order_id, idempotency_key=idempotency_key, body_hash=body_hash, idempotency_ttl_s=self._ttl,
+            order_index_ttl_s=self._index_ttl,
         )
         # Encode here, per caller: redis-py encodes a pipeline as a whole when it is sent, so one
         # value it cannot encode (a lone surrogate) failed every append batched with it. Bytes

@@ -25,6 +25,14 @@ class ProducerSettings(CommonSettings):
         ge=1,
         description="IDEMPOTENCY_TTL_SECONDS: how long a retry with the same Idempotency-Key replays the first answer, seconds.",
     )
+    order_index_ttl_seconds: int = Field(
+        default=7 * 86_400,
+        ge=1,
+        description=(
+            "ORDER_INDEX_TTL_SECONDS: how long GET /orders/{orderId} can find an order's entry ID "
+            "(the orderId index key expires then, so keys do not grow with every order ever posted), seconds."
+        ),
+    )
     history_max_count: int = Field(
         default=1000,
         ge=1,

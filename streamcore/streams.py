@@ -21,6 +21,9 @@ from streamcore.keys import Keys
 
 logger = logging.getLogger(__name__)
 
+#: Default lifetime of the orderId → entry ID index, seconds (7 days, as the processed markers).
+ORDER_INDEX_TTL_S = 7 * 86400
+
 
 def is_nogroup(exc: BaseException) -> bool:
     """True for the ``NOGROUP`` error (stream or group missing: flushed, evicted, deleted)."""
@@ -56,7 +59,7 @@ async def ensure_group(r: aioredis.Redis, keys: Keys, start_id: str = "0") -> bo
 
 
 # KEYS: stream, idempotency key ("" for none), order index, trim floor
-# ARGV: body hash, idempotency TTL s, then field/value pairs
+# ARGV: body hash, idempotency TTL s, order index TTL s, then field/value pairs
 _APPEND = """
 local idem = KEYS[2]
 if idem ~= '' then
@@ -69,9 +72,9 @@ if floor then
   table.insert(args, 'MINID'); table.insert(args, '~'); table.insert(args, floor)
 end
 table.insert(args, '*')
-for i = 3, #ARGV do table.insert(args, ARGV[i]) end
+for i = 4, #ARGV do table.insert(args, ARGV[i]) end
 local id = redis.call(unpack(args))
-redis.call('SET', KEYS[3], id)
+redis.call('SET', KEYS[3], id, 'EX', tonumber(ARGV[3]))
 if idem ~= '' then
   redis.call('SET', idem, id .. '|' .. ARGV[1], 'EX', tonumber(ARGV[2]))
 end
@@ -110,6 +113,7 @@ def append_call(
     idempotency_key: str | None = None,
     body_hash: str = "",
     idempotency_ttl_s: int = 86400,
+    order_index_ttl_s: int = ORDER_INDEX_TTL_S,
 ) -> tuple[list[str], list[str | int]]:
     """The ``(KEYS, ARGV)`` of the append script for one order (see :func:`append_order`).
 
@@ -122,7 +126,7 @@ def append_call(
     idem = keys.idempotency(idempotency_key) if idempotency_key is not None else ""
     return (
         [keys.stream, idem, keys.order_index(order_id), keys.trim_floor],
-        [body_hash, idempotency_ttl_s, *flat],
+        [body_hash, idempotency_ttl_s, order_index_ttl_s, *flat],
     )
 
 
@@ -145,6 +149,7 @@ async def append_order(
     idempotency_key: str | None = None,
     body_hash: str = "",
     idempotency_ttl_s: int = 86400,
+    order_index_ttl_s: int = ORDER_INDEX_TTL_S,
 ) -> AppendResult:
     """Append one order with ``XADD`` (atomically with its index and idempotency record).
 
@@ -162,12 +167,15 @@ async def append_order(
             entry ID with ``created=False`` and does not append (case C24).
         body_hash: a digest of the request body, compared on replay.
         idempotency_ttl_s: how long the idempotency record lives, seconds.
+        order_index_ttl_s: how long ``keys.order_index(order_id)`` (orderId → entry ID, read by
+            ``GET /orders/{orderId}``) lives, seconds; one key per order must not outlive retention.
 
     Raises:
         redis.exceptions.RedisError: the append failed; nothing was appended.
     """
     script_keys, script_args = append_call(
-        keys, fields, order_id, idempotency_key=idempotency_key, body_hash=body_hash, idempotency_ttl_s=idempotency_ttl_s
+        keys, fields, order_id, idempotency_key=idempotency_key, body_hash=body_hash, idempotency_ttl_s=idempotency_ttl_s,
+        order_index_ttl_s=order_index_ttl_s,
     )
     reply = await scripts.append(keys=script_keys, args=script_args, client=r)
     return append_result(reply, body_hash)
