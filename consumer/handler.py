@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 import random
 import time
+import weakref
 
 from streamcore.envelope import Envelope
 from streamcore.handling import HandlerContext, HandlerFailure
@@ -27,6 +28,9 @@ redis.call('EXPIRE', KEYS[1], tonumber(ARGV[4]))
 return 1
 """
 
+#: The marker script per client (weak keys: a closed client's entry goes with it).
+_mark_scripts: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
 
 async def mark_processed(ctx: HandlerContext, order_id: str) -> bool:
     """Write the processed marker of ``order_id`` (hash ``consumer``, ``entry_id``, ``at_ms``) unless it exists.
@@ -37,8 +41,13 @@ async def mark_processed(ctx: HandlerContext, order_id: str) -> bool:
         True if this call applied the order, False if it had been applied before.
     """
     now_ms = int(time.time() * 1000)
-    applied = await ctx.redis.eval(_MARK, 1, ctx.keys.processed(order_id), ctx.consumer, ctx.entry_id, now_ms,
-                                   ctx.processed_ttl_s)
+    # By SHA (EVALSHA, reloaded on NOSCRIPT after a Redis restart), registered once per client:
+    # EVAL with the script text parsed and hashed it on the server, and sent it, for every order.
+    script = _mark_scripts.get(ctx.redis)
+    if script is None:
+        script = _mark_scripts[ctx.redis] = ctx.redis.register_script(_MARK)
+    applied = await script(keys=[ctx.keys.processed(order_id)],
+                           args=[ctx.consumer, ctx.entry_id, now_ms, ctx.processed_ttl_s], client=ctx.redis)
     return bool(int(applied))
 
 

@@ -20,6 +20,7 @@ class ConsumerSettings(CommonSettings):
     health_host: str = Field(default="0.0.0.0", description="HEALTH_HOST: interface of the probe server.")
     handler: str = Field(default="consumer.handler:process_order", description="HANDLER: the order handler as module:function.")
     failure_rate: float = Field(default=0.0, ge=0.0, le=1.0, description="FAILURE_RATE: probability the default handler fails before applying an order.")
+    handler_timeout_seconds: float = Field(default=300.0, ge=0, description="HANDLER_TIMEOUT_SECONDS: longest one handler call may run (s); past it the delivery fails (retried, then dead-lettered) instead of renewing its lease forever; 0 disables.")
     claim_idle_ms: int = Field(default=30_000, ge=1, description="CLAIM_IDLE_MS: base idle time (ms) before a pending entry is retried; grows 2x per delivery.")
     claim_interval_ms: int = Field(default=0, ge=0, description="CLAIM_INTERVAL_MS: how often (ms) the worker looks for due pending entries; 0 means max(1000, CLAIM_IDLE_MS/4).")
     max_deliveries: int = Field(default=5, ge=1, description="MAX_DELIVERIES: deliveries after which a failing order is dead-lettered.")

@@ -79,7 +79,8 @@ class Worker:
         self.metrics = metrics or stream_metrics(self.registry)
         self.runner = EntryRunner(r, self.keys, handler or load_handler(settings.handler), scripts=self.scripts,
                                   metrics=self.metrics, component=COMPONENT, max_deliveries=settings.max_deliveries,
-                                  failure_rate=settings.failure_rate, processed_ttl_s=settings.processed_ttl_seconds)
+                                  failure_rate=settings.failure_rate, processed_ttl_s=settings.processed_ttl_seconds,
+                                  handler_timeout_s=settings.handler_timeout_seconds)
         self.capacity = max(settings.read_count, settings.concurrency)
         self.renew_interval_s = max(settings.claim_idle_ms / 3000.0, 0.05)
         self.claim_interval_s = (settings.claim_interval_ms / 1000.0 if settings.claim_interval_ms

@@ -82,7 +82,8 @@ class Reclaimer:
         self.trim_metrics = trim_metrics(self.registry)
         self.runner = EntryRunner(r, self.keys, handler or load_handler(settings.handler), scripts=self.scripts,
                                   metrics=self.metrics, component=COMPONENT, max_deliveries=settings.max_deliveries,
-                                  failure_rate=settings.failure_rate, processed_ttl_s=settings.processed_ttl_seconds)
+                                  failure_rate=settings.failure_rate, processed_ttl_s=settings.processed_ttl_seconds,
+                                  handler_timeout_s=settings.handler_timeout_seconds)
 
     async def run_once(self) -> Summary:
         """One pass (see the module docstring).

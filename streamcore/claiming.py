@@ -203,8 +203,11 @@ async def claim_due(r: aioredis.Redis, keys: Keys, consumer: str, *, scripts: Sc
             if row.entry_id in excluded or row.idle_ms < backoff_ms(row.deliveries, base_ms, rand=rand):
                 continue
             if row.deliveries >= max_deliveries:
+                # Guarded by owner and idle time as scanned: if the owner renewed its lease (it was
+                # only slow) or someone claimed the entry since the scan, leave it alone.
                 res = await dead_letter(r, keys, row.entry_id, scripts=scripts, consumer=consumer, deliveries=row.deliveries,
-                                        error=f"gave up after {row.deliveries} deliveries (last owner {row.consumer})")
+                                        error=f"gave up after {row.deliveries} deliveries (last owner {row.consumer})",
+                                        owner=row.consumer, min_idle_ms=base_ms)
                 if res.status == "dead_lettered":
                     out.dead_lettered.append(row.entry_id)
                     logger.error("%s: entry %s dead-lettered after %d deliveries (owner %s)", component, row.entry_id,

@@ -182,10 +182,17 @@ async def append_order(
 
 
 # KEYS: stream, dlq, dlq index
-# ARGV: group, consumer, entry id, deliveries, error, first seen ms, now ms, order id
+# ARGV: group, consumer, entry id, deliveries, error, first seen ms, now ms, order id,
+#       expected owner ('' = any), min idle ms ('' = any)
+# The owner/idle guard: a worker whose lease was taken while it handled the entry (SIGSTOP, GC
+# pause, handler slower than CLAIM_IDLE_MS) must not dead-letter it on its stale delivery count
+# while the new owner may be about to succeed; and a claim pass must not dead-letter an entry
+# whose owner renewed its lease after the scan (found by attacking a running stack).
 _DEAD_LETTER = """
 local p = redis.call('XPENDING', KEYS[1], ARGV[1], ARGV[3], ARGV[3], 1)
 if #p == 0 then return {0, ''} end
+if ARGV[9] and ARGV[9] ~= '' and p[1][2] ~= ARGV[9] then return {0, ''} end
+if ARGV[10] and ARGV[10] ~= '' and tonumber(p[1][3]) < tonumber(ARGV[10]) then return {0, ''} end
 local e = redis.call('XRANGE', KEYS[1], ARGV[3], ARGV[3])
 redis.call('XACK', KEYS[1], ARGV[1], ARGV[3])
 if #e == 0 then return {2, ''} end
@@ -211,6 +218,7 @@ class DeadLetterResult:
     Attributes:
         status: ``"dead_lettered"``; ``"not_pending"`` (someone acked it already: nothing done);
             ``"gone"`` (the entry's data was trimmed or deleted: it was acked, nothing appended).
+            ``not_pending`` also covers a failed ``owner``/``min_idle_ms`` guard (nothing done).
         dlq_id: the dead-letter stream entry ID when ``status == "dead_lettered"``.
     """
 
@@ -229,6 +237,8 @@ async def dead_letter(
     error: str,
     order_id: str = "",
     first_seen_ms: int | None = None,
+    owner: str | None = None,
+    min_idle_ms: int | None = None,
 ) -> DeadLetterResult:
     """Move one pending entry to the dead-letter stream: ``XADD`` there and ``XACK`` here, atomically.
 
@@ -240,6 +250,10 @@ async def dead_letter(
         deliveries: delivery count from XPENDING (``times_delivered``).
         error: the last error, truncated to 1000 characters.
         first_seen_ms: when the order was accepted (defaults to the entry ID's ms part).
+        owner: when given, dead-letter only while this consumer still owns the entry (else
+            ``not_pending``): a worker that lost its lease never dead-letters on a stale count.
+        min_idle_ms: when given, dead-letter only if the entry has been idle at least this long
+            (a lease renewed since the caller's scan wins).
 
     Raises:
         redis.exceptions.RedisError: the script failed; the entry stays pending.
@@ -248,7 +262,8 @@ async def dead_letter(
     first = first_seen_ms if first_seen_ms is not None else int(entry_id.split("-")[0])
     code, dlq_id = await scripts.dead_letter(
         keys=[keys.stream, keys.dlq, keys.dlq_index(order_id or "")],
-        args=[keys.group, consumer, entry_id, deliveries, error[:1000], first, now_ms, order_id],
+        args=[keys.group, consumer, entry_id, deliveries, error[:1000], first, now_ms, order_id,
+              owner or "", "" if min_idle_ms is None else int(min_idle_ms)],
         client=r,
     )
     code = int(code)
