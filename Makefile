@@ -17,7 +17,7 @@ venv: $(STAMP)
 
 ## Start the whole stack locally in the foreground (Redis, producer :3000, consumers, reclaimer).
 up: $(STAMP)
-	$(PY) -m streamcore.cli up
+	$(PY) -m streamcore.cli up $(ARGS)
 
 ## Run every test tier that is not opt-in.
 test: $(STAMP)
