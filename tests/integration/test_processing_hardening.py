@@ -130,3 +130,33 @@ async def _evals(r) -> dict:
 
 async def _all_marked(r, keys, ids) -> bool:
     return all([await r.exists(keys.processed(str(i))) for i in ids])
+
+
+async def test_shutdown_cancel_of_a_handler_under_a_deadline_still_cancels(r, names):
+    keys = keys_for(names)
+    await ensure_group(r, keys)
+    entry = await post(r, keys, 11, hang=True)
+    await r.xreadgroup(keys.group, "pod-a", {keys.stream: ">"}, count=1)
+    fields = (await r.xrange(keys.stream, entry, entry))[0][1]
+    runner = _runner(r, keys, _hang, max_deliveries=1, handler_timeout_s=5.0)
+    task = asyncio.create_task(runner.run(entry, fields, 1, "pod-a"))
+    await asyncio.sleep(0.2)
+    task.cancel()  # the drain deadline passed: the order must stay pending, not count as a failure
+    done, _ = await asyncio.wait({task}, timeout=2)
+    assert done and task.cancelled()
+    assert await r.xlen(keys.dlq) == 0
+    assert list(await pending_rows(r, keys)) == [entry]
+
+
+async def test_handler_deadline_fails_only_the_slow_call(r, names):
+    keys = keys_for(names)
+    await ensure_group(r, keys)
+    slow = await post(r, keys, 12, sleep_s=1.0)
+    fast = await post(r, keys, 13)
+    await r.xreadgroup(keys.group, "pod-a", {keys.stream: ">"}, count=2)
+    runner = _runner(r, keys, scripted, max_deliveries=5, handler_timeout_s=0.3)
+    rows = dict(await r.xrange(keys.stream, slow, fast))
+    outcomes = await asyncio.gather(runner.run(slow, rows[slow], 1, "pod-a"), runner.run(fast, rows[fast], 1, "pod-a"))
+    assert outcomes == [FAILED, "ok"]
+    assert await r.get(applied_key(keys.stream, 12)) is None
+    assert await r.get(applied_key(keys.stream, 13)) == "1"
