@@ -2,7 +2,7 @@
 
 One consumer, a burst of 2000 orders: more consumers within a few polls, the backlog drains,
 the consumers go back to one, and every order is processed exactly once. The consumers run a
-slowed-down default handler (``slow_process_order`` below, 5 ms per order) so the burst lasts
+slowed-down default handler (``slow_process_order`` below, 10 ms per order, 2 at a time) so the burst lasts
 long enough to need more than one consumer.
 """
 from __future__ import annotations
@@ -28,10 +28,10 @@ POLL_S = 0.3
 
 
 async def slow_process_order(order, ctx) -> None:
-    """The default handler after 5 ms of pretend work (``HANDLER`` for the consumers here)."""
+    """The default handler after 10 ms of pretend work (``HANDLER`` for the consumers here)."""
     from consumer.handler import process_order
 
-    await asyncio.sleep(0.005)
+    await asyncio.sleep(0.01)
     await process_order(order, ctx)
 
 
@@ -109,7 +109,7 @@ async def autoscaler(redis_url, names):
         'HEALTH_PORT': '0',  # consumers: no probe server (ports would clash between children)
         'METRICS_PORT': '0',
         'HANDLER': 'tests.integration.test_autoscaler_local:slow_process_order',
-        'CONCURRENCY': '4',
+        'CONCURRENCY': '2',  # one consumer: ~200 orders/s, so the burst needs more of them
         'BLOCK_MS': '500',
         'FAILURE_RATE': '0',
         'LOG_LEVEL': 'INFO',

@@ -18,13 +18,18 @@ async def fill(r, stream: str, n: int) -> None:
     await pipe.execute()
 
 
-async def drain(r, stream: str, group: str, consumer: str) -> None:
-    """Read and acknowledge everything, as a consumer would."""
+async def drain(r, stream: str, group: str, consumer: str) -> float:
+    """Read everything as ``consumer`` and acknowledge it in one XACK, as a consumer would.
+
+    Returns the monotonic time just before that XACK: the backlog cannot be 0 any earlier.
+    """
+    ids = []
     while entries := await r.xreadgroup(group, consumer, {stream: '>'}, count=500):
-        await r.xack(stream, group, *[entry_id for entry_id, _ in entries[0][1]])
-    pending = await r.xpending_range(stream, group, min='-', max='+', count=10_000)
-    if pending:
-        await r.xack(stream, group, *[p['message_id'] for p in pending])
+        ids += [entry_id for entry_id, _ in entries[0][1]]
+    ids += [p['message_id'] for p in await r.xpending_range(stream, group, min='-', max='+', count=10_000)]
+    before = time.monotonic()
+    await r.xack(stream, group, *set(ids))
+    return before
 
 
 def polls(cluster, deployment: str = 'consumer') -> int:
@@ -84,25 +89,42 @@ async def test_scales_down_after_draining_respecting_the_window(cluster, operato
     await r.xgroup_create(names.stream, names.group, '0', mkstream=True)
     await fill(r, names.stream, 400)
     await cluster.create_deployment('consumer', replicas=4)
-    window = 1.5
+    window = 2.0
     await cluster.create_autoscaler('sas', autoscaler_spec(
         redis_secret, names.stream, names.group,
         behavior={'scaleDown': {'stabilizationWindowSeconds': window}}))
     await eventually(lambda: cluster.status('sas').get('reason') == 'Steady', 10, 'steady at 4')
     assert cluster.scale_patches('consumer') == []
 
-    await drain(r, names.stream, names.group, 'consumer-0')
-    drained = time.monotonic()
+    drained = await drain(r, names.stream, names.group, 'consumer-0')
     await eventually(lambda: cluster.scale_patches('consumer') == [0], 10, 'scale to 0')
-    # Not before a whole window of zero backlog (the last non-zero sample may precede the end of
-    # the drain by up to one poll interval, 0.1 s).
-    assert time.monotonic() - drained >= window - 0.1
+    # Not before the window has seen only zeros. The window counts samples, so the last non-zero
+    # one may precede the drain by one poll gap: 0.1 s normally, more on a loaded machine; half
+    # the window is a bound that still fails if the window were ignored (that scales in ~0.1 s).
+    assert time.monotonic() - drained >= window / 2
 
     history = cluster.server.objects[SAS, NS, 'sas'].history
     held = [v for v in history if v and 'ScaleDownStabilization' in ((v.get('status') or {}).get('limitedBy') or '')]
     assert held, 'the stabilization window was never reported as the limit'
     await eventually(lambda: cluster.condition('sas', 'Active').get('status') == 'False')
     assert await r.xlen(names.stream) == 400  # scaled to zero on lag + pending, not on XLEN (C19)
+
+
+async def test_c20_one_order_wakes_from_zero_within_two_polls(cluster, operator, r, names, redis_secret):
+    await r.xgroup_create(names.stream, names.group, '$', mkstream=True)
+    await cluster.create_deployment('consumer', replicas=0)
+    await cluster.create_autoscaler('sas', autoscaler_spec(redis_secret, names.stream, names.group))
+    await eventually(lambda: cluster.condition('sas', 'Active').get('status') == 'False', 10)
+
+    await r.xadd(names.stream, {'data': '{"orderId": "the-only-one"}'})
+    mark = len(list(cluster.server))
+    await eventually(lambda: cluster.scale_patches('consumer') == [1], 10, 'woken by one order')
+    # Polls (Deployment reads) between the order and the scale request, in the API's own order.
+    requests = list(cluster.server)[mark:]
+    scale_at = next(i for i, q in enumerate(requests) if q.method == 'PATCH' and q.url.path.endswith('/scale'))
+    reads = [q for q in requests[:scale_at] if q.method == 'GET' and q.url.path.endswith('/deployments/consumer')]
+    assert len(reads) <= 2
+    await eventually(lambda: cluster.condition('sas', 'Active').get('status') == 'True', 10)
 
 
 async def test_target_missing_sets_condition_and_retries(cluster, operator, r, names, redis_secret):
