@@ -224,28 +224,29 @@ async def _reconcile(
     def transition(kind: str, new_status: str) -> bool:
         return _condition(status, kind).get('status') != new_status
 
+    def failed(reason: str, message: str, *, retry: bool = True, target: dict[str, Any] | None = None,
+               **fields: Any) -> Outcome:
+        """Ready=False with ``reason``; a Warning Event the first time (not on every retry)."""
+        first = _condition(status, 'Ready').get('reason') != reason
+        return Outcome({**base, **fields, 'reason': reason, 'message': message,
+                        'conditions': conditions(previous_conditions, Ready=('False', reason, message))},
+                       (EventSpec('Warning', reason, message),) if first else (),
+                       parsed.poll_interval_s if retry and parsed is not None else None, target, message)
+
+    parsed: AutoscalerSpec | None = None
     try:
         parsed = AutoscalerSpec.from_spec(spec)
     except ValueError as e:
-        events = (EventSpec('Warning', 'InvalidSpec', str(e)),) if transition('Ready', 'False') else ()
-        return Outcome({**base, 'reason': 'InvalidSpec', 'message': str(e),
-                        'conditions': conditions(previous_conditions, Ready=('False', 'InvalidSpec', str(e)))},
-                       events, error=str(e))
+        return failed('InvalidSpec', str(e), retry=False)  # retried when the spec changes
 
     # The target Deployment: its replicas (current) and selector (the live consumers).
     try:
         deployment = await api.get_deployment(namespace, parsed.target.name)
     except KubeNotFound:
-        message = f'Deployment {parsed.target.name} not found; retrying every {parsed.poll_interval_s:g}s'
-        events = (EventSpec('Warning', 'TargetNotFound', message),) if _condition(status, 'Ready').get('reason') != 'TargetNotFound' else ()
-        return Outcome({**base, 'reason': 'TargetNotFound', 'message': message,
-                        'conditions': conditions(previous_conditions, Ready=('False', 'TargetNotFound', message))},
-                       events, retry_in=parsed.poll_interval_s, error=message)
+        return failed('TargetNotFound',
+                      f'Deployment {parsed.target.name} not found; retrying every {parsed.poll_interval_s:g}s')
     except KubeError as e:
-        message = f'cannot read Deployment {parsed.target.name}: {e}'
-        return Outcome({**base, 'reason': 'KubernetesError', 'message': message,
-                        'conditions': conditions(previous_conditions, Ready=('False', 'KubernetesError', message))},
-                       retry_in=parsed.poll_interval_s, error=message)
+        return failed('KubernetesError', f'cannot read Deployment {parsed.target.name}: {e}')
     current = int((deployment.get('spec') or {}).get('replicas', 1))
 
     # Redis URL from the Secret (or the development `url`).
@@ -256,12 +257,9 @@ async def _reconcile(
             raw_url = str(parsed.redis.url)
         url = redis_url(raw_url, tls=parsed.redis.tls, username=parsed.redis.username)
     except (KubeError, KeyError, ValueError) as e:
-        message = f'cannot read the Redis URL from Secret {parsed.redis.secret_name} key {parsed.redis.secret_key}: {e}'
-        events = (EventSpec('Warning', 'RedisSecretUnavailable', message),) if _condition(status, 'Ready').get('reason') != 'RedisSecretUnavailable' else ()
-        return Outcome({**base, 'currentReplicas': current, 'desiredReplicas': current, 'reason': 'RedisSecretUnavailable',
-                        'message': message,
-                        'conditions': conditions(previous_conditions, Ready=('False', 'RedisSecretUnavailable', message))},
-                       events, retry_in=parsed.poll_interval_s, target=deployment, error=message)
+        return failed('RedisSecretUnavailable',
+                      f'cannot read the Redis URL from Secret {parsed.redis.secret_name} key {parsed.redis.secret_key}: {e}',
+                      target=deployment, currentReplicas=current, desiredReplicas=current)
 
     # The live consumers: the Deployment's pods (consumer name = pod name).
     match_labels = ((deployment.get('spec') or {}).get('selector') or {}).get('matchLabels') or {}

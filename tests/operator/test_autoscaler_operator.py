@@ -235,3 +235,14 @@ async def test_invalid_spec_is_reported(cluster, operator, names, redis_secret):
     await eventually(lambda: len(cluster.events('InvalidSpec')) == 1, 10, 'one InvalidSpec event')
     assert cluster.scale_patches('consumer') == []
     assert cluster.server.objects[DEPLOYMENTS, NS, 'consumer'].raw['spec']['replicas'] == 1
+
+
+async def test_missing_redis_secret_holds(cluster, operator, names):
+    await cluster.create_deployment('consumer', replicas=2)
+    await cluster.create_autoscaler('sas', autoscaler_spec('no-such-secret', names.stream, names.group))
+    await eventually(lambda: cluster.condition('sas', 'Ready').get('reason') == 'RedisSecretUnavailable', 10)
+    await eventually(lambda: cluster.events('RedisSecretUnavailable'), 10)
+    await more_polls(cluster, 3)
+    assert (cluster.status('sas')['desiredReplicas'], cluster.status('sas')['currentReplicas']) == (2, 2)
+    assert len(cluster.events('RedisSecretUnavailable')) == 1
+    assert cluster.scale_patches('consumer') == []
