@@ -100,6 +100,8 @@ class Worker:
         self._stopping = False
         self._stop: asyncio.Event | None = None
         self._group_ok = False
+        #: True once the own PEL has been re-read at start; the claim pass waits for it (see _claim).
+        self._own_pel_done = False
 
         # State shown by /healthz and /readyz.
         self.state = "starting"  # starting | reading | waiting | backoff | draining | stopped
@@ -195,7 +197,7 @@ class Worker:
                     self._group_ok = True
                 if not own_pel_done:
                     await self._read_own_pel(stop)
-                    own_pel_done = True
+                    own_pel_done = self._own_pel_done = True
                 if not await self._wait_capacity(stop):
                     break
                 self.state = "reading"
@@ -260,7 +262,10 @@ class Worker:
                 return
             for entry_id, fields in entries:
                 # Reading with ID 0 counts a delivery, except for entries whose data is gone.
-                self._dispatch(entry_id, fields, counts.get(entry_id, 0) + 1)
+                # Only entries of the snapshot: anything else in our PEL now was claimed meanwhile
+                # and is handled by that path, with its true delivery count.
+                if entry_id in counts:
+                    self._dispatch(entry_id, fields, counts[entry_id] + 1)
             start = entries[-1][0]
             self.last_progress = time.monotonic()
 
@@ -412,7 +417,10 @@ class Worker:
 
     async def _claim(self) -> None:
         free = self.capacity - len(self.held)
-        if free <= 0 or self._stopping:
+        if free <= 0 or self._stopping or not self._own_pel_done:
+            # Not before the own PEL is re-read: a claim during that phase takes our own not yet
+            # re-read entries (idle since we died) and others' entries into our PEL, and the
+            # re-read then handed them to the handler a second time with a wrong delivery count.
             return
         out = await claim_due(self.r, self.keys, self.name, scripts=self.scripts, base_ms=self.settings.claim_idle_ms,
                               max_deliveries=self.settings.max_deliveries, limit=free, exclude=set(self.held),

@@ -160,3 +160,39 @@ async def test_handler_deadline_fails_only_the_slow_call(r, names):
     assert outcomes == [FAILED, "ok"]
     assert await r.get(applied_key(keys.stream, 12)) is None
     assert await r.get(applied_key(keys.stream, 13)) == "1"
+
+
+async def test_own_pel_reread_does_not_redeliver_entries_claimed_meanwhile_with_a_wrong_count(r, redis_url, names):
+    """On restart the worker re-reads its own PEL with ID 0. An entry its claim pass takes during
+    that phase (another consumer's due entry, with a larger ID) must not be re-read and handed to
+    the handler again with delivery number 1 (it was not in the PEL snapshot): the real count is
+    higher, and the dead-letter decision depends on it."""
+    keys = keys_for(names)
+    await ensure_group(r, keys)
+    own = [await post(r, keys, 1), await post(r, keys, 2, sleep_s=0.5), await post(r, keys, 3)]
+    await r.xreadgroup(keys.group, "pod-a", {keys.stream: ">"}, count=3)  # pod-a was killed holding these
+    other = await post(r, keys, 4, fail_until=1)
+    await r.xreadgroup(keys.group, "pod-b", {keys.stream: ">"}, count=1)  # pod-b's entry, soon due
+    await asyncio.sleep(0.3)
+    seen: list[tuple[str, int]] = []
+    holder: list = []
+
+    async def handler(order: Envelope, ctx: HandlerContext) -> None:
+        seen.append((order.order_id, ctx.deliveries))
+        if order.order_id == "1":
+            await holder[0].worker._claim()  # the timer's claim pass fires during the own-PEL phase
+        await scripted(order, ctx)
+
+    w = RunningWorker(settings_for(redis_url, names, "pod-a", read_count=1, concurrency=2, claim_idle_ms=200,
+                                   claim_interval_ms=60_000), handler)
+    holder.append(w)
+    try:
+        await wait_for(lambda: _applied(r, keys, [1, 2, 3]), timeout=10, what="own orders applied")
+        await asyncio.sleep(0.5)
+    finally:
+        await w.stop()
+    own_calls = sorted(oid for oid, _ in seen if oid in ("1", "2", "3"))
+    assert own_calls == ["1", "2", "3"], f"own-PEL orders handed over more than once: {seen}"
+    counts = [d for oid, d in seen if oid == "4"]
+    assert counts == sorted(set(counts)) and 1 not in counts, f"order 4 handed over with deliveries {counts}"
+    assert len(own) == 3 and other
