@@ -13,7 +13,6 @@ from __future__ import annotations
 import asyncio
 import base64
 import logging
-import os
 import signal
 import sys
 import time
@@ -53,13 +52,17 @@ class KubeApi:
         self._server: str = ''
         self._timeout = aiohttp.ClientTimeout(total=timeout_s)
         self._relogin: Callable[[], kopf.ConnectionInfo | None] | None = None
+        self._closed = False
 
     async def connect(self, info: kopf.ConnectionInfo,
                       relogin: Callable[[], kopf.ConnectionInfo | None] | None = None) -> None:
         """(Re)build the HTTP session from kopf's credentials (token, basic auth, client certs, CA).
 
         ``relogin``: called once when the server answers 401, to read fresh credentials.
+        Ignored once :meth:`close` was called (kopf may log in again while stopping).
         """
+        if self._closed:
+            return
         self._relogin = relogin or self._relogin
         ssl: Any = None
         if info.server.startswith('https'):
@@ -74,7 +77,8 @@ class KubeApi:
             await old.close()
 
     async def close(self) -> None:
-        """Close the HTTP session."""
+        """Close the HTTP session for good."""
+        self._closed = True
         if self._session is not None:
             await self._session.close()
             self._session = None

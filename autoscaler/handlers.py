@@ -45,15 +45,23 @@ class Runtime:
     api: KubeApi
     metrics: AutoscalerMetrics
     clients: dict[str, aioredis.Redis] = dataclasses.field(default_factory=dict)
+    closed: bool = False
 
     def redis_for(self, url: str) -> aioredis.Redis:
-        """The shared client for ``url`` (created on first use; never logged: it holds secrets)."""
+        """The shared client for ``url`` (created on first use; never logged: it holds secrets).
+
+        Raises ``RuntimeError`` once the runtime is closed (a late poll must not open clients
+        that nobody will close).
+        """
+        if self.closed:
+            raise RuntimeError('the operator is stopping')
         if url not in self.clients:
             self.clients[url] = create_redis(url, socket_timeout_s=5.0, max_connections=8)
         return self.clients[url]
 
     async def close(self) -> None:
-        """Close every Redis client and the Kubernetes client."""
+        """Close every Redis client and the Kubernetes client; idempotent."""
+        self.closed = True
         for client in self.clients.values():
             await client.aclose()
         self.clients.clear()
@@ -113,6 +121,8 @@ async def poll(
     failed, so kopf retries after the poll interval.
     """
     runtime: Runtime = memo.runtime
+    if runtime.closed:  # the operator is stopping and its clients are closed
+        return
     state: ResourceState = memo.setdefault('state', ResourceState())
     now = time.monotonic()
     generation = meta.get('generation')
