@@ -3,7 +3,7 @@
 Every field of every component's settings becomes a row: the variable, its default, the
 components that read it and the description written beside the field. ``tests/unit/test_docs.py``
 fails when the README's table differs from this output, so the documentation cannot drift.
-Run ``python docs/config_table.py`` and paste between the README's config-table markers.
+Run ``python docs/config_table.py --write`` to rewrite the table between the README's markers.
 """
 
 from __future__ import annotations
@@ -62,5 +62,17 @@ def table() -> str:
     return "\n".join(out)
 
 
+def write_readme(readme: Path = Path(__file__).resolve().parents[1] / "README.md") -> None:
+    """Replace the table between ``<!-- config-table:start -->`` and ``<!-- config-table:end -->``."""
+    text = readme.read_text()
+    start, end = "<!-- config-table:start -->\n", "\n<!-- config-table:end -->"
+    head, rest = text.split(start, 1)
+    _, tail = rest.split(end, 1)
+    readme.write_text(head + start + table() + end + tail)
+
+
 if __name__ == "__main__":
-    print(table())
+    if "--write" in sys.argv[1:]:
+        write_readme()
+    else:
+        print(table())

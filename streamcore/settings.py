@@ -54,3 +54,32 @@ class CommonSettings(BaseSettings):
     def log_effective(self, component: str) -> None:
         """Log the effective settings at start; secrets are shown as ``**********``."""
         logger.info("%s settings: %s", component, self.model_dump_json())
+
+
+class HandlingSettings(CommonSettings):
+    """What every process that runs the order handler reads: the consumer and the reclaimer.
+
+    Both must agree on these (the reclaimer retries and dead-letters with the same rules), so
+    they are declared once here.
+    """
+
+    handler: str = Field(default="consumer.handler:process_order", description="HANDLER: the order handler as module:function.")
+    failure_rate: float = Field(default=0.0, ge=0.0, le=1.0, description="FAILURE_RATE: probability the default handler fails before applying an order.")
+    handler_timeout_seconds: float = Field(
+        default=300.0,
+        ge=0,
+        description=(
+            "HANDLER_TIMEOUT_SECONDS: longest one handler call may run (s); past it the delivery fails "
+            "(retried, then dead-lettered) instead of renewing its lease forever; 0 disables."
+        ),
+    )
+    claim_idle_ms: int = Field(
+        default=30_000,
+        ge=1,
+        description="CLAIM_IDLE_MS: base idle time (ms) before a pending entry is retried; grows 2x per delivery up to 16x.",
+    )
+    max_deliveries: int = Field(default=5, ge=1, description="MAX_DELIVERIES: deliveries after which a failing order is dead-lettered.")
+    concurrency: int = Field(default=16, ge=1, description="CONCURRENCY: handlers running at once.")
+    processed_ttl_seconds: int = Field(
+        default=7 * 86400, ge=1, description="PROCESSED_TTL_SECONDS: lifetime of processed-order markers (s)."
+    )

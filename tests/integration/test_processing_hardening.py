@@ -108,10 +108,15 @@ async def _applied(r, keys, ids) -> bool:
     return [await r.get(applied_key(keys.stream, i)) for i in ids] == ["1"] * len(ids)
 
 
-async def test_default_handler_sends_the_marker_script_by_sha(r, redis_url, names):
+async def test_default_handler_sends_the_marker_script_by_sha(own_redis_server, names):
+    # A server of its own: INFO commandstats counts every client's EVALs, and workers of other
+    # tests on the shared server would add theirs.
+    import redis.asyncio as aioredis
+
+    r = aioredis.Redis.from_url(own_redis_server.url, decode_responses=True)
     keys = keys_for(names)
     before = await _evals(r)
-    w = RunningWorker(settings_for(redis_url, names, "pod-a", handler="consumer.handler:process_order"))
+    w = RunningWorker(settings_for(own_redis_server.url, names, "pod-a", handler="consumer.handler:process_order"))
     try:
         for i in range(20):
             await post(r, keys, 500 + i)
@@ -119,6 +124,7 @@ async def test_default_handler_sends_the_marker_script_by_sha(r, redis_url, name
     finally:
         await w.stop()
     after = await _evals(r)
+    await r.aclose()
     assert after["eval"] - before["eval"] == 0, f"EVAL sent with the script text per order: {after} vs {before}"
 
 
