@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import ctypes
 import logging
 import signal
 import sys
@@ -149,6 +150,15 @@ class KubeApi:
         return base64.b64decode((secret.get('data') or {})[key]).decode()
 
 
+def _die_with_parent() -> None:
+    """In the child, before exec (Linux): get SIGTERM when the autoscaler dies, even by SIGKILL,
+    so no consumer outlives it (children run in their own session, out of the terminal's reach)."""
+    try:
+        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM)  # 1 = PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        pass
+
+
 StartFn = Callable[[str], Awaitable[None]]
 StopFn = Callable[[str], Awaitable[None]]
 
@@ -267,6 +277,7 @@ class ConsumerProcesses:
         self._procs[name] = await asyncio.create_subprocess_exec(
             *self.command, env=env, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT,
             start_new_session=True,  # a Ctrl-C on the terminal reaches us only; we stop children in order
+            preexec_fn=_die_with_parent if sys.platform.startswith('linux') else None,
         )
         self._write(f'{name:<12}| started (pid {self._procs[name].pid})')
 
