@@ -40,6 +40,8 @@ def rows() -> list[tuple[str, str, list[str], str]]:
         for name, field in model.model_fields.items():
             var = (field.validation_alias if isinstance(field.validation_alias, str) else name).upper()
             desc = (field.description or "").strip()
+            if desc.startswith("--"):
+                continue  # a command-line flag (python -m autoscaler --local ...), documented with the command
             prefix = f"{var}:"
             if desc.upper().startswith(prefix):
                 desc = desc[len(prefix):].strip()

@@ -28,6 +28,7 @@ import argparse
 import asyncio
 import os
 import re
+import shlex
 import shutil
 import signal
 import socket
@@ -72,8 +73,9 @@ class Child:
     """One supervised child process with prefixed output."""
 
     def __init__(self, name: str, argv: list[str], env: dict[str, str], color: str, *, restart: bool,
-                 pass_prefixed: bool = False) -> None:
+                 pass_prefixed: bool = False, extra_grace_s: float = 0.0) -> None:
         self.name = name
+        self.extra_grace_s = extra_grace_s
         self.pass_prefixed = pass_prefixed
         self.argv = argv
         self.env = env
@@ -126,7 +128,8 @@ class Child:
             delay = min(delay * 2, 30.0)
 
     async def stop(self, grace_s: float) -> None:
-        """SIGTERM, wait up to ``grace_s`` seconds, then SIGKILL."""
+        """SIGTERM, wait up to ``grace_s`` seconds (plus ``extra_grace_s``), then SIGKILL."""
+        grace_s += self.extra_grace_s
         self.stopping = True
         if self.proc is None or self.proc.returncode is not None:
             return
@@ -200,11 +203,14 @@ async def up(args: argparse.Namespace) -> int:
             LOCAL_MIN_CONSUMERS=str(args.consumers),
             LOCAL_MAX_CONSUMERS=str(max(args.consumers, args.max_consumers)),
             LOCAL_CONSUMER_HEALTH_PORT=str(args.consumer_health_port),
-            CONSUMER_COMMAND=f"{py} -m consumer",
+            CONSUMER_COMMAND=shlex.join([py, "-m", "consumer"]),
+            LOCAL_GRACE_SECONDS=str(args.grace),
         )
         aenv.setdefault("METRICS_PORT", "0")
+        # The autoscaler gives each consumer LOCAL_GRACE_SECONDS to drain; give it a margin on top
+        # so it is never killed in the middle of stopping its children.
         children.append(Child("autoscaler", [py, "-m", "autoscaler", "--local"], aenv, COLORS[2], restart=True,
-                              pass_prefixed=True))
+                              pass_prefixed=True, extra_grace_s=10.0))
     children.append(Child("reclaimer", [py, "-m", "reclaimer", "--loop"], env, COLORS[-1], restart=True))
 
     stop = asyncio.Event()
