@@ -142,6 +142,20 @@ class Child:
             await self.proc.wait()
 
 
+def check_ports(wanted: list[tuple[int, str]]) -> None:
+    """Fail before starting anything when a port we would listen on is taken.
+
+    Args:
+        wanted: ``(port, what to do instead)`` pairs.
+
+    Raises:
+        SystemExit: naming the first taken port and the way out.
+    """
+    for port, hint in wanted:
+        if not port_free(port):
+            raise SystemExit(f"port {port} is taken: {hint}")
+
+
 async def wait_for_redis(port: int, timeout_s: float) -> None:
     """Poll ``PING`` on ``127.0.0.1:port`` until it answers (deadline ``timeout_s`` seconds)."""
     deadline = time.monotonic() + timeout_s
@@ -173,12 +187,21 @@ async def up(args: argparse.Namespace) -> int:
     children: list[Child] = []
     redis_child: Child | None = None
 
-    if not env.get("REDIS_URL"):
+    starts_redis = not env.get("REDIS_URL")
+    n_health = args.consumers if args.fixed else max(args.consumers, args.max_consumers)
+    check_ports(
+        [(int(env["PORT"]), "set PORT to another one")]
+        + ([(args.redis_port, "pass --redis-port (LOCAL_REDIS_PORT) or set REDIS_URL to use that server")] if starts_redis else [])
+        + [(args.consumer_health_port + i, "pass --consumer-health-port (CONSUMER_HEALTH_PORT), or 0 to serve no consumer probes")
+           for i in range(n_health if args.consumer_health_port else 0)]
+    )
+    if not args.consumer_health_port:
+        env["HEALTH_PORT"] = "0"
+
+    if starts_redis:
         data = Path(args.data_dir).resolve() / "redis"
         data.mkdir(parents=True, exist_ok=True)
         port = args.redis_port
-        if not port_free(port):
-            raise SystemExit(f"port {port} is taken: pass --redis-port or set REDIS_URL to use that server")
         argv = [
             redis_binary(), "--port", str(port), "--bind", "127.0.0.1", "--dir", str(data),
             "--appendonly", "yes", "--appendfsync", "everysec", "--save", "", "--daemonize", "no", "--loglevel", "warning",
@@ -186,16 +209,21 @@ async def up(args: argparse.Namespace) -> int:
         redis_child = Child("redis", argv, env, COLORS[0], restart=False)
         await redis_child.start()
         redis_task = asyncio.create_task(redis_child.pump())
-        await wait_for_redis(port, 15)
+        try:
+            await wait_for_redis(port, 15)
+        except BaseException:
+            # Never leave a Redis behind that the next start would trip over.
+            await redis_child.stop(args.grace)
+            await redis_task
+            raise
         env["REDIS_URL"] = f"redis://127.0.0.1:{port}/0"
         redis_child.say(f"ready at {env['REDIS_URL']} (AOF in {data})")
-    if not port_free(int(env["PORT"])):
-        raise SystemExit(f"port {env['PORT']} is taken: set PORT to another one")
 
     children.append(Child("producer", [py, "-m", "producer"], env, COLORS[1], restart=True))
     if args.fixed:
         for i in range(1, args.consumers + 1):
-            cenv = dict(env, POD_NAME=f"consumer-{i}", HEALTH_PORT=str(args.consumer_health_port + i - 1))
+            port_i = args.consumer_health_port + i - 1 if args.consumer_health_port else 0
+            cenv = dict(env, POD_NAME=f"consumer-{i}", HEALTH_PORT=str(port_i))
             children.append(Child(f"consumer-{i}", [py, "-m", "consumer"], cenv, COLORS[(1 + i) % len(COLORS)], restart=True))
     else:
         aenv = dict(
@@ -242,7 +270,8 @@ def build_parser() -> argparse.ArgumentParser:
     p_up.add_argument("--fixed", action="store_true", help="run exactly --consumers consumers, no autoscaling")
     p_up.add_argument("--data-dir", default=os.environ.get("ORDERSTREAM_DATA", ".local-data"), help="where Redis keeps its AOF")
     p_up.add_argument("--redis-port", type=int, default=int(os.environ.get("LOCAL_REDIS_PORT", "6379")), help="port of the local Redis (6379)")
-    p_up.add_argument("--consumer-health-port", type=int, default=8081, help="first consumer's HEALTH_PORT; the next ones count up")
+    p_up.add_argument("--consumer-health-port", type=int, default=int(os.environ.get("CONSUMER_HEALTH_PORT", "8081")),
+                      help="first consumer's HEALTH_PORT (8081); the next ones count up; 0: no consumer probe servers")
     p_up.add_argument("--grace", type=float, default=25.0, help="seconds each process gets to drain before SIGKILL")
     return parser
 

