@@ -39,10 +39,14 @@ from streamcore.claiming import (ClaimedEntry, ClaimScripts, autoclaim_sweep, ce
 from streamcore.envelope import Envelope
 from streamcore.handling import DEAD_LETTERED, GONE, OK, EntryRunner, HandlerContext, load_handler
 from streamcore.metrics import stream_metrics
+from streamcore.pacing import RateLimitedLog
 from streamcore.streams import Scripts, ensure_group
 from streamcore.trimming import trim_metrics, trim_pass
 
 logger = logging.getLogger(__name__)
+
+#: How often (s) ``--loop`` repeats that a dead consumer still owns pending entries.
+ORPHAN_LOG_INTERVAL_S = 300.0
 
 COMPONENT = "reclaimer"
 
@@ -80,6 +84,7 @@ class Reclaimer:
         self.registry = registry if registry is not None else CollectorRegistry()
         self.metrics = stream_metrics(self.registry)
         self.trim_metrics = trim_metrics(self.registry)
+        self._orphan_log: dict[str, RateLimitedLog] = {}
         self.runner = EntryRunner(r, self.keys, handler or load_handler(settings.handler), scripts=self.scripts,
                                   metrics=self.metrics, component=COMPONENT, max_deliveries=settings.max_deliveries,
                                   failure_rate=settings.failure_rate, processed_ttl_s=settings.processed_ttl_seconds,
@@ -186,8 +191,11 @@ class Reclaimer:
                 removed += 1
                 logger.info("removed dead consumer %s (no heartbeat, quiet, nothing pending)", c["name"])
             elif result == "pending" and not await self.r.exists(self.keys.heartbeat(c["name"])):
-                logger.info("consumer %s has no heartbeat and %s pending entries; they are claimed once due, "
-                            "then it is removed", c["name"], c.get("pending"))
+                # Said once per consumer every few minutes: with --loop it would repeat every pass
+                # until the back-off lets the entries be claimed.
+                self._orphan_log.setdefault(c["name"], RateLimitedLog(logger, ORPHAN_LOG_INTERVAL_S)).log(
+                    logging.INFO, "consumer %s has no heartbeat and %s pending entries; they are claimed once due, "
+                    "then it is removed", c["name"], c.get("pending"))
         return removed
 
 
