@@ -7,44 +7,12 @@ import io
 import json
 
 import pytest
-from aiohttp.test_utils import TestClient, TestServer
-from prometheus_client import CollectorRegistry
+from aiohttp.test_utils import TestClient
 
-from producer.app import create_app
-from producer.settings import ProducerSettings
-from streamcore.keys import Keys
 from streamcore.streams import ensure_group
+from tests.integration.producer_support import api, keys, make_api  # noqa: F401 (fixtures)
 
 MIB = 1_048_576
-
-
-@pytest.fixture
-async def make_api(redis_url, names):
-    """Factory: ``await make_api(**settings_overrides)`` → a started TestClient."""
-    clients: list[TestClient] = []
-
-    async def factory(**overrides) -> TestClient:
-        settings = ProducerSettings(
-            redis_url=redis_url, stream_name=names.stream, group_name=names.group, dlq_stream=names.dlq, **overrides
-        )
-        client = TestClient(TestServer(create_app(settings, registry=CollectorRegistry())))
-        await client.start_server()
-        clients.append(client)
-        return client
-
-    yield factory
-    for client in clients:
-        await client.close()
-
-
-@pytest.fixture
-async def api(make_api) -> TestClient:
-    return await make_api()
-
-
-@pytest.fixture
-def keys(names) -> Keys:
-    return Keys(stream=names.stream, group=names.group, dlq=names.dlq)
 
 
 def order(i: int, **extra) -> dict:

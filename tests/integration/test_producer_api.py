@@ -11,45 +11,11 @@ import json
 
 import pytest
 from aiohttp.test_utils import TestClient, TestServer
-from prometheus_client import CollectorRegistry
 
 from producer.app import create_app
-from producer.settings import ProducerSettings
 from producer.views import UNAVAILABLE
-from streamcore.keys import Keys
 from streamcore.streams import Scripts, dead_letter, ensure_group
-
-
-def make_settings(redis_url: str, names, **overrides) -> ProducerSettings:
-    return ProducerSettings(
-        redis_url=redis_url, stream_name=names.stream, group_name=names.group, dlq_stream=names.dlq, **overrides
-    )
-
-
-@pytest.fixture
-async def make_api(redis_url, names):
-    """Factory: ``await make_api(**settings_overrides)`` → a started TestClient."""
-    clients: list[TestClient] = []
-
-    async def factory(**overrides) -> TestClient:
-        client = TestClient(TestServer(create_app(make_settings(redis_url, names, **overrides), registry=CollectorRegistry())))
-        await client.start_server()
-        clients.append(client)
-        return client
-
-    yield factory
-    for client in clients:
-        await client.close()
-
-
-@pytest.fixture
-async def api(make_api) -> TestClient:
-    return await make_api()
-
-
-@pytest.fixture
-def keys(names) -> Keys:
-    return Keys(stream=names.stream, group=names.group, dlq=names.dlq)
+from tests.integration.producer_support import api, keys, make_api, make_settings  # noqa: F401 (fixtures)
 
 
 def seed_order(i: int) -> dict:
