@@ -18,7 +18,7 @@ from producer.validation import MAX_NESTING, too_deep
 from streamcore import envelope, ids
 from streamcore.keys import Keys
 from streamcore.loss import removed_before_delivery
-from streamcore.streams import is_nogroup
+from streamcore.streams import is_nogroup, stream_state
 
 #: First read size of a page; later reads are sized from the average entry size seen so far.
 _FIRST_CHUNK = 10
@@ -289,13 +289,10 @@ async def stream_info(r: aioredis.Redis, keys: Keys, *, has_inactive: bool | Non
         "deadLetters": {"stream": keys.dlq, "length": int(dlq_len)},
         "groups": [],
     }
-    try:
-        info = await r.xinfo_stream(keys.stream)
-        groups = await r.xinfo_groups(keys.stream)
-    except ResponseError as exc:
-        if "no such key" in str(exc).lower():
-            return answer
-        raise
+    state = await stream_state(r, keys)
+    if state is None:
+        return answer
+    info, groups = state
     consumers_by_group: list[list[dict]] = []
     if groups:
         async with r.pipeline(transaction=False) as pipe:

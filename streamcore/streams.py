@@ -35,6 +35,32 @@ def is_busygroup(exc: BaseException) -> bool:
     return isinstance(exc, ResponseError) and str(exc).startswith("BUSYGROUP")
 
 
+def is_no_such_key(exc: BaseException) -> bool:
+    """True for the error XINFO gives on a missing stream (``ERR no such key``)."""
+    return isinstance(exc, ResponseError) and "no such key" in str(exc).lower()
+
+
+async def stream_state(r: aioredis.Redis, keys: Keys) -> tuple[dict, list[dict]] | None:
+    """``XINFO STREAM`` and ``XINFO GROUPS`` of ``keys.stream``, or None when the stream does not exist.
+
+    Returns:
+        ``(info, groups)`` as redis-py parses them (``length``, ``first-entry``,
+        ``max-deleted-entry-id``, ``entries-added``…; per group ``name``, ``pending``, ``lag``,
+        ``last-delivered-id``, ``entries-read``).
+
+    Raises:
+        redis.exceptions.RedisError: anything but a missing stream.
+    """
+    try:
+        info = await r.xinfo_stream(keys.stream)
+        groups = await r.xinfo_groups(keys.stream)
+    except ResponseError as exc:
+        if is_no_such_key(exc):
+            return None
+        raise
+    return info, groups
+
+
 async def ensure_group(r: aioredis.Redis, keys: Keys, start_id: str = "0") -> bool:
     """Create the consumer group with ``XGROUP CREATE ... MKSTREAM``, tolerating ``BUSYGROUP``.
 

@@ -36,11 +36,11 @@ from dataclasses import dataclass, field
 
 import redis.asyncio as aioredis
 from prometheus_client import CollectorRegistry, Counter, Gauge
-from redis.exceptions import ResponseError
 
 from streamcore.ids import compare, next_id
 from streamcore.keys import Keys
 from streamcore.loss import removed_before_delivery
+from streamcore.streams import stream_state
 
 logger = logging.getLogger(__name__)
 
@@ -206,13 +206,10 @@ async def trim_pass(r: aioredis.Redis, keys: Keys, *, maxlen: int, max_step: int
         (empty report).
     """
     report = TrimReport()
-    try:
-        info = await r.xinfo_stream(keys.stream)
-        groups = await r.xinfo_groups(keys.stream)
-    except ResponseError as exc:
-        if "no such key" in str(exc).lower():
-            return report
-        raise
+    state = await stream_state(r, keys)
+    if state is None:
+        return report
+    info, groups = state
     report.lost = await detect_loss(r, keys, info, groups)
     report.gone = await ack_gone_below_first(r, keys, info, groups)
     if report.gone:
