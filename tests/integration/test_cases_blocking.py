@@ -44,16 +44,21 @@ def test_c12_block_must_be_shorter_than_the_socket_timeout():
     assert ConsumerSettings().block_ms == 5000 and ConsumerSettings().redis_socket_timeout_s == 15
 
 
+async def sigterm_and_wait(proc, timeout_s: float = 8) -> tuple[int, float]:
+    """Send SIGTERM; return the exit code and the seconds it took to exit."""
+    proc.signal(signal.SIGTERM)
+    started = time.monotonic()
+    code = await proc.wait(timeout=timeout_s)
+    return code, time.monotonic() - started
+
+
 async def test_c13_sigterm_mid_handler_finishes_and_acks_then_exits_0(r, redis_url, names):
     keys = keys_for(names)
     proc = ConsumerProcess(redis_url, names, "pod-term", DRAIN_TIMEOUT_SECONDS=5)
     try:
         entry = await post(r, keys, 7, sleep_s=1.0)
         await wait_for(lambda: r.get(calls_key(keys.stream, 7)), timeout=15, what="handler started")
-        proc.signal(signal.SIGTERM)
-        started = time.monotonic()
-        code = await proc.wait(timeout=8)
-        took = time.monotonic() - started
+        code, took = await sigterm_and_wait(proc)
         assert code == 0, proc.output()
     finally:
         proc.close()
@@ -71,10 +76,7 @@ async def test_c13_sigterm_past_the_drain_deadline_leaves_the_order_pending_unac
         await post(r, keys, 9)
         await wait_for(lambda: r.get(calls_key(keys.stream, 8)), timeout=15, what="slow handler started")
         await wait_for(lambda: r.get(applied_key(keys.stream, 9)), timeout=5, what="quick order done")
-        proc.signal(signal.SIGTERM)
-        started = time.monotonic()
-        code = await proc.wait(timeout=8)
-        took = time.monotonic() - started
+        code, took = await sigterm_and_wait(proc)
         assert code == 0, proc.output()
     finally:
         proc.close()
@@ -88,10 +90,7 @@ async def test_c13_sigterm_while_blocked_exits_promptly(r, redis_url, names):
     try:
         await wait_for(lambda: r.exists(keys_for(names).heartbeat("pod-idle")), timeout=15, what="worker up")
         await asyncio.sleep(0.3)
-        proc.signal(signal.SIGTERM)
-        started = time.monotonic()
-        code = await proc.wait(timeout=8)
-        took = time.monotonic() - started
+        code, took = await sigterm_and_wait(proc)
         assert code == 0, proc.output()
     finally:
         proc.close()

@@ -224,9 +224,8 @@ class OperatorThread:
             raise self.error
 
 
-@pytest.fixture
-async def operator(kube: ApiServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
-    """The operator, logged in through a kubeconfig that points at kmock; stopped after the test."""
+def use_kubeconfig(kube: ApiServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """Write a kubeconfig pointing at kmock (namespace ``NS``) and point ``KUBECONFIG`` at it."""
     kubeconfig = tmp_path / 'kubeconfig'
     kubeconfig.write_text(f"""
 apiVersion: v1
@@ -237,6 +236,13 @@ contexts: [{{name: test, context: {{cluster: kmock, user: tester, namespace: {NS
 current-context: test
 """)
     monkeypatch.setenv('KUBECONFIG', str(kubeconfig))
+    return kubeconfig
+
+
+@pytest.fixture
+async def operator(kube: ApiServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+    """The operator, logged in through a kubeconfig that points at kmock; stopped after the test."""
+    use_kubeconfig(kube, tmp_path, monkeypatch)
     settings = AutoscalerSettings(namespaces=(NS,), health_port=0, metrics_port=0, autoscaler_tick_seconds=0.05)
     kopf_settings = kopf.OperatorSettings()
     kopf_settings.scanning.disabled = True

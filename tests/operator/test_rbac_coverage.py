@@ -37,7 +37,7 @@ import pytest
 
 from autoscaler.settings import AutoscalerSettings
 from tests.chart.helpers import CHART_DIR, by_kind, render_objects
-from tests.operator.conftest import NS, OperatorThread, eventually
+from tests.operator.conftest import NS, OperatorThread, eventually, use_kubeconfig
 from tests.operator.test_autoscaler_operator import drain, fill
 
 pytestmark = pytest.mark.timeout(60)
@@ -196,16 +196,7 @@ async def operator_in_mode(kube, mode: str, tmp_path: Path, monkeypatch: pytest.
 
     Yields the runner, not started; the test starts it and stops it (to record the shutdown too).
     """
-    kubeconfig = tmp_path / 'kubeconfig'
-    kubeconfig.write_text(f"""
-apiVersion: v1
-kind: Config
-clusters: [{{name: kmock, cluster: {{server: '{str(kube.url).rstrip('/')}'}}}}]
-users: [{{name: tester, user: {{token: test-token}}}}]
-contexts: [{{name: test, context: {{cluster: kmock, user: tester, namespace: {NS}}}}}]
-current-context: test
-""")
-    monkeypatch.setenv('KUBECONFIG', str(kubeconfig))
+    use_kubeconfig(kube, tmp_path, monkeypatch)
     clusterwide = mode == 'all-namespaces'
     settings = AutoscalerSettings(namespaces=() if clusterwide else (NS,), all_namespaces=clusterwide,
                                   health_port=0, metrics_port=0, autoscaler_tick_seconds=0.05)
