@@ -3,6 +3,14 @@
 One :class:`redis.asyncio.Redis` per process, owned by whoever created it (``await r.aclose()``).
 The socket timeout is always longer than any ``BLOCK`` we issue (case C12), so an empty blocking
 read returns normally instead of raising ``TimeoutError`` and reconnecting.
+
+**Bytes-safe decoding.** Redis stores bytes; other tools may write entries, field names or
+consumer names that are not UTF-8. Every reply is decoded by one codec, the client's, with the
+``surrogateescape`` error handler: valid UTF-8 becomes ordinary text, each invalid byte becomes a
+lone surrogate (``U+DC80``..``U+DCFF``). Nothing is lost (encoding back with the same handler,
+which the client does for every argument, gives the original bytes), nothing raises
+``UnicodeDecodeError``, and whether a value was valid UTF-8 is judged in one place,
+:func:`streamcore.envelope.decode` (with :func:`streamcore.envelope.is_clean_text`).
 """
 
 from __future__ import annotations
@@ -14,12 +22,16 @@ import redis.asyncio as aioredis
 
 logger = logging.getLogger(__name__)
 
+#: How replies are decoded (see the module docstring): lossless, never raises.
+ENCODING_ERRORS = "surrogateescape"
+
 #: Server families and major versions our CI runs the integration tier against.
 TESTED_SERVERS: dict[str, tuple[int, ...]] = {"redis": (7, 8), "valkey": (8, 9)}
 
 
 def create_redis(url: str, *, socket_timeout_s: float = 15.0, max_connections: int = 64) -> aioredis.Redis:
-    """Create an asyncio Redis client with ``decode_responses=True``.
+    """Create an asyncio Redis client with ``decode_responses=True`` and lossless decoding
+    (``encoding_errors="surrogateescape"``, see the module docstring).
 
     Args:
         url: ``redis://`` or ``rediss://`` URL (user, password and db in the URL).
@@ -35,6 +47,7 @@ def create_redis(url: str, *, socket_timeout_s: float = 15.0, max_connections: i
     return aioredis.Redis.from_url(
         url,
         decode_responses=True,
+        encoding_errors=ENCODING_ERRORS,
         socket_timeout=socket_timeout_s,
         socket_connect_timeout=min(socket_timeout_s, 5.0),
         health_check_interval=30,

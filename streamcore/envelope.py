@@ -27,7 +27,36 @@ SCHEMA_VERSION = "1"
 
 
 class EnvelopeError(ValueError):
-    """An entry has no usable order: its ``data`` field is missing or not a JSON object."""
+    """An entry has no usable order: a field name or value is not UTF-8, or ``data`` is missing,
+    not JSON, or not a JSON object.
+
+    Attributes:
+        reason: a short machine-readable reason (one of :data:`POISON_REASONS`), recorded in the
+            dead-letter entry's ``reason`` field and used as a metric label.
+    """
+
+    def __init__(self, message: str, reason: str) -> None:
+        super().__init__(message)
+        self.reason = reason
+
+
+#: Why an entry is poison (:attr:`EnvelopeError.reason`): it can never succeed, so it is
+#: dead-lettered at once instead of after ``MAX_DELIVERIES`` failed deliveries.
+POISON_REASONS = ("not_utf8", "no_data", "not_json", "not_object")
+
+
+def is_clean_text(value: str) -> bool:
+    """True when ``value`` came from valid UTF-8.
+
+    Our clients decode with ``surrogateescape`` (:mod:`streamcore.connection`), which turns each
+    byte of invalid UTF-8 into a lone surrogate; a lone surrogate cannot be encoded as UTF-8, so
+    ``value.encode()`` fails exactly for values that were not valid UTF-8 on the wire.
+    """
+    try:
+        value.encode()
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 def dumps(order: dict[str, Any]) -> str:
@@ -75,17 +104,32 @@ class Envelope:
 
 
 def decode(entry_id: str, fields: dict[str, str] | None) -> Envelope:
-    """Decode a stream entry into an :class:`Envelope`.
+    """Decode a stream entry into an :class:`Envelope`: the one place that judges an entry.
+
+    Args:
+        entry_id: the entry ID.
+        fields: the entry's fields as the client decoded them (``surrogateescape``: a value that
+            was not UTF-8 holds lone surrogates); None or empty when the data is gone.
 
     Raises:
-        EnvelopeError: the entry's data is gone (``fields`` is None or empty) or is not a JSON object.
+        EnvelopeError: with ``reason`` ``not_utf8`` (a field name or value is not valid UTF-8),
+            ``no_data`` (no ``data`` field, including a body-less entry), ``not_json`` (``data``
+            does not parse, or nests deeper than the parser allows) or ``not_object`` (``data``
+            is JSON but not an object).
     """
     if not fields or "data" not in fields:
-        raise EnvelopeError(f"entry {entry_id} has no data field")
+        if fields and not all(is_clean_text(k) for k in fields):
+            raise EnvelopeError(f"entry {entry_id} has a field name that is not valid UTF-8", "not_utf8")
+        raise EnvelopeError(f"entry {entry_id} has no data field", "no_data")
+    for name, value in fields.items():
+        if not (is_clean_text(name) and is_clean_text(value)):
+            raise EnvelopeError(f"entry {entry_id} field {name!r} is not valid UTF-8", "not_utf8")
     try:
         order = json.loads(fields["data"])
+    except RecursionError:
+        raise EnvelopeError(f"entry {entry_id} data is nested too deeply to parse", "not_json") from None
     except ValueError as exc:
-        raise EnvelopeError(f"entry {entry_id} data is not JSON: {exc}") from exc
+        raise EnvelopeError(f"entry {entry_id} data is not JSON: {exc}", "not_json") from exc
     if not isinstance(order, dict):
-        raise EnvelopeError(f"entry {entry_id} data is not a JSON object")
+        raise EnvelopeError(f"entry {entry_id} data is not a JSON object", "not_object")
     return Envelope(entry_id=entry_id, order=order, fields=dict(fields))

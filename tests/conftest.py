@@ -67,7 +67,7 @@ def redis_url(redis_server: RedisServer) -> str:
 @pytest.fixture
 async def r(redis_url: str):
     """An asyncio client (``decode_responses=True``) to the shared server; closed after the test."""
-    client = aioredis.Redis.from_url(redis_url, decode_responses=True, socket_timeout=15)
+    client = aioredis.Redis.from_url(redis_url, decode_responses=True, encoding_errors="surrogateescape", socket_timeout=15)
     yield client
     await client.aclose()
 

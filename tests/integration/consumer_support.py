@@ -63,7 +63,7 @@ class RunningWorker:
 
     def __init__(self, settings: ConsumerSettings, handler=None) -> None:
         self.settings = settings
-        self.client = aioredis.Redis.from_url(settings.redis_url.get_secret_value(), decode_responses=True,
+        self.client = aioredis.Redis.from_url(settings.redis_url.get_secret_value(), decode_responses=True, encoding_errors="surrogateescape",
                                               socket_timeout=settings.redis_socket_timeout_s)
         self.worker = Worker(settings, self.client, handler=handler)
         self.stop_event = asyncio.Event()
