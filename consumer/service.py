@@ -8,7 +8,7 @@ import logging
 from consumer.health import start_health_server
 from consumer.settings import ConsumerSettings
 from consumer.worker import Worker
-from streamcore.connection import create_redis
+from streamcore.connection import create_redis, pool_size
 from streamcore.lifecycle import install_shutdown_handlers
 
 logger = logging.getLogger(__name__)
@@ -22,7 +22,8 @@ async def serve(settings: ConsumerSettings, stop: asyncio.Event | None = None) -
     """
     stop = stop or asyncio.Event()
     install_shutdown_handlers(stop)
-    r = create_redis(settings.redis_url.get_secret_value(), socket_timeout_s=settings.redis_socket_timeout_s)
+    r = create_redis(settings.redis_url.get_secret_value(), socket_timeout_s=settings.redis_socket_timeout_s,
+                     max_connections=pool_size(settings.concurrency))
     try:
         worker = Worker(settings, r)
         runner = await start_health_server(worker, settings)

@@ -23,11 +23,24 @@ Shape of one worker (one per pod, consumer name = pod name):
   count. A permanently failing pending entry therefore never stops new orders being read (C22).
 * **Errors**: NOGROUP (stream flushed, deleted, empty restart) recreates the group at ``0`` with
   capped, jittered back-off, counted in ``orderstream_nogroup_incidents_total`` and in the health
-  details (C09, C10); connection errors back off and resume (C14). Repeated errors are logged at
-  most every 30 s.
+  details (C09, C10); transient Redis errors (unreachable, restarting, LOADING, BUSY; redis-py
+  already retried each command on a fresh connection) back off and resume (C14), counted in
+  ``orderstream_redis_errors_total{where}`` with ``orderstream_redis_up`` at 0 and the outage shown
+  in ``/healthz`` while it lasts. An unexpected exception in the read loop is logged with its
+  traceback and retried with back-off: no entry, however malformed, ends the process. Repeated
+  errors are logged at most every 30 s.
+* **Poison**: an entry that can never be processed (not UTF-8, no ``data``, not a JSON object) is
+  dead-lettered at once with its reason by :class:`streamcore.handling.EntryRunner`.
+* **Supervision**: the timer and the acker run under a :class:`streamcore.lifecycle.Supervisor`:
+  if one raises it is logged with its traceback and restarted with back-off; ``/healthz`` fails
+  when one keeps failing.
 * **Shutdown** (``stop`` set): readiness goes false, a blocked read is cancelled (what it may have
-  delivered stays in the PEL), no new handler starts, in-flight handlers get
-  ``DRAIN_TIMEOUT_SECONDS`` to finish and are acked; the rest is cancelled and stays pending (C13).
+  delivered stays in the PEL), no new read or claim starts. Every entry already read is still
+  handled: within ``DRAIN_TIMEOUT_SECONDS`` the handlers finish (queued ones start as slots free
+  up), heartbeat and lease renewal keep running, and the acks are flushed; then the process
+  exits. Past the deadline the unfinished handlers are cancelled and their entries stay pending
+  for reclaim. One log line says how many were finished and how many were left (C13, issue 9
+  item 11). A second SIGTERM exits at once (:func:`streamcore.lifecycle.install_shutdown_handlers`).
 """
 
 from __future__ import annotations
@@ -43,9 +56,10 @@ from redis.exceptions import RedisError
 
 from consumer.settings import ConsumerSettings
 from streamcore.claiming import ClaimScripts, claim_due, dead_letter_pending, renew_leases, scan_pending
-from streamcore.connection import server_info
+from streamcore.connection import is_transient, server_info
 from streamcore.envelope import Envelope
 from streamcore.handling import GONE, OK, EntryRunner, HandlerContext, load_handler
+from streamcore.lifecycle import Supervisor
 from streamcore.metrics import StreamMetrics, stream_metrics
 from streamcore.pacing import Backoff, RateLimitedLog
 from streamcore.streams import Scripts, ensure_group, is_nogroup
@@ -80,7 +94,9 @@ class Worker:
         self.runner = EntryRunner(r, self.keys, handler or load_handler(settings.handler), scripts=self.scripts,
                                   metrics=self.metrics, component=COMPONENT, max_deliveries=settings.max_deliveries,
                                   failure_rate=settings.failure_rate, processed_ttl_s=settings.processed_ttl_seconds,
-                                  handler_timeout_s=settings.handler_timeout_seconds)
+                                  handler_timeout_s=settings.handler_timeout_seconds,
+                                  delete_source=settings.dead_letter_xdel)
+        self.supervisor = Supervisor(COMPONENT, self.metrics.task_restarts)
         self.capacity = max(settings.read_count, settings.concurrency)
         self.renew_interval_s = max(settings.claim_idle_ms / 3000.0, 0.05)
         self.claim_interval_s = (settings.claim_interval_ms / 1000.0 if settings.claim_interval_ms
@@ -109,6 +125,11 @@ class Worker:
         self.reads = 0
         self.nogroup_incidents = 0
         self.last_error = ""
+        #: Monotonic time since which Redis has been failing the read loop (None: reachable).
+        self.redis_down_since: float | None = None
+        #: Entries finished and left by the last drain (for the log line and tests).
+        self.drained: tuple[int, int] = (0, 0)
+        self._redis_up = self.metrics.redis_up.labels(COMPONENT)
         self._error_log = RateLimitedLog(logger, 30.0)
         self._nogroup_log = RateLimitedLog(logger, 30.0)
 
@@ -117,58 +138,78 @@ class Worker:
     async def run(self, stop: asyncio.Event) -> None:
         """Process orders until ``stop`` is set, then drain (see the module docstring).
 
-        Never raises for Redis errors (they are retried with back-off); returns after the drain.
+        Never raises for Redis errors or malformed entries (they are retried with back-off or
+        dead-lettered); returns after the drain, within ``DRAIN_TIMEOUT_SECONDS`` plus the time
+        the last XACK takes (at most 2 s more).
         """
         logger.info("consumer %s starting on stream %s group %s", self.name, self.keys.stream, self.keys.group)
         self._stop = stop
-        timer = asyncio.create_task(self._timer(stop), name=f"{self.name}-timer")
-        acker = asyncio.create_task(self._ack_loop(), name=f"{self.name}-acks")
+        self.supervisor.start("timer", lambda: self._timer(stop))
+        self.supervisor.start("acks", self._ack_loop)
         try:
             await self._read_loop(stop)
         finally:
             self._stopping = True
             self.state = "draining"
-            timer.cancel()
-            await self._drain()
-            acker.cancel()
-            await asyncio.gather(timer, acker, return_exceptions=True)
-            await self._final_flush()
+            deadline = time.monotonic() + self.settings.drain_timeout_seconds
+            try:
+                finished, left = await self._drain(deadline)
+                await self.supervisor.stop("acks")  # its batch in flight, if any, is queued again
+                unacked = await self._final_flush(max(deadline, time.monotonic() + 2.0))
+            finally:
+                await self.supervisor.stop()
+            self.drained = (finished, left)
             self.state = "stopped"
-            logger.info("consumer %s stopped", self.name)
+            logger.info("consumer %s stopped: drained %d orders read before shutdown, left %d pending for reclaim%s",
+                        self.name, finished, left, f", {unacked} processed but not acked" if unacked else "")
 
-    async def _drain(self) -> None:
-        """Let in-flight handlers finish within the drain deadline; cancel the rest (they stay pending)."""
-        if not self._tasks:
-            return
-        logger.info("draining %d in-flight orders (deadline %.1fs)", len(self._tasks), self.settings.drain_timeout_seconds)
-        _, late = await asyncio.wait(set(self._tasks), timeout=self.settings.drain_timeout_seconds)
+    async def _drain(self, deadline: float) -> tuple[int, int]:
+        """Let every entry already read finish by ``deadline`` (monotonic s); cancel the rest
+        (they stay pending). Returns ``(finished, left)``."""
+        tasks = set(self._tasks)
+        if not tasks:
+            return 0, 0
+        logger.info("draining %d orders read before shutdown (deadline %.1fs)", len(tasks),
+                    max(deadline - time.monotonic(), 0.0))
+        _, late = await asyncio.wait(tasks, timeout=max(deadline - time.monotonic(), 0.0))
         if late:
-            logger.warning("%d orders did not finish within the drain deadline; they stay pending", len(late))
+            logger.warning("%d orders did not finish within the drain deadline; they stay pending for reclaim", len(late))
             for task in late:
                 task.cancel()
-            await asyncio.gather(*late, return_exceptions=True)
+            # Bounded: a handler that swallows cancellation must not keep the process alive.
+            await asyncio.wait(late, timeout=1.0)
+        return len(tasks) - len(late), len(late)
 
-    async def _final_flush(self) -> None:
+    async def _final_flush(self, deadline: float) -> int:
+        """Send the queued acks, retrying until ``deadline`` (monotonic s). Returns how many stay
+        unacked (they are redelivered later; the processed marker makes that harmless)."""
         backoff = Backoff(0.05, 0.5)
-        for _ in range(5):
+        while self._acks or self._ack_wanted.is_set():
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                break
             try:
-                await self._flush_acks()
-                return
-            except RedisError as exc:
+                async with asyncio.timeout(remaining):
+                    await self._flush_acks()
+            except (RedisError, OSError, TimeoutError) as exc:
                 logger.warning("could not send the last acks yet: %s", exc)
-                await backoff.sleep()
+                if deadline - time.monotonic() > 0:
+                    await asyncio.sleep(min(backoff.next_delay(), max(deadline - time.monotonic(), 0.0)))
         if self._acks:
             logger.error("%d processed orders could not be acked before exit; they stay pending and will be "
                          "redelivered (the processed marker makes that harmless)", len(self._acks))
+        return len(self._acks)
 
     # ------------------------------------------------------------------ health
 
     def live(self) -> tuple[bool, dict]:
         """Liveness: the read loop made progress within ``stall_after_s`` (waiting for free
-        capacity while handlers run counts as progress)."""
+        capacity while handlers run counts as progress; a Redis outage longer than that does
+        not, C14), and no supervised background task keeps failing."""
         age = time.monotonic() - self.last_progress
         ok = self.state in ("starting", "waiting", "draining", "stopped") or age < self.stall_after_s
-        return ok, self.details(age)
+        tasks_ok, task_details = self.supervisor.healthy()
+        return ok and tasks_ok, {**self.details(age), **task_details}
 
     def ready(self) -> tuple[bool, dict]:
         """Readiness: not shutting down, and the group is usable."""
@@ -177,8 +218,11 @@ class Worker:
         return ok, self.details(time.monotonic() - self.last_progress)
 
     def details(self, age: float) -> dict:
+        down = self.redis_down_since
         return {"consumer": self.name, "state": self.state, "seconds_since_progress": round(age, 3),
                 "reads": self.reads, "in_flight": len(self.held), "nogroup_incidents": self.nogroup_incidents,
+                "redis_ok": down is None,
+                "redis_down_seconds": round(time.monotonic() - down, 3) if down is not None else 0.0,
                 "last_error": self.last_error}
 
     # ------------------------------------------------------------------ reading
@@ -209,18 +253,35 @@ class Worker:
                     break
                 self.reads += 1
                 self.last_progress = time.monotonic()
+                self._redis_ok()
                 backoff.reset()
                 for _stream, entries in reply or ():
                     for entry_id, fields in entries:
                         self._dispatch(entry_id, fields, 1)
-            except RedisError as exc:
+            except (RedisError, OSError) as exc:
                 await self._on_error(exc, backoff, stop)
-            except OSError as exc:
-                await self._on_error(exc, backoff, stop)
+            except Exception as exc:  # a bug or data we did not foresee: never a crash loop
+                self.state = "backoff"
+                self.last_error = f"{type(exc).__name__}: {exc}"
+                self._error_log.log(logging.ERROR, "unexpected error in the read loop, retrying with back-off: %s",
+                                    self.last_error)
+                logger.debug("read loop error", exc_info=True)
+                await backoff.sleep(stop)
+
+    def _redis_ok(self) -> None:
+        if self.redis_down_since is not None:
+            logger.info("Redis reachable again after %.1fs", time.monotonic() - self.redis_down_since)
+            self.redis_down_since = None
+        self._redis_up.set(1)
 
     async def _on_error(self, exc: BaseException, backoff: Backoff, stop: asyncio.Event) -> None:
         self.state = "backoff"
         self.last_error = f"{type(exc).__name__}: {exc}"
+        if is_transient(exc) or isinstance(exc, OSError):
+            if self.redis_down_since is None:
+                self.redis_down_since = time.monotonic()
+            self._redis_up.set(0)
+            self.metrics.redis_errors.labels(COMPONENT, "read").inc()
         if group_lost(exc):
             self._group_ok = False
             self.nogroup_incidents += 1
@@ -240,7 +301,8 @@ class Worker:
                 res = await dead_letter_pending(self.r, self.keys, row.entry_id, scripts=self.scripts, consumer=self.name,
                                         deliveries=row.deliveries,
                                         error=f"delivered {row.deliveries} times without success (the worker "
-                                              f"restarted while handling it)")
+                                              f"restarted while handling it)",
+                                        delete_source=self.settings.dead_letter_xdel)
                 if res.status == "dead_lettered":
                     self.metrics.dead_lettered.labels(COMPONENT).inc()
                     logger.error("entry %s reached %d deliveries; dead-lettered", row.entry_id, row.deliveries)
@@ -305,8 +367,8 @@ class Worker:
     async def _process(self, entry_id: str, fields: dict[str, str] | None, deliveries: int) -> None:
         try:
             async with self._sem:
-                if self._stopping or (self._stop is not None and self._stop.is_set()):
-                    return  # read but not started before shutdown: stays pending for another delivery
+                # Also during the drain: an entry read before shutdown is handled now, not left
+                # for a reclaim that a replacement pod (new name) would wait 30 s or more for.
                 outcome = await self.runner.run(entry_id, fields, deliveries, self.name)
             if outcome == OK:
                 self._queue_ack(entry_id)
@@ -343,6 +405,7 @@ class Worker:
                 await self._flush_acks()
                 backoff.reset()
             except RedisError as exc:
+                self.metrics.redis_errors.labels(COMPONENT, "acks").inc()
                 self._error_log.log(logging.WARNING, "acks not sent yet, retrying: %s", exc)
                 await backoff.sleep()
 
@@ -359,7 +422,7 @@ class Worker:
                 for i in range(0, len(ids), 1000):
                     pipe.xack(self.keys.stream, self.keys.group, *ids[i:i + 1000])
                 results = await pipe.execute(raise_on_error=False)
-        except RedisError:
+        except BaseException:  # a connection error, or cancellation at shutdown: keep them queued
             self._acks[:0] = ids
             self._ack_wanted.set()
             raise
@@ -379,7 +442,9 @@ class Worker:
         """Heartbeat, lease renewal and the claim pass, each on its own interval."""
         tick = min(self.heartbeat_interval_s, self.renew_interval_s, self.claim_interval_s, 0.5)
         next_heartbeat = next_claim = time.monotonic()
-        while not stop.is_set():
+        # Runs until cancelled after the drain: heartbeat and lease renewal go on while the
+        # entries read before shutdown finish (the claim pass stops with ``_stopping``).
+        while True:
             now = time.monotonic()
             try:
                 if now >= next_heartbeat:
@@ -392,13 +457,11 @@ class Worker:
                     await self._claim()
             except RedisError as exc:
                 if not is_nogroup(exc):
+                    self.metrics.redis_errors.labels(COMPONENT, "timer").inc()
                     self._error_log.log(logging.WARNING, "timer: redis error (will retry): %s", exc)
             except OSError as exc:
                 self._error_log.log(logging.WARNING, "timer: connection error (will retry): %s", exc)
-            try:
-                await asyncio.wait_for(stop.wait(), tick)
-            except TimeoutError:
-                pass
+            await asyncio.sleep(tick)
 
     async def _renew(self, now: float) -> None:
         stale = [i for i, t in self.held.items() if now - t >= self.renew_interval_s and i not in self.lost_lease]
@@ -424,7 +487,7 @@ class Worker:
             return
         out = await claim_due(self.r, self.keys, self.name, scripts=self.scripts, base_ms=self.settings.claim_idle_ms,
                               max_deliveries=self.settings.max_deliveries, limit=free, exclude=set(self.held),
-                              component=COMPONENT)
+                              component=COMPONENT, delete_source=self.settings.dead_letter_xdel)
         if out.dead_lettered:
             self.metrics.dead_lettered.labels(COMPONENT).inc(len(out.dead_lettered))
         if out.gone:

@@ -9,7 +9,7 @@ import sys
 
 from reclaimer.reclaim import Reclaimer, run_loop
 from reclaimer.settings import ReclaimerSettings
-from streamcore.connection import create_redis
+from streamcore.connection import create_redis, pool_size
 from streamcore.lifecycle import install_shutdown_handlers
 from streamcore.logs import configure_logging
 
@@ -17,7 +17,8 @@ logger = logging.getLogger("reclaimer")
 
 
 async def amain(settings: ReclaimerSettings, loop: bool) -> int:
-    r = create_redis(settings.redis_url.get_secret_value(), socket_timeout_s=settings.redis_socket_timeout_s)
+    r = create_redis(settings.redis_url.get_secret_value(), socket_timeout_s=settings.redis_socket_timeout_s,
+                     max_connections=pool_size(settings.concurrency))
     try:
         reclaimer = Reclaimer(settings, r)
         if loop:

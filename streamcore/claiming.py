@@ -148,13 +148,13 @@ async def ack_gone(r: aioredis.Redis, keys: Keys, entry_ids: Collection[str], *,
 
 
 async def dead_letter_pending(r: aioredis.Redis, keys: Keys, entry_id: str, *, scripts: Scripts, consumer: str,
-                              deliveries: int, error: str) -> DeadLetterResult:
+                              deliveries: int, error: str, delete_source: bool = False) -> DeadLetterResult:
     """:func:`streamcore.streams.dead_letter` for an entry we hold no data of: its ``order_id`` is
     read first with ``XRANGE id id`` so the orderId index of the DLQ is written too."""
     rows = await r.xrange(keys.stream, entry_id, entry_id)
     order_id = rows[0][1].get("order_id", "") if rows else ""
     return await dead_letter(r, keys, entry_id, scripts=scripts, consumer=consumer, deliveries=deliveries,
-                             error=error, order_id=order_id)
+                             error=error, order_id=order_id, delete_source=delete_source)
 
 
 async def _split_missing(r: aioredis.Redis, keys: Keys, missing: list[str]) -> tuple[list[str], list[str]]:
@@ -172,7 +172,7 @@ async def _split_missing(r: aioredis.Redis, keys: Keys, missing: list[str]) -> t
 
 async def claim_due(r: aioredis.Redis, keys: Keys, consumer: str, *, scripts: Scripts, base_ms: int,
                     max_deliveries: int, limit: int = 100, scan_limit: int = 10_000, exclude: Collection[str] = (), component: str = "consumer",
-                    rand: Callable[[], float] = random.random) -> ClaimOutcome:
+                    rand: Callable[[], float] = random.random, delete_source: bool = False) -> ClaimOutcome:
     """Claim the pending entries whose back-off has passed, dead-letter those at the limit.
 
     Args:
@@ -183,6 +183,7 @@ async def claim_due(r: aioredis.Redis, keys: Keys, consumer: str, *, scripts: Sc
         scan_limit: at most this many PEL rows are read per call (entries still backing off are
             skipped, so the scan goes on past them).
         exclude: entry IDs the caller is handling right now (never claimed from under itself).
+        delete_source: dead-lettering also XDELs the entry (``DEAD_LETTER_XDEL``).
 
     Returns:
         claimed entries with data and new delivery count (old + 1), dead-lettered IDs, gone IDs
@@ -207,7 +208,7 @@ async def claim_due(r: aioredis.Redis, keys: Keys, consumer: str, *, scripts: Sc
                 # only slow) or someone claimed the entry since the scan, leave it alone.
                 res = await dead_letter(r, keys, row.entry_id, scripts=scripts, consumer=consumer, deliveries=row.deliveries,
                                         error=f"gave up after {row.deliveries} deliveries (last owner {row.consumer})",
-                                        owner=row.consumer, min_idle_ms=base_ms)
+                                        owner=row.consumer, min_idle_ms=base_ms, delete_source=delete_source)
                 if res.status == "dead_lettered":
                     out.dead_lettered.append(row.entry_id)
                     logger.error("%s: entry %s dead-lettered after %d deliveries (owner %s)", component, row.entry_id,

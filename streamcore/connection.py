@@ -19,6 +19,11 @@ import logging
 from dataclasses import dataclass
 
 import redis.asyncio as aioredis
+from redis.asyncio.retry import Retry
+from redis.backoff import ExponentialBackoff
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import ResponseError
+from redis.exceptions import TimeoutError as RedisTimeoutError
 
 logger = logging.getLogger(__name__)
 
@@ -29,22 +34,49 @@ ENCODING_ERRORS = "surrogateescape"
 TESTED_SERVERS: dict[str, tuple[int, ...]] = {"redis": (7, 8), "valkey": (8, 9)}
 
 
-def create_redis(url: str, *, socket_timeout_s: float = 15.0, max_connections: int = 64) -> aioredis.Redis:
+#: Connections beyond CONCURRENCY that a worker needs besides its handlers: the blocked
+#: XREADGROUP, the acker, the timer (heartbeat, lease renewal, claim pass), scripts.
+POOL_HEADROOM = 16
+
+
+def pool_size(concurrency: int) -> int:
+    """Connection-pool size for a process running ``concurrency`` handlers at once: one per
+    handler plus :data:`POOL_HEADROOM`, so a high CONCURRENCY never runs out (issue 9 item 3)."""
+    return concurrency + POOL_HEADROOM
+
+
+def create_redis(url: str, *, socket_timeout_s: float = 15.0, max_connections: int = 64,
+                 retries: int = 3) -> aioredis.Redis:
     """Create an asyncio Redis client with ``decode_responses=True`` and lossless decoding
     (``encoding_errors="surrogateescape"``, see the module docstring).
+
+    The pool is a :class:`redis.asyncio.BlockingConnectionPool`: when all ``max_connections``
+    are in use a caller *waits* (up to ``socket_timeout_s``) for one to come back instead of
+    failing at once with "Too many connections" (which used to count as a handler failure and
+    dead-letter good orders). Size it with :func:`pool_size`.
+
+    Commands that fail with a connection error or a timeout (Redis restarting, a stale pooled
+    connection after a restart, LOADING) are retried on a fresh connection by redis-py's
+    :class:`~redis.asyncio.retry.Retry` with :class:`~redis.backoff.ExponentialBackoff`
+    (``retries`` times, 0.05 s doubling to 1 s); what still fails reaches the caller, which backs
+    off further (see :func:`is_transient`).
 
     Args:
         url: ``redis://`` or ``rediss://`` URL (user, password and db in the URL).
         socket_timeout_s: read timeout in seconds; callers must keep every ``BLOCK`` below it.
         max_connections: connection pool size.
+        retries: how often one command is retried on a connection error or timeout (0: never).
+            A retried append whose first attempt did reach Redis is answered from the
+            idempotency record when the request had an ``Idempotency-Key``; without one it may
+            append the order twice, which the handler's orderId marker applies once.
 
     Returns:
-        A client; the caller owns it and must ``await client.aclose()``.
+        A client that owns its pool; the caller must ``await client.aclose()``.
 
     Raises:
         ValueError: the URL is not a Redis URL.
     """
-    return aioredis.Redis.from_url(
+    pool = aioredis.BlockingConnectionPool.from_url(
         url,
         decode_responses=True,
         encoding_errors=ENCODING_ERRORS,
@@ -52,8 +84,11 @@ def create_redis(url: str, *, socket_timeout_s: float = 15.0, max_connections: i
         socket_connect_timeout=min(socket_timeout_s, 5.0),
         health_check_interval=30,
         max_connections=max_connections,
-        retry_on_timeout=False,
+        timeout=socket_timeout_s,
+        retry=Retry(ExponentialBackoff(cap=1.0, base=0.05), retries),
+        retry_on_error=[RedisConnectionError, RedisTimeoutError],
     )
+    return aioredis.Redis.from_pool(pool)
 
 
 @dataclass(frozen=True, slots=True)
@@ -102,3 +137,24 @@ async def server_info(r: aioredis.Redis) -> ServerInfo:
     elif not found.tested:
         logger.warning("server %s %s is not in our test matrix", found.family, ".".join(map(str, found.version)))
     return found
+
+
+#: Error replies that say "not now" rather than "never": a script or module is running (BUSY),
+#: the dataset is loading after a restart (LOADING), a failover is under way (MASTERDOWN,
+#: READONLY on a demoted primary, TRYAGAIN/CLUSTERDOWN in a cluster).
+_TRANSIENT_REPLIES = ("BUSY ", "LOADING", "MASTERDOWN", "READONLY", "TRYAGAIN", "CLUSTERDOWN")
+
+
+def is_transient(exc: BaseException) -> bool:
+    """True for an infrastructure fault that a retry can outlive: Redis unreachable, a dropped
+    or timed-out connection, the pool out of connections, or a "not now" error reply (BUSY,
+    LOADING, MASTERDOWN, READONLY, TRYAGAIN, CLUSTERDOWN).
+
+    Such an error is never the order's fault: the processes wait and retry it with back-off
+    instead of counting it as a failed delivery (issue 9, items 3 and 4). Only redis-py's own
+    exceptions count: a handler's ``OSError`` or ``TimeoutError`` from another service is a
+    real failure of that delivery.
+    """
+    if isinstance(exc, (RedisConnectionError, RedisTimeoutError)):
+        return True
+    return isinstance(exc, ResponseError) and str(exc).startswith(_TRANSIENT_REPLIES)

@@ -13,8 +13,11 @@ One entry per order. Fields:
 ``redriven_from``
     optional, the dead-letter entry ID this order was re-driven from.
 
-A dead-letter entry carries ``original_id``, ``data``, ``order_id``, ``deliveries``, ``error``,
-``consumer``, ``first_seen_ms``, ``dead_lettered_ms`` and ``source_stream``.
+A dead-letter entry carries the original entry's fields byte-exact (normally ``data``,
+``order_id``, ``v``...), then ``source_id``, ``source_stream``, ``group``, ``reason``, ``error``,
+``deliveries``, ``consumer``, ``owner``, ``first_seen_ms`` and ``dead_lettered_ms`` (see
+:func:`streamcore.streams.dead_letter`). Older dead letters name the source entry
+``original_id``.
 """
 
 from __future__ import annotations

@@ -17,10 +17,12 @@ from typing import Protocol
 
 import redis.asyncio as aioredis
 
+from streamcore.connection import is_transient
 from streamcore.envelope import Envelope, EnvelopeError, decode
 from streamcore.keys import Keys
 from streamcore.metrics import StreamMetrics
-from streamcore.streams import Scripts, dead_letter
+from streamcore.pacing import Backoff, RateLimitedLog
+from streamcore.streams import REASON_MAX_DELIVERIES, Scripts, dead_letter
 
 logger = logging.getLogger(__name__)
 
@@ -91,13 +93,28 @@ class EntryRunner:
     (``ok``). A failure leaves the entry pending (``failed``) unless this was delivery number
     ``max_deliveries`` or more, in which case it is dead-lettered at once with the error
     (``dead_lettered``, atomic XADD + XACK). A body-less entry (``fields`` empty: trimmed or
-    deleted) is never handed to the handler (``gone``; the caller XACKs and counts it). An entry
-    whose ``data`` is not a JSON object can never succeed and is dead-lettered at once.
+    deleted) is never handed to the handler (``gone``; the caller XACKs and counts it).
+
+    **Poison** — an entry that can never succeed (a field that is not UTF-8, no ``data`` field,
+    ``data`` not JSON or not a JSON object, judged by :func:`streamcore.envelope.decode`) is
+    dead-lettered at once, whatever its delivery count, with ``reason`` set to the
+    :attr:`~streamcore.envelope.EnvelopeError.reason`, logged once with its ID and counted in
+    ``orderstream_poison_entries_total{component,reason}``.
+
+    **Infrastructure faults are not the order's fault** — when the handler (or the dead-letter
+    step) raises a transient Redis error (:func:`streamcore.connection.is_transient`: Redis
+    down or restarting, a dropped connection, the pool exhausted, BUSY/LOADING), the call is
+    retried in place with capped back-off (0.05 s doubling to 2 s) while the caller keeps the
+    entry's lease: no failure is counted and no new delivery happens, so a Redis outage never
+    pushes good orders towards ``max_deliveries``. Counted in
+    ``orderstream_redis_errors_total{component,where="handler"}``. Only cancellation (the drain
+    deadline) ends the retries; the entry then stays pending.
     """
 
     def __init__(self, r: aioredis.Redis, keys: Keys, handler: Callable[[Envelope, HandlerContext], Awaitable[None]], *,
                  scripts: Scripts, metrics: StreamMetrics, component: str, max_deliveries: int,
-                 failure_rate: float = 0.0, processed_ttl_s: int = 7 * 86400, handler_timeout_s: float = 0.0) -> None:
+                 failure_rate: float = 0.0, processed_ttl_s: int = 7 * 86400, handler_timeout_s: float = 0.0,
+                 delete_source: bool = False) -> None:
         self.r = r
         self.keys = keys
         self.handler = handler
@@ -107,6 +124,8 @@ class EntryRunner:
         self.max_deliveries = max_deliveries
         self.failure_rate = failure_rate
         self.processed_ttl_s = processed_ttl_s
+        #: ``DEAD_LETTER_XDEL``: dead-lettering also deletes the source entry.
+        self.delete_source = delete_source
         #: Longest one handler call may take (s); 0 = no limit. A hung handler would otherwise keep
         #: its lease renewed forever: never retried, never dead-lettered, a concurrency slot lost.
         self.handler_timeout_s = handler_timeout_s
@@ -120,6 +139,8 @@ class EntryRunner:
         self._seconds = metrics.handle_seconds.labels(component)
         self._in_flight = metrics.in_flight.labels(component)
         self._handler_logger = logging.getLogger(f"{component}.handler")
+        self._redis_errors = metrics.redis_errors.labels(component, "handler")
+        self._transient_log = RateLimitedLog(logger, 10.0)
 
     async def run(self, entry_id: str, fields: dict[str, str] | None, deliveries: int, consumer: str) -> str:
         """Handle one entry delivered to ``consumer`` for the ``deliveries``-th time.
@@ -136,8 +157,13 @@ class EntryRunner:
         try:
             order = decode(entry_id, fields)
         except EnvelopeError as exc:
-            logger.error("%s: entry %s is not a valid order (%s); dead-lettering it", self.component, entry_id, exc)
-            return await self._dead_letter(entry_id, consumer, deliveries, str(exc), fields.get("order_id", ""))
+            logger.error("%s: entry %s is poison (%s: %s); dead-lettering it at once", self.component, entry_id,
+                         exc.reason, exc)
+            outcome = await self._dead_letter(entry_id, consumer, deliveries, str(exc), fields.get("order_id", ""),
+                                              reason=exc.reason)
+            if outcome == DEAD_LETTERED:
+                self.metrics.poison.labels(self.component, exc.reason).inc()
+            return outcome
         ctx = HandlerContext(redis=self.r, keys=self.keys, consumer=consumer, entry_id=entry_id, deliveries=deliveries,
                              logger=self._handler_logger, failure_rate=self.failure_rate,
                              processed_ttl_s=self.processed_ttl_s)
@@ -145,11 +171,28 @@ class EntryRunner:
         gauge.inc()
         started = time.monotonic()
         task = asyncio.current_task() if self.handler_timeout_s > 0 else None
+        backoff: Backoff | None = None
         try:
-            if task is None:
-                await self.handler(order, ctx)
-            else:
-                await self._call_with_deadline(task, order, ctx)
+            while True:
+                try:
+                    if task is None:
+                        await self.handler(order, ctx)
+                    else:
+                        await self._call_with_deadline(task, order, ctx)
+                    break
+                except asyncio.CancelledError:
+                    raise
+                except Exception as exc:
+                    if not is_transient(exc):
+                        raise
+                    # Redis, not the order, failed: wait and call the handler again under the
+                    # same delivery (the worker keeps renewing the lease meanwhile).
+                    self._redis_errors.inc()
+                    self._transient_log.log(logging.WARNING, "%s: Redis failed while handling entry %s (%s: %s); "
+                                            "retrying in place, not counted as a failed delivery", self.component,
+                                            entry_id, type(exc).__name__, exc)
+                    backoff = backoff or Backoff(0.05, 2.0)
+                    await backoff.sleep()
         except asyncio.CancelledError:
             raise
         except Exception as exc:  # the handler's failure, whatever it is, leaves the order pending
@@ -203,11 +246,26 @@ class EntryRunner:
                     self._expired.add(task)
                     task.cancel()
 
-    async def _dead_letter(self, entry_id: str, consumer: str, deliveries: int, error: str, order_id: str) -> str:
+    async def _dead_letter(self, entry_id: str, consumer: str, deliveries: int, error: str, order_id: str, *,
+                           reason: str = REASON_MAX_DELIVERIES) -> str:
         # owner=consumer: if our lease was taken while we handled it (we were stalled past the
         # claim idle time), the new owner decides; our delivery count is stale.
-        res = await dead_letter(self.r, self.keys, entry_id, scripts=self.scripts, consumer=consumer,
-                                deliveries=deliveries, error=error, order_id=order_id, owner=consumer)
+        backoff = Backoff(0.05, 2.0)
+        while True:
+            try:
+                res = await dead_letter(self.r, self.keys, entry_id, scripts=self.scripts, consumer=consumer,
+                                        deliveries=deliveries, error=error, order_id=order_id, owner=consumer,
+                                        reason=reason, delete_source=self.delete_source)
+                break
+            except Exception as exc:
+                if not is_transient(exc):
+                    raise
+                # The script is atomic and guarded by XPENDING: running it again after an
+                # ambiguous failure either does the move or finds it done (not pending).
+                self._redis_errors.inc()
+                self._transient_log.log(logging.WARNING, "%s: Redis failed while dead-lettering entry %s (%s); "
+                                        "retrying", self.component, entry_id, exc)
+                await backoff.sleep()
         if res.status == "dead_lettered":
             self._dead_lettered.inc()
             return DEAD_LETTERED

@@ -8,26 +8,42 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import signal
+import time
 from collections.abc import Awaitable, Callable
 
 from aiohttp import web
 from prometheus_client import CollectorRegistry
 
 from streamcore.metrics import CONTENT_TYPE_LATEST, render
+from streamcore.pacing import Backoff
 
 logger = logging.getLogger(__name__)
 
 HealthCheck = Callable[[], Awaitable[tuple[bool, dict]]]
 
 
+#: Exit code after a second SIGTERM/SIGINT cut the drain short (128 + SIGINT, as shells do).
+FORCED_EXIT_CODE = 130
+
+
 def install_shutdown_handlers(stop: asyncio.Event, loop: asyncio.AbstractEventLoop | None = None) -> None:
-    """Set ``stop`` on SIGTERM and SIGINT (a second signal is ignored: the drain has a deadline)."""
+    """Set ``stop`` on SIGTERM and SIGINT; a second signal ends the process at once.
+
+    The first signal starts the drain (bounded by its deadline). A second one means the
+    operator (Ctrl-C twice) or the platform does not want to wait: the process exits with
+    :data:`FORCED_EXIT_CODE` immediately. Nothing is lost: whatever was not acknowledged stays in
+    the group's PEL and is claimed again (at-least-once).
+    """
     loop = loop or asyncio.get_running_loop()
 
     def _on_signal(signame: str) -> None:
-        if not stop.is_set():
-            logger.info("received %s, shutting down", signame)
+        if stop.is_set():
+            logger.warning("received %s again: exiting now; unacknowledged orders stay pending for reclaim", signame)
+            logging.shutdown()
+            os._exit(FORCED_EXIT_CODE)
+        logger.info("received %s, shutting down", signame)
         stop.set()
 
     for sig in (signal.SIGTERM, signal.SIGINT):
@@ -72,3 +88,76 @@ async def start_side_server(app: web.Application, host: str, port: int) -> web.A
     await site.start()
     logger.info("probe server on %s:%d", host, port)
     return runner
+
+
+class Supervisor:
+    """Runs a process's long-lived background tasks and restarts any that raises.
+
+    A task that raises (anything but cancellation) is logged with its traceback, counted in
+    ``orderstream_task_restarts_total{component,task}`` and started again after a capped,
+    jittered back-off (0.1 s doubling to 10 s). A task that fails ``unhealthy_after`` times in a
+    row (a run shorter than ``reset_after_s`` counts as "in a row") cannot be kept running:
+    :meth:`healthy` turns False, which the process's ``/healthz`` reports so Kubernetes restarts
+    the pod; the supervisor keeps trying meanwhile. A task that returns normally is done and not
+    restarted.
+
+    Args:
+        component: ``consumer``, ``reclaimer``... (log and metric label).
+        restarts: the ``task_restarts`` counter of :func:`streamcore.metrics.stream_metrics`.
+        unhealthy_after: consecutive failures after which :meth:`healthy` is False.
+        reset_after_s: a run at least this long (s) resets the consecutive-failure count.
+    """
+
+    def __init__(self, component: str, restarts, *, unhealthy_after: int = 3, reset_after_s: float = 30.0) -> None:
+        self.component = component
+        self.restarts = restarts
+        self.unhealthy_after = unhealthy_after
+        self.reset_after_s = reset_after_s
+        self.failures: dict[str, int] = {}
+        self.last_error: dict[str, str] = {}
+        self._tasks: dict[str, asyncio.Task] = {}
+
+    def start(self, name: str, factory: Callable[[], Awaitable[None]]) -> asyncio.Task:
+        """Run ``factory()`` under supervision as task ``name`` (one task per name)."""
+        task = asyncio.create_task(self._keep(name, factory), name=f"{self.component}-{name}")
+        self._tasks[name] = task
+        return task
+
+    async def _keep(self, name: str, factory: Callable[[], Awaitable[None]]) -> None:
+        backoff = Backoff(0.1, 10.0)
+        self.failures[name] = 0
+        while True:
+            started = time.monotonic()
+            try:
+                await factory()
+                return
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                if time.monotonic() - started >= self.reset_after_s:
+                    self.failures[name] = 0
+                    backoff.reset()
+                self.failures[name] += 1
+                self.last_error[name] = f"{type(exc).__name__}: {exc}"
+                self.restarts.labels(self.component, name).inc()
+                delay = backoff.next_delay()
+                logger.exception("%s: background task %s failed (%d in a row); restarting it in %.2fs",
+                                 self.component, name, self.failures[name], delay)
+                await asyncio.sleep(delay)
+
+    def healthy(self) -> tuple[bool, dict]:
+        """``(ok, details)``: ok unless a task failed ``unhealthy_after`` times in a row;
+        details name each failing task with its consecutive failures and last error."""
+        failing = {n: {"failures_in_a_row": c, "last_error": self.last_error.get(n, "")}
+                   for n, c in self.failures.items() if c}
+        ok = all(c < self.unhealthy_after for c in self.failures.values())
+        return ok, ({"tasks_failing": failing} if failing else {})
+
+    async def stop(self, *names: str) -> None:
+        """Cancel the named tasks (all when none is named) and wait for them (bounded: a task that
+        ignores cancellation is left behind after 2 s)."""
+        tasks = [t for n, t in self._tasks.items() if not t.done() and (not names or n in names)]
+        for t in tasks:
+            t.cancel()
+        if tasks:
+            await asyncio.wait(tasks, timeout=2.0)

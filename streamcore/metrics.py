@@ -34,6 +34,14 @@ class StreamMetrics:
         nogroup: NOGROUP incidents healed by recreating the group.
         handle_seconds: handler duration in seconds.
         in_flight: orders being handled now.
+        poison: entries dead-lettered at once because they can never succeed, by ``component``
+            and ``reason`` (``not_utf8``, ``no_data``, ``not_json``, ``not_object``).
+        redis_errors: transient Redis errors (unreachable, restarting, pool exhausted, BUSY,
+            LOADING) that were waited out and retried, by ``component`` and ``where`` (``read``,
+            ``handler``, ``acks``, ``timer``); never counted as order failures.
+        redis_up: 1 while the last Redis call of the component's main loop succeeded, 0 during
+            an outage, by ``component``.
+        task_restarts: background tasks that raised and were restarted, by ``component`` and ``task``.
     """
 
     processed: Counter
@@ -45,6 +53,10 @@ class StreamMetrics:
     nogroup: Counter
     handle_seconds: Histogram
     in_flight: Gauge
+    poison: Counter
+    redis_errors: Counter
+    redis_up: Gauge
+    task_restarts: Counter
 
 
 def stream_metrics(registry: CollectorRegistry) -> StreamMetrics:
@@ -59,4 +71,13 @@ def stream_metrics(registry: CollectorRegistry) -> StreamMetrics:
         nogroup=Counter("orderstream_nogroup_incidents_total", "NOGROUP errors healed by recreating the group.", ["component"], registry=registry),
         handle_seconds=Histogram("orderstream_handle_seconds", "Handler duration in seconds.", ["component"], registry=registry),
         in_flight=Gauge("orderstream_orders_in_flight", "Orders being handled now.", ["component"], registry=registry),
+        poison=Counter("orderstream_poison_entries_total", "Entries dead-lettered at once because they can never be "
+                       "processed (not UTF-8, no data field, not JSON, not an object).", ["component", "reason"],
+                       registry=registry),
+        redis_errors=Counter("orderstream_redis_errors_total", "Transient Redis errors waited out and retried (never "
+                             "counted as order failures).", ["component", "where"], registry=registry),
+        redis_up=Gauge("orderstream_redis_up", "1 while the component reaches Redis, 0 during an outage.", ["component"],
+                       registry=registry),
+        task_restarts=Counter("orderstream_task_restarts_total", "Background tasks that raised and were restarted.",
+                              ["component", "task"], registry=registry),
     )

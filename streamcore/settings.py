@@ -79,6 +79,13 @@ class HandlingSettings(CommonSettings):
         description="CLAIM_IDLE_MS: base idle time (ms) before a pending entry is retried; grows 2x per delivery up to 16x.",
     )
     max_deliveries: int = Field(default=5, ge=1, description="MAX_DELIVERIES: deliveries after which a failing order is dead-lettered.")
+    dead_letter_xdel: bool = Field(
+        default=False,
+        description=(
+            "DEAD_LETTER_XDEL: when true, dead-lettering also deletes the entry from the order stream (XDEL, in the "
+            "same atomic step as the dead-letter XADD and the XACK); by default it stays there, readable in the history."
+        ),
+    )
     concurrency: int = Field(default=16, ge=1, description="CONCURRENCY: handlers running at once.")
     processed_ttl_seconds: int = Field(
         default=7 * 86400, ge=1, description="PROCESSED_TTL_SECONDS: lifetime of processed-order markers (s)."

@@ -209,32 +209,34 @@ async def append_order(
 
 # KEYS: stream, dlq, dlq index
 # ARGV: group, consumer, entry id, deliveries, error, first seen ms, now ms, order id,
-#       expected owner ('' = any), min idle ms ('' = any)
+#       expected owner ('' = any), min idle ms ('' = any), reason, delete source ('1' = XDEL)
 # The owner/idle guard: a worker whose lease was taken while it handled the entry (SIGSTOP, GC
 # pause, handler slower than CLAIM_IDLE_MS) must not dead-letter it on its stale delivery count
 # while the new owner may be about to succeed; and a claim pass must not dead-letter an entry
 # whose owner renewed its lease after the scan (found by attacking a running stack).
+# Lua strings are bytes: the original fields are copied byte-exact, whatever their encoding.
 _DEAD_LETTER = """
 local p = redis.call('XPENDING', KEYS[1], ARGV[1], ARGV[3], ARGV[3], 1)
 if #p == 0 then return {0, ''} end
-if ARGV[9] and ARGV[9] ~= '' and p[1][2] ~= ARGV[9] then return {0, ''} end
-if ARGV[10] and ARGV[10] ~= '' and tonumber(p[1][3]) < tonumber(ARGV[10]) then return {0, ''} end
+if ARGV[9] ~= '' and p[1][2] ~= ARGV[9] then return {0, ''} end
+if ARGV[10] ~= '' and tonumber(p[1][3]) < tonumber(ARGV[10]) then return {0, ''} end
 local e = redis.call('XRANGE', KEYS[1], ARGV[3], ARGV[3])
 redis.call('XACK', KEYS[1], ARGV[1], ARGV[3])
 if #e == 0 then return {2, ''} end
-local f = e[1][2]
-local data, oid = '', ARGV[8]
-for i = 1, #f, 2 do
-  if f[i] == 'data' then data = f[i + 1] end
-  if f[i] == 'order_id' then oid = f[i + 1] end
-end
-local id = redis.call('XADD', KEYS[2], '*',
-  'original_id', ARGV[3], 'data', data, 'order_id', oid, 'deliveries', ARGV[4],
-  'error', ARGV[5], 'consumer', ARGV[2], 'owner', p[1][2], 'first_seen_ms', ARGV[6],
-  'dead_lettered_ms', ARGV[7], 'source_stream', KEYS[1])
+local args = {'XADD', KEYS[2], '*'}
+for _, v in ipairs(e[1][2]) do args[#args + 1] = v end
+local meta = {'source_id', ARGV[3], 'source_stream', KEYS[1], 'group', ARGV[1], 'reason', ARGV[11],
+  'error', ARGV[5], 'deliveries', ARGV[4], 'consumer', ARGV[2], 'owner', p[1][2],
+  'first_seen_ms', ARGV[6], 'dead_lettered_ms', ARGV[7]}
+for _, v in ipairs(meta) do args[#args + 1] = v end
+local id = redis.call(unpack(args))
+if ARGV[12] == '1' then redis.call('XDEL', KEYS[1], ARGV[3]) end
 if ARGV[8] ~= '' then redis.call('SET', KEYS[3], id) end
 return {1, id}
 """
+
+#: ``reason`` of a dead letter whose handler failed on its last allowed delivery.
+REASON_MAX_DELIVERIES = "max_deliveries"
 
 
 @dataclass(frozen=True, slots=True)
@@ -265,11 +267,21 @@ async def dead_letter(
     first_seen_ms: int | None = None,
     owner: str | None = None,
     min_idle_ms: int | None = None,
+    reason: str = REASON_MAX_DELIVERIES,
+    delete_source: bool = False,
 ) -> DeadLetterResult:
-    """Move one pending entry to the dead-letter stream: ``XADD`` there and ``XACK`` here, atomically.
+    """Move one pending entry to the dead-letter stream: ``XADD`` there and ``XACK`` here (and
+    ``XDEL`` of the source entry when ``delete_source``), atomically in one Lua script.
 
     The entry must still be in the group's PEL (checked with ``XPENDING`` inside the script), so
     an order acked by another worker meanwhile is never dead-lettered too.
+
+    The dead-letter entry holds the original entry's fields first, byte-exact (the script copies
+    Redis's bytes, so a field that is not UTF-8 survives unchanged), then the metadata
+    ``source_id``, ``source_stream``, ``group``, ``reason``, ``error``, ``deliveries``,
+    ``consumer``, ``owner`` (the PEL owner), ``first_seen_ms``, ``dead_lettered_ms``. Read as a
+    dict (later fields win), the metadata wins over an original field of the same name; XRANGE
+    still returns both.
 
     Args:
         consumer: who dead-letters it (recorded; the PEL owner is recorded as ``owner``).
@@ -280,6 +292,10 @@ async def dead_letter(
             ``not_pending``): a worker that lost its lease never dead-letters on a stale count.
         min_idle_ms: when given, dead-letter only if the entry has been idle at least this long
             (a lease renewed since the caller's scan wins).
+        reason: short reason code recorded as ``reason``: :data:`REASON_MAX_DELIVERIES`, or an
+            :data:`streamcore.envelope.POISON_REASONS` code for an entry that can never succeed.
+        delete_source: also ``XDEL`` the entry from the order stream (``DEAD_LETTER_XDEL``);
+            by default it stays there, readable in the history.
 
     Raises:
         redis.exceptions.RedisError: the script failed; the entry stays pending.
@@ -289,7 +305,7 @@ async def dead_letter(
     code, dlq_id = await scripts.dead_letter(
         keys=[keys.stream, keys.dlq, keys.dlq_index(order_id or "")],
         args=[keys.group, consumer, entry_id, deliveries, error[:1000], first, now_ms, order_id,
-              owner or "", "" if min_idle_ms is None else int(min_idle_ms)],
+              owner or "", "" if min_idle_ms is None else int(min_idle_ms), reason, "1" if delete_source else "0"],
         client=r,
     )
     code = int(code)

@@ -99,7 +99,7 @@ async def test_c03_dead_letter_fires_on_exactly_the_nth_delivery(r, redis_url, n
         dlq = await wait_for(lambda: r.xrange(keys.dlq), timeout=10, what="poison order dead-lettered")
     assert await r.get(calls_key(keys.stream, 66)) == "3"
     f = dlq[0][1]
-    assert (len(dlq), f["original_id"], f["deliveries"], f["order_id"]) == (1, entry, "3", "66")
+    assert (len(dlq), f["source_id"], f["deliveries"], f["order_id"]) == (1, entry, "3", "66")
     assert "poison order 66" in f["error"]
     assert await pending_ids(r, keys) == []
 

@@ -30,7 +30,7 @@ async def test_poison_order_reaches_the_dlq_after_exactly_max_deliveries_while_o
     dlq = await r.xrange(keys.dlq)
     assert len(dlq) == 1
     f = dlq[0][1]
-    assert (f["original_id"], f["deliveries"], f["order_id"], f["source_stream"]) == (poison, "3", "13", keys.stream)
+    assert (f["source_id"], f["deliveries"], f["order_id"], f["source_stream"]) == (poison, "3", "13", keys.stream)
     assert json.loads(f["data"]) == {"orderId": 13, "product": "Laptop", "quantity": 2, "userId": 42, "poison": True,
                                      "items": [{"sku": "x", "note": None}]}
     assert len(normal) >= 5  # orders kept arriving during the retries and all were applied once
@@ -66,7 +66,7 @@ async def test_c21_poison_that_kills_the_worker_gets_exactly_n_attempts(r, redis
     assert starts == 4  # 3 crashing attempts, then a start that dead-letters without a 4th delivery
     assert await r.get(calls_key(keys.stream, 21)) == "3"
     (dlq_id, f), = await r.xrange(keys.dlq)
-    assert (f["original_id"], f["deliveries"], f["order_id"]) == (poison, "3", "21")
+    assert (f["source_id"], f["deliveries"], f["order_id"]) == (poison, "3", "21")
     assert json.loads(f["data"])["crash"] is True
     assert poison not in await pending_rows(r, keys)
     assert await r.get(keys.dlq_index("21")) == dlq_id

@@ -99,7 +99,7 @@ async def test_hung_handler_times_out_is_retried_then_dead_lettered_while_others
         normal.append(await post(r, keys, 3))
         await wait_for(lambda: _applied(r, keys, [2, 3]), timeout=10, what="the other orders applied")
     dlq = await r.xrange(keys.dlq)
-    assert [(f["original_id"], f["deliveries"]) for _, f in dlq] == [(hung, "2")]
+    assert [(f["source_id"], f["deliveries"]) for _, f in dlq] == [(hung, "2")]
     assert "timed out" in dlq[0][1]["error"]
     assert await pending_rows(r, keys) == {}
 

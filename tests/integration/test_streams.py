@@ -78,7 +78,7 @@ async def test_dead_letter_is_atomic_and_checks_pending(r, names):
     dlq = await r.xrange(keys.dlq)
     assert len(dlq) == 1
     f = dlq[0][1]
-    assert (f["original_id"], f["deliveries"], f["error"], f["order_id"], f["owner"]) == (res.entry_id, "5", "boom", "5", "pod-a")
+    assert (f["source_id"], f["deliveries"], f["error"], f["order_id"], f["owner"]) == (res.entry_id, "5", "boom", "5", "pod-a")
     assert json.loads(f["data"]) == {"orderId": 5, "nested": {"a": [1, None]}}
     assert (await r.xpending(keys.stream, keys.group))["pending"] == 0
     assert await r.get(keys.dlq_index("5")) == dlq[0][0]
