@@ -67,3 +67,30 @@ async def safe(order: Envelope, ctx: HandlerContext) -> None:
         await ctx.redis.incr(calls_key(ctx.keys.stream, order.order_id))
         raise RuntimeError("crash order handled by a safe worker")
     await scripted(order, ctx)
+
+
+def deliveries_key(stream: str) -> str:
+    return f"{stream}:deliveries"
+
+
+async def holds_connection(order: Envelope, ctx: HandlerContext) -> None:
+    """Holds one pooled connection for ``hold_s`` seconds (BLPOP on an empty list), then applies
+    the order and records the delivery number it was applied under (item 3: many at once)."""
+    await ctx.redis.blpop(f"{ctx.keys.stream}:never", timeout=float(order.order.get("hold_s", 0.3)))
+    await _apply_recording_delivery(order, ctx)
+
+
+async def redis_heavy(order: Envelope, ctx: HandlerContext) -> None:
+    """Several Redis calls per order, so a Redis restart hits handlers mid-way (item 4)."""
+    async with ctx.redis.pipeline(transaction=True) as pipe:
+        pipe.incr(calls_key(ctx.keys.stream, order.order_id))
+        pipe.rpush(call_log_key(ctx.keys.stream), order.order_id)
+        await pipe.execute()
+    await asyncio.sleep(float(order.order.get("sleep_s", 0.02)))
+    await _apply_recording_delivery(order, ctx)
+
+
+async def _apply_recording_delivery(order: Envelope, ctx: HandlerContext) -> None:
+    if await mark_processed(ctx, order.order_id):
+        await ctx.redis.incr(applied_key(ctx.keys.stream, order.order_id))
+        await ctx.redis.hset(deliveries_key(ctx.keys.stream), order.order_id, ctx.deliveries)
