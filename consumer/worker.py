@@ -58,8 +58,8 @@ from consumer.settings import ConsumerSettings
 from streamcore.claiming import ClaimScripts, claim_due, dead_letter_pending, renew_leases, scan_pending
 from streamcore.connection import is_transient, server_info
 from streamcore.envelope import Envelope
-from streamcore.handling import GONE, OK, EntryRunner, HandlerContext, load_handler
-from streamcore.lifecycle import Supervisor
+from streamcore.handling import FAILED, GONE, OK, EntryRunner, HandlerContext, load_handler
+from streamcore.lifecycle import RedisHealth, Supervisor
 from streamcore.metrics import StreamMetrics, stream_metrics
 from streamcore.pacing import Backoff, RateLimitedLog
 from streamcore.streams import Scripts, ensure_group, is_nogroup
@@ -91,11 +91,12 @@ class Worker:
         self.claim_scripts = ClaimScripts(r)
         self.registry = registry if registry is not None else CollectorRegistry()
         self.metrics = metrics or stream_metrics(self.registry)
+        self.redis_health = RedisHealth(COMPONENT, self.metrics)
         self.runner = EntryRunner(r, self.keys, handler or load_handler(settings.handler), scripts=self.scripts,
                                   metrics=self.metrics, component=COMPONENT, max_deliveries=settings.max_deliveries,
                                   failure_rate=settings.failure_rate, processed_ttl_s=settings.processed_ttl_seconds,
                                   handler_timeout_s=settings.handler_timeout_seconds,
-                                  delete_source=settings.dead_letter_xdel)
+                                  delete_source=settings.dead_letter_xdel, redis_health=self.redis_health)
         self.supervisor = Supervisor(COMPONENT, self.metrics.task_restarts)
         self.capacity = max(settings.read_count, settings.concurrency)
         self.renew_interval_s = max(settings.claim_idle_ms / 3000.0, 0.05)
@@ -106,6 +107,11 @@ class Worker:
         self.stall_after_s = 4 * settings.block_ms / 1000.0 + 1.0
 
         self.held: dict[str, float] = {}  # entry ID -> monotonic time of delivery or last lease renewal
+        #: Own pending entries that failed and wait for their back-off (the claim pass retries them).
+        self.backing_off: set[str] = set()
+        self._acking: set[str] = set()  # IDs of the XACK in flight
+        #: Set after a transient error: a reply may have been lost (see _recover_lost_replies).
+        self._resync = False
         self.lost_lease: set[str] = set()
         self._tasks: set[asyncio.Task] = set()
         self._sem = asyncio.Semaphore(settings.concurrency)
@@ -125,11 +131,8 @@ class Worker:
         self.reads = 0
         self.nogroup_incidents = 0
         self.last_error = ""
-        #: Monotonic time since which Redis has been failing the read loop (None: reachable).
-        self.redis_down_since: float | None = None
         #: Entries finished and left by the last drain (for the log line and tests).
         self.drained: tuple[int, int] = (0, 0)
-        self._redis_up = self.metrics.redis_up.labels(COMPONENT)
         self._error_log = RateLimitedLog(logger, 30.0)
         self._nogroup_log = RateLimitedLog(logger, 30.0)
 
@@ -153,6 +156,7 @@ class Worker:
             self.state = "draining"
             deadline = time.monotonic() + self.settings.drain_timeout_seconds
             try:
+                await self._take_up_cancelled_read(deadline)
                 finished, left = await self._drain(deadline)
                 await self.supervisor.stop("acks")  # its batch in flight, if any, is queued again
                 unacked = await self._final_flush(max(deadline, time.monotonic() + 2.0))
@@ -162,6 +166,17 @@ class Worker:
             self.state = "stopped"
             logger.info("consumer %s stopped: drained %d orders read before shutdown, left %d pending for reclaim%s",
                         self.name, finished, left, f", {unacked} processed but not acked" if unacked else "")
+
+    async def _take_up_cancelled_read(self, deadline: float) -> None:
+        """Shutdown cancelled a blocked ``XREADGROUP``; if Redis had already delivered entries
+        its reply is lost, but they are in our PEL: take them up so the drain handles them."""
+        if not self._own_pel_done:
+            return  # still re-reading the own PEL at start: the next start re-reads it anyway
+        try:
+            async with asyncio.timeout(max(deadline - time.monotonic(), 0.0)):
+                await self._recover_lost_replies()
+        except (RedisError, OSError, TimeoutError) as exc:
+            logger.warning("could not look for entries delivered while shutdown began (%s); they stay pending", exc)
 
     async def _drain(self, deadline: float) -> tuple[int, int]:
         """Let every entry already read finish by ``deadline`` (monotonic s); cancel the rest
@@ -218,12 +233,9 @@ class Worker:
         return ok, self.details(time.monotonic() - self.last_progress)
 
     def details(self, age: float) -> dict:
-        down = self.redis_down_since
         return {"consumer": self.name, "state": self.state, "seconds_since_progress": round(age, 3),
                 "reads": self.reads, "in_flight": len(self.held), "nogroup_incidents": self.nogroup_incidents,
-                "redis_ok": down is None,
-                "redis_down_seconds": round(time.monotonic() - down, 3) if down is not None else 0.0,
-                "last_error": self.last_error}
+                **self.redis_health.details(), "last_error": self.last_error}
 
     # ------------------------------------------------------------------ reading
 
@@ -242,6 +254,10 @@ class Worker:
                 if not own_pel_done:
                     await self._read_own_pel(stop)
                     own_pel_done = self._own_pel_done = True
+                    self._resync = False
+                if self._resync:
+                    await self._recover_lost_replies()
+                    self._resync = False
                 if not await self._wait_capacity(stop):
                     break
                 self.state = "reading"
@@ -253,7 +269,7 @@ class Worker:
                     break
                 self.reads += 1
                 self.last_progress = time.monotonic()
-                self._redis_ok()
+                self.redis_health.ok()
                 backoff.reset()
                 for _stream, entries in reply or ():
                     for entry_id, fields in entries:
@@ -268,20 +284,12 @@ class Worker:
                 logger.debug("read loop error", exc_info=True)
                 await backoff.sleep(stop)
 
-    def _redis_ok(self) -> None:
-        if self.redis_down_since is not None:
-            logger.info("Redis reachable again after %.1fs", time.monotonic() - self.redis_down_since)
-            self.redis_down_since = None
-        self._redis_up.set(1)
-
     async def _on_error(self, exc: BaseException, backoff: Backoff, stop: asyncio.Event) -> None:
         self.state = "backoff"
         self.last_error = f"{type(exc).__name__}: {exc}"
         if is_transient(exc) or isinstance(exc, OSError):
-            if self.redis_down_since is None:
-                self.redis_down_since = time.monotonic()
-            self._redis_up.set(0)
-            self.metrics.redis_errors.labels(COMPONENT, "read").inc()
+            self.redis_health.failed("read", exc)
+            self._resync = True
         if group_lost(exc):
             self._group_ok = False
             self.nogroup_incidents += 1
@@ -292,6 +300,37 @@ class Worker:
         else:
             self._error_log.log(logging.ERROR, "redis error in the read loop, retrying with back-off: %s", self.last_error)
         await backoff.sleep(stop)
+
+    async def _recover_lost_replies(self) -> None:
+        """After a connection broke, take up own pending entries whose delivery reply was lost.
+
+        When Redis executed an ``XREADGROUP`` (or an ``XCLAIM``) but the connection broke before
+        the reply arrived (Redis killed or restarted with AOF), the entries are in our PEL with
+        a delivery counted, yet no handler has them. Waiting for the claim pass would add a
+        second delivery (and ``CLAIM_IDLE_MS`` of delay) for a fault that was not the order's.
+        So: own PEL rows (``XPENDING`` consumer filter) that we neither hold, nor wait to retry
+        (``backing_off``), nor are acknowledging, are read with ``XRANGE id id`` (no delivery
+        counted) and handled under their current delivery count.
+        """
+        busy = set(self.held) | self.backing_off | set(self._acks) | self._acking
+        rows = [row for row in await scan_pending(self.r, self.keys, consumer=self.name, limit=100_000)
+                if row.entry_id not in busy]
+        if not rows:
+            return
+        async with self.r.pipeline(transaction=False) as pipe:
+            for row in rows:
+                pipe.xrange(self.keys.stream, row.entry_id, row.entry_id)
+            found = await pipe.execute()
+        busy = set(self.held) | self.backing_off | set(self._acks) | self._acking  # changed while we read
+        taken = 0
+        for row, entries in zip(rows, found):
+            if row.entry_id in busy:
+                continue
+            self._dispatch(row.entry_id, entries[0][1] if entries else None, row.deliveries)
+            taken += 1
+        if taken:
+            logger.warning("took up %d own pending entries whose delivery reply was lost when the connection broke",
+                           taken)
 
     async def _read_own_pel(self, stop: asyncio.Event) -> None:
         """Dead-letter own entries already at the limit, then re-read the own PEL with ID ``0``."""
@@ -359,12 +398,14 @@ class Worker:
     def _dispatch(self, entry_id: str, fields: dict[str, str] | None, deliveries: int) -> None:
         if entry_id in self.held:
             return
+        self.backing_off.discard(entry_id)
         self.held[entry_id] = time.monotonic()
         task = asyncio.create_task(self._process(entry_id, fields, deliveries))
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
     async def _process(self, entry_id: str, fields: dict[str, str] | None, deliveries: int) -> None:
+        outcome = FAILED
         try:
             async with self._sem:
                 # Also during the drain: an entry read before shutdown is handled now, not left
@@ -379,6 +420,8 @@ class Worker:
         except RedisError as exc:
             logger.error("entry %s: redis error while handling it, it stays pending: %s", entry_id, exc)
         finally:
+            if outcome == FAILED:
+                self.backing_off.add(entry_id)
             self.held.pop(entry_id, None)
             self.lost_lease.discard(entry_id)
             self.last_progress = time.monotonic()
@@ -405,7 +448,8 @@ class Worker:
                 await self._flush_acks()
                 backoff.reset()
             except RedisError as exc:
-                self.metrics.redis_errors.labels(COMPONENT, "acks").inc()
+                if is_transient(exc):
+                    self.redis_health.failed("acks", exc)
                 self._error_log.log(logging.WARNING, "acks not sent yet, retrying: %s", exc)
                 await backoff.sleep()
 
@@ -417,6 +461,7 @@ class Worker:
         self._ack_full.clear()
         if not ids:
             return
+        self._acking = set(ids)
         try:
             async with self.r.pipeline(transaction=False) as pipe:
                 for i in range(0, len(ids), 1000):
@@ -426,6 +471,8 @@ class Worker:
             self._acks[:0] = ids
             self._ack_wanted.set()
             raise
+        finally:
+            self._acking = set()
         for res in results:
             if isinstance(res, Exception):
                 if is_nogroup(res):
@@ -450,14 +497,16 @@ class Worker:
                 if now >= next_heartbeat:
                     await self.r.set(self.keys.heartbeat(self.name), str(int(time.time() * 1000)),
                                      px=3 * self.settings.block_ms)
+                    self.redis_health.ok()
                     next_heartbeat = now + self.heartbeat_interval_s
                 await self._renew(now)
                 if now >= next_claim and self._group_ok:
                     next_claim = now + self.claim_interval_s
                     await self._claim()
             except RedisError as exc:
+                if is_transient(exc):
+                    self.redis_health.failed("timer", exc)
                 if not is_nogroup(exc):
-                    self.metrics.redis_errors.labels(COMPONENT, "timer").inc()
                     self._error_log.log(logging.WARNING, "timer: redis error (will retry): %s", exc)
             except OSError as exc:
                 self._error_log.log(logging.WARNING, "timer: connection error (will retry): %s", exc)

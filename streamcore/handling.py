@@ -20,6 +20,7 @@ import redis.asyncio as aioredis
 from streamcore.connection import is_transient
 from streamcore.envelope import Envelope, EnvelopeError, decode
 from streamcore.keys import Keys
+from streamcore.lifecycle import RedisHealth
 from streamcore.metrics import StreamMetrics
 from streamcore.pacing import Backoff, RateLimitedLog
 from streamcore.streams import REASON_MAX_DELIVERIES, Scripts, dead_letter
@@ -114,7 +115,7 @@ class EntryRunner:
     def __init__(self, r: aioredis.Redis, keys: Keys, handler: Callable[[Envelope, HandlerContext], Awaitable[None]], *,
                  scripts: Scripts, metrics: StreamMetrics, component: str, max_deliveries: int,
                  failure_rate: float = 0.0, processed_ttl_s: int = 7 * 86400, handler_timeout_s: float = 0.0,
-                 delete_source: bool = False) -> None:
+                 delete_source: bool = False, redis_health: RedisHealth | None = None) -> None:
         self.r = r
         self.keys = keys
         self.handler = handler
@@ -126,6 +127,8 @@ class EntryRunner:
         self.processed_ttl_s = processed_ttl_s
         #: ``DEAD_LETTER_XDEL``: dead-lettering also deletes the source entry.
         self.delete_source = delete_source
+        #: Where transient Redis errors and recoveries are reported (the process's /healthz).
+        self.redis_health = redis_health or RedisHealth(component, metrics)
         #: Longest one handler call may take (s); 0 = no limit. A hung handler would otherwise keep
         #: its lease renewed forever: never retried, never dead-lettered, a concurrency slot lost.
         self.handler_timeout_s = handler_timeout_s
@@ -139,7 +142,6 @@ class EntryRunner:
         self._seconds = metrics.handle_seconds.labels(component)
         self._in_flight = metrics.in_flight.labels(component)
         self._handler_logger = logging.getLogger(f"{component}.handler")
-        self._redis_errors = metrics.redis_errors.labels(component, "handler")
         self._transient_log = RateLimitedLog(logger, 10.0)
 
     async def run(self, entry_id: str, fields: dict[str, str] | None, deliveries: int, consumer: str) -> str:
@@ -179,6 +181,8 @@ class EntryRunner:
                         await self.handler(order, ctx)
                     else:
                         await self._call_with_deadline(task, order, ctx)
+                    if backoff is not None:
+                        self.redis_health.ok()
                     break
                 except asyncio.CancelledError:
                     raise
@@ -187,7 +191,7 @@ class EntryRunner:
                         raise
                     # Redis, not the order, failed: wait and call the handler again under the
                     # same delivery (the worker keeps renewing the lease meanwhile).
-                    self._redis_errors.inc()
+                    self.redis_health.failed("handler", exc)
                     self._transient_log.log(logging.WARNING, "%s: Redis failed while handling entry %s (%s: %s); "
                                             "retrying in place, not counted as a failed delivery", self.component,
                                             entry_id, type(exc).__name__, exc)
@@ -262,7 +266,7 @@ class EntryRunner:
                     raise
                 # The script is atomic and guarded by XPENDING: running it again after an
                 # ambiguous failure either does the move or finds it done (not pending).
-                self._redis_errors.inc()
+                self.redis_health.failed("dead_letter", exc)
                 self._transient_log.log(logging.WARNING, "%s: Redis failed while dead-lettering entry %s (%s); "
                                         "retrying", self.component, entry_id, exc)
                 await backoff.sleep()

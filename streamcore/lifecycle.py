@@ -161,3 +161,46 @@ class Supervisor:
             t.cancel()
         if tasks:
             await asyncio.wait(tasks, timeout=2.0)
+
+
+class RedisHealth:
+    """Whether a process reaches Redis right now, fed by every loop that talks to it.
+
+    Any transient error (:func:`streamcore.connection.is_transient`) marks Redis down from that
+    moment (``orderstream_redis_up{component}`` = 0, ``orderstream_redis_errors_total{component,
+    where}`` + 1); the next successful call marks it up again. ``/healthz`` shows
+    :meth:`details` while the outage lasts.
+
+    Args:
+        component: metric label.
+        metrics: the :class:`streamcore.metrics.StreamMetrics` holding ``redis_up`` and ``redis_errors``.
+    """
+
+    def __init__(self, component: str, metrics) -> None:
+        self.component = component
+        self.metrics = metrics
+        self._up = metrics.redis_up.labels(component)
+        self.down_since: float | None = None
+        self.last_error = ""
+
+    def failed(self, where: str, exc: BaseException) -> None:
+        """Record a transient error seen by ``where`` (``read``, ``handler``, ``acks``, ``timer``...)."""
+        self.metrics.redis_errors.labels(self.component, where).inc()
+        self.last_error = f"{type(exc).__name__}: {exc}"
+        if self.down_since is None:
+            self.down_since = time.monotonic()
+            self._up.set(0)
+
+    def ok(self) -> None:
+        """Record a successful call."""
+        if self.down_since is not None:
+            logger.info("%s: Redis reachable again after %.1fs", self.component, time.monotonic() - self.down_since)
+            self.down_since = None
+        self._up.set(1)
+
+    def details(self) -> dict:
+        """``{"redis_ok", "redis_down_seconds", "redis_last_error"}`` for /healthz."""
+        down = self.down_since
+        return {"redis_ok": down is None,
+                "redis_down_seconds": round(time.monotonic() - down, 3) if down is not None else 0.0,
+                "redis_last_error": self.last_error if down is not None else ""}

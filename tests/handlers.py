@@ -90,7 +90,19 @@ async def redis_heavy(order: Envelope, ctx: HandlerContext) -> None:
     await _apply_recording_delivery(order, ctx)
 
 
+# KEYS: processed marker, applied counter, deliveries hash. ARGV: consumer, entry id, order id, delivery.
+# Marker, applied count and the delivery number in one script: a Redis restart between them
+# cannot leave an order marked but not counted.
+_APPLY = """
+if redis.call('EXISTS', KEYS[1]) == 1 then return 0 end
+redis.call('HSET', KEYS[1], 'consumer', ARGV[1], 'entry_id', ARGV[2])
+redis.call('INCR', KEYS[2])
+redis.call('HSET', KEYS[3], ARGV[3], ARGV[4])
+return 1
+"""
+
+
 async def _apply_recording_delivery(order: Envelope, ctx: HandlerContext) -> None:
-    if await mark_processed(ctx, order.order_id):
-        await ctx.redis.incr(applied_key(ctx.keys.stream, order.order_id))
-        await ctx.redis.hset(deliveries_key(ctx.keys.stream), order.order_id, ctx.deliveries)
+    stream, oid = ctx.keys.stream, order.order_id
+    await ctx.redis.eval(_APPLY, 3, ctx.keys.processed(oid), applied_key(stream, oid), deliveries_key(stream),
+                         ctx.consumer, ctx.entry_id, oid, ctx.deliveries)
