@@ -55,8 +55,8 @@ def create_redis(url: str, *, socket_timeout_s: float = 15.0, max_connections: i
     failing at once with "Too many connections" (which used to count as a handler failure and
     dead-letter good orders). Size it with :func:`pool_size`.
 
-    Commands that fail with a connection error or a timeout (Redis restarting, a stale pooled
-    connection after a restart, LOADING) are retried on a fresh connection by redis-py's
+    Commands that fail with a connection error (Redis restarting, a stale pooled connection
+    after a restart, LOADING) are retried on a fresh connection by redis-py's
     :class:`~redis.asyncio.retry.Retry` with :class:`~redis.backoff.ExponentialBackoff`
     (``retries`` times, 0.05 s doubling to 1 s); what still fails reaches the caller, which backs
     off further (see :func:`is_transient`).
@@ -65,7 +65,8 @@ def create_redis(url: str, *, socket_timeout_s: float = 15.0, max_connections: i
         url: ``redis://`` or ``rediss://`` URL (user, password and db in the URL).
         socket_timeout_s: read timeout in seconds; callers must keep every ``BLOCK`` below it.
         max_connections: connection pool size.
-        retries: how often one command is retried on a connection error or timeout (0: never).
+        retries: how often one command is retried on a connection error (0: never); a timeout
+            is not retried.
             A retried append whose first attempt did reach Redis is answered from the
             idempotency record when the request had an ``Idempotency-Key``; without one it may
             append the order twice, which the handler's orderId marker applies once.
@@ -85,8 +86,9 @@ def create_redis(url: str, *, socket_timeout_s: float = 15.0, max_connections: i
         health_check_interval=30,
         max_connections=max_connections,
         timeout=socket_timeout_s,
-        retry=Retry(ExponentialBackoff(cap=1.0, base=0.05), retries),
-        retry_on_error=[RedisConnectionError, RedisTimeoutError],
+        # Not timeouts: a hung server must surface within one socket timeout (the producer
+        # answers 503 within it), not after ``retries`` times it.
+        retry=Retry(ExponentialBackoff(cap=1.0, base=0.05), retries, supported_errors=(RedisConnectionError,)),
     )
     return aioredis.Redis.from_pool(pool)
 
