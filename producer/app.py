@@ -6,6 +6,7 @@ import asyncio
 import logging
 from collections.abc import AsyncIterator
 
+import redis.asyncio as aioredis
 from aiohttp import web
 from prometheus_client import CollectorRegistry
 from redis.exceptions import RedisError
@@ -18,16 +19,47 @@ from producer.settings import ProducerSettings
 from producer.validation import Limits
 from producer.views import errors_and_metrics
 from streamcore.connection import create_redis, server_info
-from streamcore.streams import Scripts
+from streamcore.keys import Keys
+from streamcore.pacing import Backoff, RateLimitedLog
+from streamcore.streams import Scripts, ensure_group
 
 logger = logging.getLogger(__name__)
 
 
-async def redis_ctx(app: web.Application) -> AsyncIterator[None]:
-    """``cleanup_ctx``: own the Redis client, the scripts and the batching appender.
+async def create_group(r: aioredis.Redis, keys: Keys, *, backoff: Backoff | None = None) -> None:
+    """Create the consumer group (``XGROUP CREATE <stream> <group> 0 MKSTREAM``; BUSYGROUP is
+    fine), retrying with capped back-off until it succeeds (issue 9, item 8).
 
-    Start-up does not need Redis: an unreachable server is logged and ``/readyz`` reports it, so
-    the process starts (and recovers) without depending on start order.
+    The producer creates it so the backlog of orders accepted before any consumer started is the
+    group's lag from the first order on: visible in ``/stream/info`` and measurable by the
+    autoscaler (scale-up from zero consumers). ``0`` makes a group created after orders were
+    accepted (Redis was unreachable at start) still count every one of them.
+
+    Args:
+        backoff: delays between attempts (0.1 s doubling to 5 s, jittered, by default).
+
+    Raises:
+        asyncio.CancelledError: when cancelled (shutdown); every Redis error is retried.
+    """
+    backoff = backoff or Backoff(0.1, 5.0)
+    failures = RateLimitedLog(logger, 60.0)
+    while True:
+        try:
+            await ensure_group(r, keys, "0")
+            return
+        except (RedisError, OSError) as exc:
+            failures.log(logging.WARNING, "cannot create consumer group %s on %s yet (retrying): %s", keys.group, keys.stream, exc)
+        await backoff.sleep()
+
+
+async def redis_ctx(app: web.Application) -> AsyncIterator[None]:
+    """``cleanup_ctx``: own the Redis client, the scripts, the batching appender and the task
+    that creates the consumer group.
+
+    Start-up does not need Redis: the server check and the first attempt to create the group
+    take at most 2 s; an unreachable server is logged, ``/readyz`` reports it, and the group is
+    created in the background as soon as Redis answers (:func:`create_group`). So the process
+    starts (and recovers) without depending on start order.
     """
     settings = app[SETTINGS]
     r = create_redis(settings.redis_url.get_secret_value(), socket_timeout_s=settings.redis_socket_timeout_s)
@@ -44,16 +76,22 @@ async def redis_ctx(app: web.Application) -> AsyncIterator[None]:
     )
     app[APPENDER] = appender
     appender.start()
+    group_task: asyncio.Task | None = None
     try:
         async with asyncio.timeout(2.0):
             found = await server_info(r)
-        app[LIFECYCLE].server = {"family": found.family, "version": ".".join(map(str, found.version))}
-        logger.info("connected to %s %s", found.family, app[LIFECYCLE].server["version"])
+            app[LIFECYCLE].server = {"family": found.family, "version": ".".join(map(str, found.version))}
+            logger.info("connected to %s %s", found.family, app[LIFECYCLE].server["version"])
+            await ensure_group(r, settings.keys, "0")
     except (RedisError, OSError, TimeoutError) as exc:
-        logger.warning("Redis not reachable at start-up (readiness will say so): %s", exc)
+        logger.warning("Redis not ready at start-up (readiness will say so; the consumer group is created once it is): %s", exc)
+        group_task = asyncio.create_task(create_group(r, settings.keys), name="producer-create-group")
     try:
         yield
     finally:
+        if group_task is not None:
+            group_task.cancel()
+            await asyncio.gather(group_task, return_exceptions=True)
         await appender.close()
         await r.aclose()
 

@@ -13,21 +13,34 @@ handler processes the re-driven entry.
 from __future__ import annotations
 
 import asyncio
-import json
 from dataclasses import dataclass
 from typing import Any
 
 import redis.asyncio as aioredis
 
 from producer.appender import Appender
-from producer.validation import MAX_NESTING, canonical_hash, too_deep
+from producer.queries import dead_letter_order
+from producer.validation import canonical_hash
 from streamcore import envelope
 from streamcore.keys import Keys
 
 
 class DeadLetterUnreadable(ValueError):
-    """The dead letter has no readable order (``data`` missing or not a JSON object with an
-    orderId); it stays in the dead-letter stream."""
+    """The dead letter holds no order that can be appended again: its original fields are judged
+    by :func:`producer.queries.dead_letter_order` (a field name or value that is not UTF-8, no
+    ``data``, ``data`` not a JSON object, nested too deeply) or the order has no ``orderId`` or
+    cannot be encoded. It stays in the dead-letter stream.
+
+    Attributes:
+        dlq_id: the dead letter's entry ID (named in the message too).
+        reason: ``not_utf8``, ``no_data``, ``not_json``, ``not_object``, ``too_deep``,
+            ``no_order_id`` or ``unencodable``.
+    """
+
+    def __init__(self, dlq_id: str, message: str, reason: str) -> None:
+        super().__init__(message)
+        self.dlq_id = dlq_id
+        self.reason = reason
 
 
 @dataclass(frozen=True, slots=True)
@@ -47,16 +60,11 @@ class Redriven:
 
 def _order_of(dlq_id: str, fields: dict[str, str]) -> dict[str, Any]:
     try:
-        order = json.loads(fields.get("data", ""))
-    except RecursionError:
-        raise DeadLetterUnreadable(f"dead letter {dlq_id} data is nested too deeply") from None
-    except ValueError as exc:
-        raise DeadLetterUnreadable(f"dead letter {dlq_id} data is not JSON: {exc}") from None
-    if not isinstance(order, dict) or "orderId" not in order:
-        raise DeadLetterUnreadable(f"dead letter {dlq_id} holds no order object with an orderId")
-    # Re-driving must not put back what POST /orders would refuse: readers fail on it.
-    if too_deep(order) is not None:
-        raise DeadLetterUnreadable(f"dead letter {dlq_id} data is nested more than {MAX_NESTING} levels deep")
+        order = dead_letter_order(dlq_id, fields)
+    except envelope.EnvelopeError as exc:
+        raise DeadLetterUnreadable(dlq_id, str(exc), exc.reason) from None
+    if "orderId" not in order:
+        raise DeadLetterUnreadable(dlq_id, f"dead letter {dlq_id} holds no order object with an orderId", "no_order_id")
     return order
 
 
@@ -70,8 +78,8 @@ async def _append(appender: Appender, dlq_id: str, fields: dict[str, str]) -> Re
             idempotency_key=key,
             body_hash=canonical_hash(order),
         )
-    except ValueError as exc:  # appender.Unencodable (a lone surrogate), a non-finite number: nothing was sent
-        raise DeadLetterUnreadable(f"dead letter {dlq_id} cannot be appended again: {exc}") from None
+    except ValueError as exc:  # appender.Unencodable (a lone surrogate escape), a non-finite number: nothing was sent
+        raise DeadLetterUnreadable(dlq_id, f"dead letter {dlq_id} cannot be appended again: {exc}", "unencodable") from None
     return Redriven(dlq_id, result.entry_id, str(order["orderId"]), replayed=not result.created)
 
 
@@ -99,7 +107,8 @@ async def redrive_many(r: aioredis.Redis, keys: Keys, appender: Appender, *, lim
 
     Returns:
         ``{"redriven": n, "items": [{"dlqId", "id", "orderId", "replayed"}], "skipped":
-        [{"dlqId", "error"}] (unreadable ones, left in place), "remaining": XLEN afterwards}``.
+        [{"dlqId", "error", "reason"}] (unreadable ones, left in place; ``reason`` as in
+        :class:`DeadLetterUnreadable`), "remaining": XLEN afterwards}``.
 
     Raises:
         redis.exceptions.RedisError: the first Redis error; dead letters whose append succeeded
@@ -114,7 +123,7 @@ async def redrive_many(r: aioredis.Redis, keys: Keys, appender: Appender, *, lim
         if isinstance(outcome, Redriven):
             items.append(outcome)
         elif isinstance(outcome, DeadLetterUnreadable):
-            skipped.append({"dlqId": dlq_id, "error": str(outcome)})
+            skipped.append({"dlqId": dlq_id, "error": str(outcome), "reason": outcome.reason})
         else:
             failure = failure or outcome
     if items:

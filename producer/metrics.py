@@ -2,9 +2,17 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass
+from typing import get_args
 
-from prometheus_client import CollectorRegistry, Counter, Histogram
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+from producer.rendering import readable
+from streamcore.groups import GroupState
+
+#: Every value of the ``state`` label of ``orderstream_group_state``.
+GROUP_STATES: tuple[str, ...] = get_args(GroupState)
 
 
 @dataclass(frozen=True)
@@ -20,6 +28,11 @@ class ProducerMetrics:
             ``media_type``, ``idempotency_conflict``).
         append_failed: appends that failed in Redis (the client got 503; nothing was appended).
         batch_size: appends per Redis pipeline of the batching appender.
+        group_state: ``orderstream_group_state{group, state}``, 1 for the state each consumer
+            group of the stream is in and 0 for the other states (:mod:`streamcore.groups`:
+            ``ok``, ``abandoned``, ``missing``, ``no-stream``), set by :meth:`show_group_states`
+            whenever ``/metrics`` or ``/stream/info`` is read. Low cardinality: one series per
+            state and group of the stream (normally one group).
     """
 
     requests: Counter
@@ -29,6 +42,16 @@ class ProducerMetrics:
     rejected: Counter
     append_failed: Counter
     batch_size: Histogram
+    group_state: Gauge
+
+    def show_group_states(self, groups: Iterable[tuple[str, str]] | None) -> None:
+        """Replace the ``orderstream_group_state`` series with ``(group, state)`` pairs; None
+        (Redis could not tell) removes them all. A group name that is not UTF-8 is labelled with
+        ``\\xNN`` escapes (:func:`producer.rendering.readable`)."""
+        self.group_state.clear()
+        for name, state in groups or ():
+            for candidate in GROUP_STATES:
+                self.group_state.labels(readable(name), candidate).set(1 if candidate == state else 0)
 
 
 def producer_metrics(registry: CollectorRegistry) -> ProducerMetrics:
@@ -50,6 +73,12 @@ def producer_metrics(registry: CollectorRegistry) -> ProducerMetrics:
             "orderstream_append_batch_size",
             "Appends sent to Redis in one pipeline.",
             buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256, 512),
+            registry=registry,
+        ),
+        group_state=Gauge(
+            "orderstream_group_state",
+            "Consumer group state (1 = the group is in this state): ok, abandoned, missing, no-stream.",
+            ["group", "state"],
             registry=registry,
         ),
     )

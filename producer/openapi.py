@@ -43,6 +43,32 @@ def _path(name: str, description: str, schema: dict[str, Any]) -> dict[str, Any]
 
 _UNAVAILABLE = _error("Redis is unavailable; nothing was changed (header `Retry-After`).")
 
+_NOT_UTF8 = (
+    "Text read from Redis that is not valid UTF-8 (written by another tool) is null here, with its exact "
+    "bytes base64-encoded in the property of the same name plus `Base64`."
+)
+_GROUP_STATES = ["ok", "abandoned", "missing", "no-stream"]
+
+
+def _text(description: str = "") -> dict[str, Any]:
+    """A text property read from Redis: a string, or null when not UTF-8 (see :data:`_NOT_UTF8`)."""
+    return {"type": ["string", "null"], "description": f"{description} {_NOT_UTF8}".strip()}
+
+
+_BASE64 = {"type": "string", "contentEncoding": "base64", "description": "Only when the text property beside it is null: its bytes."}
+
+
+def _with_base64(properties: dict[str, Any], *names: str) -> dict[str, Any]:
+    """``properties`` plus a ``<name>Base64`` property for each of ``names``."""
+    return {**properties, **{f"{n}Base64": _BASE64 for n in names}}
+
+
+_RAW_FIELDS = {
+    "type": "array",
+    "description": "Every field of the entry in stream order, byte-exact (only when `order` is null).",
+    "items": {"type": "object", "properties": _with_base64({"name": _text(), "value": _text()}, "name", "value")},
+}
+
 
 def _schemas(settings: ProducerSettings) -> dict[str, Any]:
     identifier = {
@@ -90,12 +116,17 @@ def _schemas(settings: ProducerSettings) -> dict[str, Any]:
         },
         "HistoryItem": {
             "type": "object",
-            "required": ["id"],
+            "required": ["id", "order"],
             "properties": {
                 "id": {"type": "string"},
-                "order": {"type": "object", "description": "The order exactly as accepted."},
+                "order": {"type": ["object", "null"], "description": "The order exactly as accepted; null when the entry holds no readable order."},
                 "redrivenFrom": {"type": "string", "description": "Dead-letter entry ID this entry was re-driven from."},
-                "error": {"type": "string", "description": "Present instead of `order` when the entry holds no readable order."},
+                "error": {"type": "string", "description": "Only when `order` is null: why, naming the entry and the field."},
+                "reason": {
+                    "enum": ["not_utf8", "no_data", "not_json", "not_object", "too_deep"],
+                    "description": "Only when `order` is null: a field name or value is not UTF-8, no `data` field, `data` not JSON, not a JSON object, or nested too deeply to return.",
+                },
+                "rawFields": _RAW_FIELDS,
             },
         },
         "History": {
@@ -113,7 +144,8 @@ def _schemas(settings: ProducerSettings) -> dict[str, Any]:
             "type": "object",
             "properties": {
                 "id": {"type": "string"},
-                "consumer": {"type": "string"},
+                "consumer": _text(),
+                "consumerBase64": _BASE64,
                 "idleMs": {"type": "integer", "description": "Milliseconds since last delivered (XPENDING)."},
                 "deliveries": {"type": "integer"},
                 "gone": {"type": "boolean", "description": "The entry's data was trimmed or deleted while pending."},
@@ -130,7 +162,7 @@ def _schemas(settings: ProducerSettings) -> dict[str, Any]:
                 "highest": nullable_id,
                 "consumers": {
                     "type": "array",
-                    "items": {"type": "object", "properties": {"name": {"type": "string"}, "pending": {"type": "integer"}}},
+                    "items": {"type": "object", "properties": _with_base64({"name": _text(), "pending": {"type": "integer"}}, "name")},
                 },
                 "entries": {"type": "array", "items": _ref("PendingEntry")},
                 "next": {**nullable_id, "description": "Exclusive `start` of the next page when this one is full."},
@@ -139,7 +171,8 @@ def _schemas(settings: ProducerSettings) -> dict[str, Any]:
         "Consumer": {
             "type": "object",
             "properties": {
-                "name": {"type": "string"},
+                "name": _text(),
+                "nameBase64": _BASE64,
                 "pending": {"type": "integer"},
                 "idleMs": {"type": "integer"},
                 "inactiveMs": {**nullable_int, "description": "Null where the server does not report it (Redis < 7.2)."},
@@ -148,7 +181,12 @@ def _schemas(settings: ProducerSettings) -> dict[str, Any]:
         "Group": {
             "type": "object",
             "properties": {
-                "name": {"type": "string"},
+                "name": _text(),
+                "nameBase64": _BASE64,
+                "state": {
+                    "enum": _GROUP_STATES[:2],
+                    "description": "`abandoned`: pending entries and no consumer seen for ABANDONED_AFTER_MS; else `ok`.",
+                },
                 "consumerCount": {"type": "integer"},
                 "pending": {"type": "integer"},
                 "lag": {**nullable_int, "description": "Null means unknown, never 0."},
@@ -172,6 +210,15 @@ def _schemas(settings: ProducerSettings) -> dict[str, Any]:
                 "recordedFirstEntryId": nullable_id,
                 "lostEntries": {"type": "integer", "description": "Entries the reclaimer found trimmed or deleted before they were acknowledged."},
                 "deadLetters": {"type": "object", "properties": {"stream": {"type": "string"}, "length": {"type": "integer"}}},
+                "group": {"type": "string", "description": "The configured group (GROUP_NAME)."},
+                "groupState": {
+                    "enum": _GROUP_STATES,
+                    "description": (
+                        "State of the configured group: `ok`, `abandoned` (pending entries, no consumer seen for "
+                        "ABANDONED_AFTER_MS), `missing` (the stream exists, the group does not: every entry waits), "
+                        "`no-stream`. Also in the metric `orderstream_group_state{group,state}`."
+                    ),
+                },
                 "groups": {"type": "array", "items": _ref("Group")},
             },
         },
@@ -185,41 +232,61 @@ def _schemas(settings: ProducerSettings) -> dict[str, Any]:
                 "order": {"type": "object"},
                 "pending": {
                     "type": "object",
-                    "properties": {"consumer": {"type": "string"}, "deliveries": {"type": "integer"}, "idleMs": {"type": "integer"}},
+                    "properties": _with_base64(
+                        {"consumer": _text(), "deliveries": {"type": "integer"}, "idleMs": {"type": "integer"}}, "consumer"),
                 },
                 "processed": {
                     "type": "object",
-                    "properties": {"consumer": {"type": "string"}, "entryId": {"type": "string"}, "atMs": nullable_int},
+                    "properties": _with_base64({"consumer": _text(), "entryId": _text(), "atMs": nullable_int}, "consumer", "entryId"),
                 },
                 "deadLetter": {
                     "type": "object",
-                    "properties": {
-                        "dlqId": {"type": "string"},
-                        "originalId": {"type": "string"},
-                        "deliveries": nullable_int,
-                        "error": {"type": "string"},
-                        "consumer": {"type": "string"},
-                        "deadLetteredMs": nullable_int,
-                    },
+                    "properties": _with_base64(
+                        {
+                            "dlqId": {"type": "string"},
+                            "sourceId": _text("The source entry ID."),
+                            "originalId": _text("Old name of `sourceId` (same value)."),
+                            "reason": _text("Why it was dead-lettered (see `DeadLetter`)."),
+                            "deliveries": nullable_int,
+                            "error": _text(),
+                            "consumer": _text(),
+                            "deadLetteredMs": nullable_int,
+                        },
+                        "sourceId", "originalId", "reason", "error", "consumer",
+                    ),
                 },
             },
         },
         "DeadLetter": {
             "type": "object",
-            "properties": {
-                "dlqId": {"type": "string"},
-                "originalId": nullable_id,
-                "orderId": nullable_id,
-                "order": {"type": "object"},
-                "error": {"type": "string", "description": "Present instead of `order` when unreadable."},
-                "deliveries": nullable_int,
-                "lastError": {"type": ["string", "null"]},
-                "consumer": {"type": ["string", "null"]},
-                "owner": {"type": ["string", "null"]},
-                "firstSeenMs": nullable_int,
-                "deadLetteredMs": nullable_int,
-                "sourceStream": {"type": ["string", "null"]},
-            },
+            "properties": _with_base64(
+                {
+                    "dlqId": {"type": "string"},
+                    "sourceId": _text("The source entry ID (`source_id`; `original_id` in old dead letters)."),
+                    "originalId": _text("Old name of `sourceId` (same value)."),
+                    "sourceStream": _text(),
+                    "group": _text(),
+                    "reason": _text(
+                        "Why it was dead-lettered: `not_utf8`, `no_data`, `not_json`, `not_object` (quarantined at once) "
+                        "or `max_deliveries`; null in old dead letters."
+                    ),
+                    "orderId": _text("The `order_id` field."),
+                    "order": {"type": ["object", "null"], "description": "Null when the original fields hold no readable order."},
+                    "error": {"type": "string", "description": "Only when `order` is null: why, naming the field."},
+                    "orderReason": {
+                        "enum": ["not_utf8", "no_data", "not_json", "not_object", "too_deep"],
+                        "description": "Only when `order` is null.",
+                    },
+                    "rawFields": _RAW_FIELDS,
+                    "deliveries": nullable_int,
+                    "lastError": _text(),
+                    "consumer": _text(),
+                    "owner": _text(),
+                    "firstSeenMs": nullable_int,
+                    "deadLetteredMs": nullable_int,
+                },
+                "sourceId", "originalId", "sourceStream", "group", "reason", "orderId", "lastError", "consumer", "owner",
+            ),
         },
         "DeadLetters": {
             "type": "object",
@@ -248,7 +315,14 @@ def _schemas(settings: ProducerSettings) -> dict[str, Any]:
                 "items": {"type": "array", "items": _ref("Redriven")},
                 "skipped": {
                     "type": "array",
-                    "items": {"type": "object", "properties": {"dlqId": {"type": "string"}, "error": {"type": "string"}}},
+                    "items": {
+                        "type": "object",
+                        "properties": {
+                            "dlqId": {"type": "string"},
+                            "error": {"type": "string"},
+                            "reason": {"enum": ["not_utf8", "no_data", "not_json", "not_object", "too_deep", "no_order_id", "unencodable"]},
+                        },
+                    },
                 },
                 "remaining": {"type": "integer"},
             },
@@ -388,7 +462,8 @@ def openapi_document(settings: ProducerSettings) -> dict[str, Any]:
                         "200": _json(_ref("Redriven"), "Re-driven (idempotent per dead letter)."),
                         "400": _error("Malformed dlqId."),
                         "404": _error("No such dead letter."),
-                        "409": _error("The dead letter holds no readable order; it stays."),
+                        "409": _error("The dead letter holds no order that can be appended again (a field that is not UTF-8, no "
+                                      "`data`, not a JSON object with an orderId); it stays. The message names the dlqId."),
                         "503": _UNAVAILABLE,
                     },
                 }

@@ -7,18 +7,22 @@ IDs given by users must already be validated (:func:`streamcore.ids.validate_bou
 
 from __future__ import annotations
 
-import json
+import re
 from dataclasses import dataclass, field
 from typing import Any
 
 import redis.asyncio as aioredis
 from redis.exceptions import ResponseError
 
+from producer.rendering import BASE64_SUFFIX, put_text, raw_fields, readable, text_fields
 from producer.validation import MAX_NESTING, too_deep
 from streamcore import envelope, ids
 from streamcore.keys import Keys
 from streamcore.loss import removed_before_delivery
-from streamcore.streams import is_nogroup, stream_state
+from streamcore.groups import ABANDONED_AFTER_MS, GroupState, classify_group, quiet_ms
+from streamcore.streams import is_nogroup, is_no_such_key, stream_state
+
+_FULL_ID = re.compile(r"[0-9]{1,20}-[0-9]{1,20}")
 
 #: First read size of a page; later reads are sized from the average entry size seen so far.
 _FIRST_CHUNK = 10
@@ -127,17 +131,28 @@ def _maybe_deep(data: str) -> bool:
     return data.count("[") + data.count("{") > MAX_NESTING
 
 
+def _unreadable(entry_id: str, fields: dict[str, str] | None, error: str, reason: str) -> dict[str, Any]:
+    return {"id": entry_id, "order": None, "error": readable(error), "reason": reason, "rawFields": raw_fields(fields or {})}
+
+
 def order_item(entry_id: str, fields: dict[str, str] | None) -> dict[str, Any]:
-    """One history item: ``{"id", "order"}`` (plus ``redrivenFrom`` when re-driven), or
-    ``{"id", "error"}`` when the entry has no readable order."""
+    """One history item: ``{"id", "order"}`` (plus ``redrivenFrom`` when re-driven), or, when the
+    entry holds no readable order, ``{"id", "order": null, "error", "reason", "rawFields"}``.
+
+    ``error`` is a sentence naming the entry and the field; ``reason`` is the
+    :class:`streamcore.envelope.EnvelopeError` reason (``not_utf8``, ``no_data``, ``not_json``,
+    ``not_object``) or ``too_deep`` (nested deeper than the API returns); ``rawFields`` lists every
+    field of the entry in stream order as ``{"name", "value"}``, where a name or value that is not
+    UTF-8 is null with its bytes in ``nameBase64``/``valueBase64`` (:mod:`producer.rendering`).
+    """
     try:
         env = envelope.decode(entry_id, fields)
     except envelope.EnvelopeError as exc:
-        return {"id": entry_id, "error": str(exc)}
+        return _unreadable(entry_id, fields, str(exc), exc.reason)
     except RecursionError:
-        return {"id": entry_id, "error": _TOO_DEEP.format(entry_id)}
-    if _maybe_deep(fields["data"]) and too_deep(env.order) is not None:
-        return {"id": entry_id, "error": _TOO_DEEP.format(entry_id)}
+        return _unreadable(entry_id, fields, _TOO_DEEP.format(entry_id), "too_deep")
+    if _maybe_deep(env.fields["data"]) and too_deep(env.order) is not None:
+        return _unreadable(entry_id, fields, _TOO_DEEP.format(entry_id), "too_deep")
     item: dict[str, Any] = {"id": entry_id, "order": env.order}
     if "redriven_from" in env.fields:
         item["redrivenFrom"] = env.fields["redriven_from"]
@@ -163,7 +178,7 @@ async def history(
         max_bytes: byte cap of the page.
 
     Returns:
-        ``{"orders": [{"id", "order"} | {"id", "error"}], "count": n, "next": "(<id>" | None,
+        ``{"orders": [order_item...], "count": n, "next": "(<id>" | None,
         "before": "(<id>" | None, "truncated": bool}``; a missing stream reads as empty.
     """
     if count is not None:
@@ -195,6 +210,8 @@ async def pending(
     Returns:
         ``{"stream", "group", "exists", "count", "lowest", "highest", "consumers": [{"name",
         "pending"}], "entries": [{"id", "consumer", "idleMs", "deliveries", "gone"}], "next"}``;
+        a consumer name that is not UTF-8 is null with ``nameBase64``/``consumerBase64`` beside it
+        (:mod:`producer.rendering`).
         ``gone`` is True when the entry's data was trimmed or deleted (the PEL still lists it
         until a consumer acks it, case C15). ``next`` (an exclusive start) is set when the page
         is full. A missing stream or group gives ``exists: false`` and zeros (case C11).
@@ -231,11 +248,11 @@ async def pending(
         count=int(summary["pending"]),
         lowest=summary["min"],
         highest=summary["max"],
-        consumers=[{"name": c["name"], "pending": int(c["pending"])} for c in summary["consumers"]],
+        consumers=[{**text_fields(name=c["name"]), "pending": int(c["pending"])} for c in summary["consumers"]],
         entries=[
             {
                 "id": row["message_id"],
-                "consumer": row["consumer"],
+                **text_fields(consumer=row["consumer"]),
                 "idleMs": int(row["time_since_delivered"]),
                 "deliveries": int(row["times_delivered"]),
                 "gone": g,
@@ -253,23 +270,117 @@ def _entry(value: Any) -> dict[str, Any] | None:
     return order_item(value[0], value[1])
 
 
+def _stream_id(value: str | None) -> str | None:
+    """``value`` when it is a full entry ID ``<ms>-<seq>``, else None."""
+    if value is None or not _FULL_ID.fullmatch(value):
+        return None
+    try:
+        ids.parse_id(value)
+    except ids.InvalidStreamId:
+        return None
+    return value
+
+
 def _int_or_none(value: Any) -> int | None:
-    return None if value is None else int(value)
+    """``int(value)``; None when absent or not an integer (a hand-written field must not fail a page)."""
+    if value is None:
+        return None
+    try:
+        return int(value)
+    except (TypeError, ValueError):
+        return None
 
 
-async def stream_info(r: aioredis.Redis, keys: Keys, *, has_inactive: bool | None = None) -> dict[str, Any]:
+def group_state(group: dict[str, Any], consumers: list[dict[str, Any]], abandoned_after_ms: int) -> GroupState:
+    """:func:`streamcore.groups.classify_group` of one group listed by ``XINFO GROUPS``, from its
+    ``pending`` and its consumers' quiet time (``XINFO CONSUMERS``, :func:`streamcore.groups.quiet_ms`)."""
+    return classify_group(stream_exists=True, group_exists=True, pending=int(group["pending"]),
+                          consumer_quiet_ms=[quiet_ms(c) for c in consumers], abandoned_after_ms=abandoned_after_ms)
+
+
+async def _consumers_of(r: aioredis.Redis, keys: Keys, groups: list[dict[str, Any]]) -> list[list[dict[str, Any]]]:
+    """``XINFO CONSUMERS`` of every group, pipelined; a group destroyed meanwhile has none."""
+    if not groups:
+        return []
+    async with r.pipeline(transaction=False) as pipe:
+        for g in groups:
+            pipe.xinfo_consumers(keys.stream, g["name"])
+        replies = await pipe.execute(raise_on_error=False)
+    out: list[list[dict[str, Any]]] = []
+    for reply in replies:
+        if isinstance(reply, ResponseError) and is_nogroup(reply):
+            out.append([])
+        elif isinstance(reply, Exception):
+            raise reply
+        else:
+            out.append(reply)
+    return out
+
+
+@dataclass(frozen=True, slots=True)
+class GroupHealth:
+    """The state of every group of the stream (for the ``orderstream_group_state`` gauge).
+
+    Attributes:
+        stream_exists: the stream key exists.
+        groups: ``(group name, state)`` for every group ``XINFO GROUPS`` lists, plus the
+            configured group as ``missing`` (``no-stream`` when the stream does not exist) when
+            it is not among them.
+    """
+
+    stream_exists: bool
+    groups: list[tuple[str, GroupState]]
+
+
+def _health(keys: Keys, stream_exists: bool, listed: list[tuple[str, GroupState]]) -> GroupHealth:
+    if not any(name == keys.group for name, _ in listed):
+        listed = [*listed, (keys.group, "missing" if stream_exists else "no-stream")]
+    return GroupHealth(stream_exists, listed)
+
+
+async def group_health(r: aioredis.Redis, keys: Keys, *, abandoned_after_ms: int = ABANDONED_AFTER_MS) -> GroupHealth:
+    """Classify every group of ``keys.stream`` with ``XINFO GROUPS`` and ``XINFO CONSUMERS`` (no
+    entry data is read, so it is cheap enough for every ``/metrics`` scrape).
+
+    Raises:
+        redis.exceptions.RedisError: Redis failed (a missing stream is not an error).
+    """
+    try:
+        groups = await r.xinfo_groups(keys.stream)
+    except ResponseError as exc:
+        if is_no_such_key(exc):
+            return _health(keys, False, [])
+        raise
+    consumers = await _consumers_of(r, keys, groups)
+    return _health(keys, True, [(g["name"], group_state(g, c, abandoned_after_ms)) for g, c in zip(groups, consumers, strict=True)])
+
+
+async def stream_info(r: aioredis.Redis, keys: Keys, *, abandoned_after_ms: int = ABANDONED_AFTER_MS) -> tuple[dict[str, Any], GroupHealth]:
     """GET /stream/info from XINFO STREAM, XINFO GROUPS, XINFO CONSUMERS, XLEN of the DLQ and the
     lost-entries counter.
 
+    Args:
+        abandoned_after_ms: quiet time (ms) after which a group with pending entries and no
+            consumer seen since counts as ``abandoned`` (``ABANDONED_AFTER_MS``).
+
     Returns:
-        ``{"stream", "exists", "length", "firstEntry", "lastEntry" ({"id", "order"} or None),
+        The answer and the :class:`GroupHealth` it shows (for the metrics). The answer is
+        ``{"stream", "exists", "length", "firstEntry", "lastEntry" (:func:`order_item` or None),
         "lastGeneratedId", "maxDeletedEntryId", "entriesAdded", "recordedFirstEntryId",
-        "lostEntries", "deadLetters": {"stream", "length"}, "groups": [{"name", "consumerCount",
-        "pending", "lag" (None when the server cannot tell — never turned into 0), "lastDeliveredId",
-        "entriesRead", "undeliveredDeleted", "consumers": [{"name", "pending", "idleMs",
-        "inactiveMs" (None where not reported)}]}]}``. ``undeliveredDeleted`` is True when
-        entries were trimmed or deleted before this group read them (case C16; see
-        :func:`streamcore.loss.removed_before_delivery`). A missing stream gives ``exists: false``.
+        "lostEntries", "deadLetters": {"stream", "length"}, "group" (the configured group's name),
+        "groupState", "groups": [{"name", "state", "consumerCount", "pending", "lag" (None when the
+        server cannot tell — never turned into 0), "lastDeliveredId", "entriesRead",
+        "undeliveredDeleted", "consumers": [{"name", "pending", "idleMs", "inactiveMs" (None where
+        not reported)}]}]}``.
+
+        ``groupState`` is the configured group's state (:mod:`streamcore.groups`): ``ok``,
+        ``abandoned`` (pending entries, no consumer seen for ``abandoned_after_ms``), ``missing``
+        (the stream exists but the group does not: all ``length`` entries wait for a group that
+        nobody created) or ``no-stream``; every listed group has its own ``state``.
+        ``undeliveredDeleted`` is True when entries were trimmed or deleted before this group read
+        them (case C16; see :func:`streamcore.loss.removed_before_delivery`). A group or consumer
+        name that is not UTF-8 is null with ``nameBase64`` beside it (:mod:`producer.rendering`).
+        A missing stream gives ``exists: false``.
     """
     async with r.pipeline(transaction=False) as pipe:
         pipe.get(keys.lost_counter)
@@ -285,20 +396,17 @@ async def stream_info(r: aioredis.Redis, keys: Keys, *, has_inactive: bool | Non
         "maxDeletedEntryId": None,
         "entriesAdded": None,
         "recordedFirstEntryId": None,
-        "lostEntries": int(lost or 0),
+        "lostEntries": _int_or_none(lost) or 0,
         "deadLetters": {"stream": keys.dlq, "length": int(dlq_len)},
+        "group": keys.group,
+        "groupState": "no-stream",
         "groups": [],
     }
     state = await stream_state(r, keys)
     if state is None:
-        return answer
+        return answer, _health(keys, False, [])
     info, groups = state
-    consumers_by_group: list[list[dict]] = []
-    if groups:
-        async with r.pipeline(transaction=False) as pipe:
-            for g in groups:
-                pipe.xinfo_consumers(keys.stream, g["name"])
-            consumers_by_group = await pipe.execute()
+    consumers_by_group = await _consumers_of(r, keys, groups)
     answer.update(
         exists=True,
         length=int(info["length"]),
@@ -309,12 +417,16 @@ async def stream_info(r: aioredis.Redis, keys: Keys, *, has_inactive: bool | Non
         entriesAdded=_int_or_none(info.get("entries-added")),
         recordedFirstEntryId=info.get("recorded-first-entry-id"),
     )
+    listed: list[tuple[str, GroupState]] = []
     for g, consumers in zip(groups, consumers_by_group, strict=True):
         last = g["last-delivered-id"]
         undelivered_deleted = removed_before_delivery(info, last, _int_or_none(g.get("entries-read")))
+        g_state = group_state(g, consumers, abandoned_after_ms)
+        listed.append((g["name"], g_state))
         answer["groups"].append(
             {
-                "name": g["name"],
+                **text_fields(name=g["name"]),
+                "state": g_state,
                 "consumerCount": int(g["consumers"]),
                 "pending": int(g["pending"]),
                 "lag": _int_or_none(g.get("lag")),
@@ -323,7 +435,7 @@ async def stream_info(r: aioredis.Redis, keys: Keys, *, has_inactive: bool | Non
                 "undeliveredDeleted": undelivered_deleted,
                 "consumers": [
                     {
-                        "name": c["name"],
+                        **text_fields(name=c["name"]),
                         "pending": int(c["pending"]),
                         "idleMs": int(c["idle"]),
                         "inactiveMs": _int_or_none(c.get("inactive")),
@@ -332,7 +444,9 @@ async def stream_info(r: aioredis.Redis, keys: Keys, *, has_inactive: bool | Non
                 ],
             }
         )
-    return answer
+    health = _health(keys, True, listed)
+    answer["groupState"] = dict(health.groups)[keys.group]
+    return answer, health
 
 
 async def order_status(r: aioredis.Redis, keys: Keys, order_id: str) -> dict[str, Any] | None:
@@ -347,11 +461,14 @@ async def order_status(r: aioredis.Redis, keys: Keys, order_id: str) -> dict[str
     ``processed``     the marker exists: ``processed: {consumer, entryId, atMs}``;
     ``pending``       delivered, not acked: ``pending: {consumer, deliveries, idleMs}``;
     ``dead_lettered`` the DLQ entry named by the DLQ index still exists (a re-driven one is
-                      deleted from the DLQ): ``deadLetter: {dlqId, deliveries, error, consumer,
-                      deadLetteredMs}``;
+                      deleted from the DLQ): ``deadLetter: {dlqId, sourceId, originalId (the
+                      same, its old name), reason, deliveries, error, consumer, deadLetteredMs}``;
     ``waiting``       in the stream and after the group's last-delivered-id (or no group yet);
     ``acknowledged``  delivered and acked but no marker (a handler that writes none);
     ``gone``          indexed, but the entry was trimmed or deleted and nothing else is known.
+
+    A consumer name (or any other stored text) that is not UTF-8 is null with ``<key>Base64``
+    beside it (:mod:`producer.rendering`).
 
     Returns:
         ``{"orderId", "id" (entry ID or None), "status", "order" (when readable), ...detail}``, or
@@ -362,13 +479,15 @@ async def order_status(r: aioredis.Redis, keys: Keys, order_id: str) -> dict[str
         pipe.hgetall(keys.processed(order_id))
         pipe.get(keys.dlq_index(order_id))
         entry_id, marker, dlq_id = await pipe.execute()
+    # These keys are ours, but a value that is not an entry ID (written by hand) must not reach
+    # XRANGE, which would refuse it: such a value counts as absent.
+    entry_id, dlq_id = _stream_id(entry_id), _stream_id(dlq_id)
     answer: dict[str, Any] = {"orderId": order_id, "id": entry_id}
     if marker:
-        answer["id"] = entry_id or marker.get("entry_id")
+        answer["id"] = entry_id or _stream_id(marker.get("entry_id"))
         answer["status"] = "processed"
         answer["processed"] = {
-            "consumer": marker.get("consumer"),
-            "entryId": marker.get("entry_id"),
+            **text_fields(consumer=marker.get("consumer"), entryId=marker.get("entry_id")),
             "atMs": _int_or_none(marker.get("at_ms")),
         }
     entry = None
@@ -377,7 +496,7 @@ async def order_status(r: aioredis.Redis, keys: Keys, order_id: str) -> dict[str
         if rows:
             entry = rows[0]
             item = order_item(*entry)
-            if "order" in item:
+            if item["order"] is not None:
                 answer["order"] = item["order"]
     if marker:
         return answer
@@ -391,7 +510,7 @@ async def order_status(r: aioredis.Redis, keys: Keys, order_id: str) -> dict[str
         if rows:
             answer["status"] = "pending"
             answer["pending"] = {
-                "consumer": rows[0]["consumer"],
+                **text_fields(consumer=rows[0]["consumer"]),
                 "deliveries": int(rows[0]["times_delivered"]),
                 "idleMs": int(rows[0]["time_since_delivered"]),
             }
@@ -399,21 +518,17 @@ async def order_status(r: aioredis.Redis, keys: Keys, order_id: str) -> dict[str
     if dlq_id:
         rows = await r.xrange(keys.dlq, dlq_id, dlq_id)
         if rows:
-            f = rows[0][1]
+            dead = dead_letter_item(rows[0][0], rows[0][1])
             answer["status"] = "dead_lettered"
-            answer["id"] = entry_id or f.get("original_id")
-            if "order" not in answer:
-                item = order_item(rows[0][0], f)
-                if "order" in item:
-                    answer["order"] = item["order"]
+            answer["id"] = entry_id or dead["sourceId"]
+            if "order" not in answer and dead.get("order") is not None:
+                answer["order"] = dead["order"]
             answer["deadLetter"] = {
-                "dlqId": dlq_id,
-                "originalId": f.get("original_id"),
-                "deliveries": _int_or_none(f.get("deliveries")),
-                "error": f.get("error"),
-                "consumer": f.get("consumer"),
-                "deadLetteredMs": _int_or_none(f.get("dead_lettered_ms")),
+                k: v for k, v in dead.items()
+                if k.removesuffix(BASE64_SUFFIX) in ("dlqId", "sourceId", "originalId", "reason", "deliveries", "consumer",
+                                                      "deadLetteredMs")
             }
+            put_text(answer["deadLetter"], "error", rows[0][1].get("error"))
             return answer
     if not entry_id:
         return None
@@ -439,32 +554,75 @@ async def _last_delivered(r: aioredis.Redis, keys: Keys) -> str | None:
     return None
 
 
-def dead_letter_item(dlq_id: str, fields: dict[str, str]) -> dict[str, Any]:
-    """One dead letter: ``{"dlqId", "originalId", "orderId", "order" | "error", "deliveries",
-    "lastError", "consumer", "owner", "firstSeenMs", "deadLetteredMs", "sourceStream"}``
-    (the fields written by :func:`streamcore.streams.dead_letter`)."""
-    item: dict[str, Any] = {"dlqId": dlq_id, "originalId": fields.get("original_id"), "orderId": fields.get("order_id")}
-    data = fields.get("data", "")
+#: Fields a dead letter adds after the original entry's fields (:func:`streamcore.streams.dead_letter`);
+#: ``original_id`` is the old name of ``source_id``. Everything else is the original entry's.
+DEAD_LETTER_METADATA = frozenset({
+    "source_id", "original_id", "source_stream", "group", "reason", "error", "deliveries", "consumer", "owner",
+    "first_seen_ms", "dead_lettered_ms",
+})
+
+
+def original_fields(fields: dict[str, str]) -> dict[str, str]:
+    """The original entry's fields of a dead letter (every field that is not metadata)."""
+    return {k: v for k, v in fields.items() if k not in DEAD_LETTER_METADATA}
+
+
+def dead_letter_order(dlq_id: str, fields: dict[str, str]) -> dict[str, Any]:
+    """The order a dead letter holds, judged like a stream entry by :func:`streamcore.envelope.decode`
+    over its original fields (so a field name or value there that is not UTF-8, a missing
+    ``data``, or ``data`` that is not a JSON object makes it unreadable; a consumer name in the
+    metadata that is not UTF-8 does not).
+
+    Raises:
+        envelope.EnvelopeError: no readable order; ``reason`` as in :func:`streamcore.envelope.decode`,
+            or ``too_deep`` (nested deeper than the API accepts); the message names the dead letter.
+    """
     try:
-        order = json.loads(data)
-        if not isinstance(order, dict):
-            raise ValueError("not a JSON object")
-        if _maybe_deep(data) and too_deep(order) is not None:
-            raise ValueError("nested too deeply to return")
-        item["order"] = order
+        env = envelope.decode(dlq_id, original_fields(fields))
+    except envelope.EnvelopeError as exc:
+        raise envelope.EnvelopeError(f"dead letter {dlq_id} has no readable order: {readable(str(exc))}", exc.reason) from None
     except RecursionError:
-        item["error"] = f"dead letter {dlq_id} has no readable order: nested too deeply to return"
-    except ValueError as exc:
-        item["error"] = f"dead letter {dlq_id} has no readable order: {exc}"
-    item.update(
-        deliveries=_int_or_none(fields.get("deliveries")),
-        lastError=fields.get("error"),
-        consumer=fields.get("consumer"),
-        owner=fields.get("owner"),
-        firstSeenMs=_int_or_none(fields.get("first_seen_ms")),
-        deadLetteredMs=_int_or_none(fields.get("dead_lettered_ms")),
-        sourceStream=fields.get("source_stream"),
-    )
+        raise envelope.EnvelopeError(f"dead letter {dlq_id} has no readable order: nested too deeply", "too_deep") from None
+    if _maybe_deep(env.fields["data"]) and too_deep(env.order) is not None:
+        raise envelope.EnvelopeError(f"dead letter {dlq_id} has no readable order: nested more than {MAX_NESTING} levels deep",
+                                     "too_deep")
+    return env.order
+
+
+def dead_letter_item(dlq_id: str, fields: dict[str, str]) -> dict[str, Any]:
+    """One dead letter as ``GET /dead-letters`` shows it.
+
+    Shape: ``{"dlqId", "sourceId" (the source entry: ``source_id``, or ``original_id`` in dead
+    letters written before the field was renamed), "originalId" (the same value, its old API name),
+    "sourceStream", "group", "reason" (``not_utf8``, ``no_data``, ``not_json``, ``not_object`` or
+    ``max_deliveries``; None in old dead letters), "orderId", "order", "deliveries", "lastError",
+    "consumer", "owner", "firstSeenMs", "deadLetteredMs"}``, from the fields written by
+    :func:`streamcore.streams.dead_letter`.
+
+    When the order is not readable (:func:`dead_letter_order`), ``order`` is None and ``error``
+    says why (naming the field), ``orderReason`` gives the reason code, and ``rawFields`` lists
+    the original fields byte-exact (``{"name", "value"}``). Any text that is not UTF-8 is null
+    with its bytes in ``<key>Base64`` (:mod:`producer.rendering`); a number field that is not
+    a number is None.
+    """
+    item: dict[str, Any] = {"dlqId": dlq_id}
+    source_id = fields.get("source_id", fields.get("original_id"))
+    put_text(item, "sourceId", source_id)
+    put_text(item, "originalId", source_id)
+    put_text(item, "sourceStream", fields.get("source_stream"))
+    put_text(item, "group", fields.get("group"))
+    put_text(item, "reason", fields.get("reason"))
+    put_text(item, "orderId", fields.get("order_id"))
+    try:
+        item["order"] = dead_letter_order(dlq_id, fields)
+    except envelope.EnvelopeError as exc:
+        item.update(order=None, error=str(exc), orderReason=exc.reason, rawFields=raw_fields(original_fields(fields)))
+    item["deliveries"] = _int_or_none(fields.get("deliveries"))
+    put_text(item, "lastError", fields.get("error"))
+    put_text(item, "consumer", fields.get("consumer"))
+    put_text(item, "owner", fields.get("owner"))
+    item["firstSeenMs"] = _int_or_none(fields.get("first_seen_ms"))
+    item["deadLetteredMs"] = _int_or_none(fields.get("dead_lettered_ms"))
     return item
 
 

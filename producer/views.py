@@ -376,8 +376,12 @@ async def get_pending(request: web.Request) -> web.Response:
 
 
 async def get_stream_info(request: web.Request) -> web.Response:
-    """GET /stream/info → see :func:`producer.queries.stream_info`."""
-    return web.json_response(await queries.stream_info(request.app[REDIS], request.app[SETTINGS].keys))
+    """GET /stream/info → see :func:`producer.queries.stream_info`; also refreshes the
+    ``orderstream_group_state`` gauge with the states it shows."""
+    settings = request.app[SETTINGS]
+    answer, health = await queries.stream_info(request.app[REDIS], settings.keys, abandoned_after_ms=settings.abandoned_after_ms)
+    request.app[METRICS].show_group_states(health.groups)
+    return web.json_response(answer)
 
 
 async def get_order(request: web.Request) -> web.Response:
@@ -413,7 +417,9 @@ async def get_dead_letters(request: web.Request) -> web.Response:
 
 async def post_redrive_one(request: web.Request) -> web.Response:
     """POST /dead-letters/{dlqId}/redrive → 200 ``{"dlqId", "id", "orderId", "replayed"}``;
-    404 unknown dlqId; 409 unreadable dead letter."""
+    404 unknown dlqId; 409 naming the dlqId when it holds no order that can be appended again
+    (:class:`producer.deadletters.DeadLetterUnreadable`: e.g. a field that is not UTF-8), which
+    leaves it in the dead-letter stream."""
     dlq_id = request.match_info["dlqId"]
     try:
         if not _FULL_ID.fullmatch(dlq_id):
@@ -425,7 +431,7 @@ async def post_redrive_one(request: web.Request) -> web.Response:
     try:
         done = await deadletters.redrive_one(request.app[REDIS], settings.keys, request.app[APPENDER], dlq_id)
     except deadletters.DeadLetterUnreadable as exc:
-        raise ApiError(409, str(exc), {"dlqId": "holds no readable order"}) from None
+        raise ApiError(409, str(exc), {"dlqId": f"holds no order that can be re-driven ({exc.reason}); it stays in place"}) from None
     if done is None:
         raise ApiError(404, f"dead letter {dlq_id} is not in {settings.dlq_stream}", {"dlqId": "not found"})
     if not done.replayed:
@@ -467,8 +473,26 @@ async def readyz(request: web.Request) -> web.Response:
     return web.json_response({"ok": True})
 
 
+#: Longest a /metrics scrape waits for the group states (s): a slow Redis must not hang the scrape.
+GROUP_STATE_TIMEOUT_S = 2.0
+
+
 async def metrics(request: web.Request) -> web.Response:
-    """GET /metrics → Prometheus text format of the app's registry."""
+    """GET /metrics → Prometheus text format of the app's registry.
+
+    The ``orderstream_group_state`` gauge is computed first (:func:`producer.queries.group_health`,
+    at most :data:`GROUP_STATE_TIMEOUT_S`); when Redis cannot tell, its series are left out rather
+    than shown stale, and the rest of the page is served as usual.
+    """
+    settings = request.app[SETTINGS]
+    try:
+        async with asyncio.timeout(GROUP_STATE_TIMEOUT_S):
+            health = await queries.group_health(request.app[REDIS], settings.keys, abandoned_after_ms=settings.abandoned_after_ms)
+    except (RedisError, OSError, TimeoutError) as exc:
+        logger.debug("group states unknown for /metrics: %s", exc)
+        request.app[METRICS].show_group_states(None)
+    else:
+        request.app[METRICS].show_group_states(health.groups)
     response = web.Response(body=render(request.app[REGISTRY]))
     response.headers["Content-Type"] = CONTENT_TYPE_LATEST
     return response

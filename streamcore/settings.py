@@ -13,6 +13,7 @@ from typing import Literal
 from pydantic import Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from streamcore.groups import ABANDONED_AFTER_MS
 from streamcore.keys import Keys
 
 logger = logging.getLogger(__name__)
@@ -42,6 +43,14 @@ class CommonSettings(BaseSettings):
         default=15.0,
         gt=0,
         description="REDIS_SOCKET_TIMEOUT_S: client socket timeout in seconds; must exceed any BLOCK.",
+    )
+    abandoned_after_ms: int = Field(
+        default=ABANDONED_AFTER_MS,
+        ge=1,
+        description=(
+            "ABANDONED_AFTER_MS: a consumer group with pending entries whose consumers have all been quiet this "
+            "long (ms) is reported as abandoned (/stream/info, orderstream_group_state, autoscaler status)."
+        ),
     )
     log_level: str = Field(default="INFO", description="LOG_LEVEL: DEBUG, INFO, WARNING, ERROR.")
     log_format: Literal["text", "json"] = Field(default="text", description="LOG_FORMAT: text or json.")
