@@ -1,4 +1,9 @@
-"""``python -m consumer``: settings from the environment, logging, then the worker until SIGTERM."""
+"""``python -m consumer``: settings from the environment, logging, then the worker until SIGTERM.
+
+``--help`` prints the usage and every environment variable read, and exits 0; a bad value (for
+example ``CONCURRENCY=0`` or ``BLOCK_MS`` not below the socket timeout) exits 2 with one line
+naming the variable, before anything connects or listens.
+"""
 
 from __future__ import annotations
 
@@ -8,10 +13,15 @@ import sys
 from consumer.settings import ConsumerSettings
 from consumer.service import serve
 from streamcore.logs import configure_logging
+from streamcore.settings import settings_from_command_line
 
 
-def main() -> int:
-    settings = ConsumerSettings()
+def main(argv: list[str] | None = None) -> int:
+    """Run one consumer-group worker; returns the exit code (``argv`` without the program name)."""
+    settings, _ = settings_from_command_line(
+        ConsumerSettings, prog="python -m consumer", argv=argv,
+        description="An orderstream consumer: reads the order stream in its consumer group and processes each order.",
+    )
     configure_logging(settings.log_level, settings.log_format)
     settings.log_effective("consumer")
     return asyncio.run(serve(settings))

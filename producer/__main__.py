@@ -1,7 +1,10 @@
 """``python -m producer``: settings from the environment, logging, serve on ``PORT``.
 
-aiohttp's runner handles SIGTERM/SIGINT: it stops accepting, marks readiness false, lets
-in-flight requests finish within ``SHUTDOWN_TIMEOUT_S`` and then closes Redis.
+``--help`` prints the usage and every environment variable read, and exits 0; a bad value exits
+2 with one line naming the variable (:func:`streamcore.settings.settings_from_command_line`),
+before anything connects or listens. aiohttp's runner handles SIGTERM/SIGINT: it stops
+accepting, marks readiness false, lets in-flight requests finish within ``SHUTDOWN_TIMEOUT_S``
+and then closes Redis.
 """
 
 from aiohttp import web
@@ -10,11 +13,15 @@ from prometheus_client import REGISTRY
 from producer.app import create_app
 from producer.settings import ProducerSettings
 from streamcore.logs import configure_logging
+from streamcore.settings import settings_from_command_line
 
 
-def main() -> None:
-    """Run the producer until SIGTERM/SIGINT."""
-    settings = ProducerSettings()
+def main(argv: list[str] | None = None) -> None:
+    """Run the producer until SIGTERM/SIGINT (``argv`` without the program name; default ``sys.argv[1:]``)."""
+    settings, _ = settings_from_command_line(
+        ProducerSettings, prog="python -m producer", argv=argv,
+        description="The orderstream producer: an HTTP API that validates orders and appends them to a Redis stream.",
+    )
     configure_logging(settings.log_level, settings.log_format)
     settings.log_effective("producer")
     app = create_app(settings, registry=REGISTRY)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import logging
 import sys
@@ -12,6 +11,7 @@ from reclaimer.settings import ReclaimerSettings
 from streamcore.connection import create_redis, pool_size
 from streamcore.lifecycle import install_shutdown_handlers
 from streamcore.logs import configure_logging
+from streamcore.settings import settings_from_command_line
 
 logger = logging.getLogger("reclaimer")
 
@@ -38,10 +38,13 @@ async def amain(settings: ReclaimerSettings, loop: bool) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m reclaimer", description=__doc__)
-    parser.add_argument("--loop", action="store_true", help="run a pass every RECLAIM_INTERVAL_SECONDS until SIGTERM")
-    args = parser.parse_args(argv)
-    settings = ReclaimerSettings()
+    """One pass (or ``--loop``); returns the exit code. ``--help`` lists the environment variables
+    and exits 0; a bad value exits 2 with one line naming it, before anything connects."""
+    settings, args = settings_from_command_line(
+        ReclaimerSettings, prog="python -m reclaimer", argv=argv, description=__doc__,
+        flags=lambda p: p.add_argument("--loop", action="store_true",
+                                       help="run a pass every RECLAIM_INTERVAL_SECONDS until SIGTERM"),
+    )
     configure_logging(settings.log_level, settings.log_format)
     settings.log_effective("reclaimer")
     return asyncio.run(amain(settings, args.loop))

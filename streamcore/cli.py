@@ -15,7 +15,12 @@
 
 Ctrl-C or SIGTERM stops everything: the components get SIGTERM and drain (deadline
 ``--grace`` seconds, then SIGKILL), Redis is stopped last so its AOF is complete. A second
-``up`` resumes with the data kept. The stack defaults to ``FAILURE_RATE=0.1`` and
+``up`` resumes with the data kept.
+
+Bad values stop it early: one of its own settings (:class:`UpSettings`, e.g. ``PORT=abc``) exits
+2 with one line naming the variable before anything starts; a component that exits 2 (a bad
+setting of its own, e.g. ``CONCURRENCY=0``) is not restarted — the whole stack stops and ``up``
+exits 2, instead of restarting it forever. The stack defaults to ``FAILURE_RATE=0.1`` and
 ``CLAIM_IDLE_MS=30000`` as the seed did; any variable from the README's table can be set in the
 environment and is passed through.
 
@@ -34,7 +39,30 @@ import signal
 import socket
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from streamcore.settings import EXIT_USAGE, command_parser, load_or_exit
+
+
+class UpSettings(BaseSettings):
+    """What ``orderstream up`` reads itself (flags override them); every other variable is passed
+    through to the components, which check their own."""
+
+    model_config = SettingsConfigDict(frozen=True, extra="ignore", case_sensitive=False)
+
+    consumers: int = Field(default=2, ge=0, description="CONSUMERS: consumer processes (--consumers); the least the local autoscaler keeps.")
+    max_consumers: int = Field(default=6, ge=1, description="MAX_CONSUMERS: most consumers the local autoscaler runs (--max-consumers).")
+    orderstream_data: str = Field(default=".local-data", min_length=1, description="ORDERSTREAM_DATA: where Redis keeps its AOF (--data-dir).")
+    local_redis_port: int = Field(default=6379, ge=1, le=65535, description="LOCAL_REDIS_PORT: port of the local Redis (--redis-port).")
+    consumer_health_port: int = Field(
+        default=8081, ge=0, le=65535,
+        description="CONSUMER_HEALTH_PORT: first consumer's HEALTH_PORT (--consumer-health-port); the next count up; 0: none.")
+    port: int = Field(default=3000, ge=1, le=65535, description="PORT: the producer's HTTP port (also passed to it).")
+    redis_url: str = Field(default="", description="REDIS_URL: use this Redis instead of starting one.")
 
 COLORS = ["36", "33", "32", "35", "34", "31", "96", "93"]
 #: A line another supervisor already prefixed (``consumer-1   | ...``): passed through as it is.
@@ -73,8 +101,12 @@ class Child:
     """One supervised child process with prefixed output."""
 
     def __init__(self, name: str, argv: list[str], env: dict[str, str], color: str, *, restart: bool,
-                 pass_prefixed: bool = False, extra_grace_s: float = 0.0) -> None:
+                 pass_prefixed: bool = False, extra_grace_s: float = 0.0,
+                 on_usage_error: Callable[[], None] | None = None) -> None:
         self.name = name
+        self.on_usage_error = on_usage_error
+        #: True when the process exited 2 (a bad setting or flag) and was not restarted.
+        self.usage_error = False
         self.extra_grace_s = extra_grace_s
         self.pass_prefixed = pass_prefixed
         self.argv = argv
@@ -119,6 +151,13 @@ class Child:
                 self.say(f"stopped (exit {code})")
                 return
             self.say(f"exited with {code}")
+            if code == EXIT_USAGE:
+                # A bad setting or flag (see the line above): a restart would fail the same way.
+                self.usage_error = True
+                self.say("a bad setting or flag (see above); not restarting it, stopping everything")
+                if self.on_usage_error is not None:
+                    self.on_usage_error()
+                return
             if not self.restart:
                 return
             if time.monotonic() - started > 30:
@@ -175,12 +214,22 @@ async def wait_for_redis(port: int, timeout_s: float) -> None:
         await asyncio.sleep(0.1)
 
 
-async def up(args: argparse.Namespace) -> int:
-    """Run the local stack until SIGINT/SIGTERM; returns the exit code."""
+async def up(args: argparse.Namespace, settings: UpSettings | None = None) -> int:
+    """Run the local stack until SIGINT/SIGTERM; returns the exit code (2 when a component
+    exited 2: a bad setting).
+
+    Args:
+        args: the parsed ``up`` flags (``--fixed``; the others are in ``settings``).
+        settings: the validated :class:`UpSettings` (flags applied); read from the environment
+            and ``args`` when None.
+    """
+    if settings is None:
+        settings = load_or_exit(lambda: UpSettings(**_flag_overrides(args)), prog="orderstream up", settings_cls=UpSettings)
+    grace = args.grace if args.grace is not None else DEFAULT_GRACE_S
     env = dict(os.environ)
     env.setdefault("FAILURE_RATE", "0.1")
     env.setdefault("CLAIM_IDLE_MS", "30000")
-    env.setdefault("PORT", "3000")
+    env["PORT"] = str(settings.port)
     env.setdefault("PYTHONUNBUFFERED", "1")
     env.setdefault("RECLAIM_INTERVAL_SECONDS", "10")
     py = sys.executable
@@ -188,20 +237,20 @@ async def up(args: argparse.Namespace) -> int:
     redis_child: Child | None = None
 
     starts_redis = not env.get("REDIS_URL")
-    n_health = args.consumers if args.fixed else max(args.consumers, args.max_consumers)
+    n_health = settings.consumers if args.fixed else max(settings.consumers, settings.max_consumers)
     check_ports(
-        [(int(env["PORT"]), "set PORT to another one")]
-        + ([(args.redis_port, "pass --redis-port (LOCAL_REDIS_PORT) or set REDIS_URL to use that server")] if starts_redis else [])
-        + [(args.consumer_health_port + i, "pass --consumer-health-port (CONSUMER_HEALTH_PORT), or 0 to serve no consumer probes")
-           for i in range(n_health if args.consumer_health_port else 0)]
+        [(settings.port, "set PORT to another one")]
+        + ([(settings.local_redis_port, "pass --redis-port (LOCAL_REDIS_PORT) or set REDIS_URL to use that server")] if starts_redis else [])
+        + [(settings.consumer_health_port + i, "pass --consumer-health-port (CONSUMER_HEALTH_PORT), or 0 to serve no consumer probes")
+           for i in range(n_health if settings.consumer_health_port else 0)]
     )
-    if not args.consumer_health_port:
+    if not settings.consumer_health_port:
         env["HEALTH_PORT"] = "0"
 
     if starts_redis:
-        data = Path(args.data_dir).resolve() / "redis"
+        data = Path(settings.orderstream_data).resolve() / "redis"
         data.mkdir(parents=True, exist_ok=True)
-        port = args.redis_port
+        port = settings.local_redis_port
         argv = [
             redis_binary(), "--port", str(port), "--bind", "127.0.0.1", "--dir", str(data),
             "--appendonly", "yes", "--appendfsync", "everysec", "--save", "", "--daemonize", "no", "--loglevel", "warning",
@@ -213,35 +262,37 @@ async def up(args: argparse.Namespace) -> int:
             await wait_for_redis(port, 15)
         except BaseException:
             # Never leave a Redis behind that the next start would trip over.
-            await redis_child.stop(args.grace)
+            await redis_child.stop(grace)
             await redis_task
             raise
         env["REDIS_URL"] = f"redis://127.0.0.1:{port}/0"
         redis_child.say(f"ready at {env['REDIS_URL']} (AOF in {data})")
 
-    children.append(Child("producer", [py, "-m", "producer"], env, COLORS[1], restart=True))
+    stop = asyncio.Event()
+    children.append(Child("producer", [py, "-m", "producer"], env, COLORS[1], restart=True, on_usage_error=stop.set))
     if args.fixed:
-        for i in range(1, args.consumers + 1):
-            port_i = args.consumer_health_port + i - 1 if args.consumer_health_port else 0
+        for i in range(1, settings.consumers + 1):
+            port_i = settings.consumer_health_port + i - 1 if settings.consumer_health_port else 0
             cenv = dict(env, POD_NAME=f"consumer-{i}", HEALTH_PORT=str(port_i))
-            children.append(Child(f"consumer-{i}", [py, "-m", "consumer"], cenv, COLORS[(1 + i) % len(COLORS)], restart=True))
+            children.append(Child(f"consumer-{i}", [py, "-m", "consumer"], cenv, COLORS[(1 + i) % len(COLORS)], restart=True,
+                                  on_usage_error=stop.set))
     else:
         aenv = dict(
             env,
-            LOCAL_MIN_CONSUMERS=str(args.consumers),
-            LOCAL_MAX_CONSUMERS=str(max(args.consumers, args.max_consumers)),
-            LOCAL_CONSUMER_HEALTH_PORT=str(args.consumer_health_port),
+            LOCAL_MIN_CONSUMERS=str(settings.consumers),
+            LOCAL_MAX_CONSUMERS=str(max(settings.consumers, settings.max_consumers)),
+            LOCAL_CONSUMER_HEALTH_PORT=str(settings.consumer_health_port),
             CONSUMER_COMMAND=shlex.join([py, "-m", "consumer"]),
-            LOCAL_GRACE_SECONDS=str(args.grace),
+            LOCAL_GRACE_SECONDS=str(grace),
         )
         aenv.setdefault("METRICS_PORT", "0")
         # The autoscaler gives each consumer LOCAL_GRACE_SECONDS to drain; give it a margin on top
         # so it is never killed in the middle of stopping its children.
         children.append(Child("autoscaler", [py, "-m", "autoscaler", "--local"], aenv, COLORS[2], restart=True,
-                              pass_prefixed=True, extra_grace_s=10.0))
-    children.append(Child("reclaimer", [py, "-m", "reclaimer", "--loop"], env, COLORS[-1], restart=True))
+                              pass_prefixed=True, extra_grace_s=10.0, on_usage_error=stop.set))
+    children.append(Child("reclaimer", [py, "-m", "reclaimer", "--loop"], env, COLORS[-1], restart=True,
+                          on_usage_error=stop.set))
 
-    stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
@@ -250,38 +301,69 @@ async def up(args: argparse.Namespace) -> int:
     print(f"orderstream is up: POST http://localhost:{env['PORT']}/orders  (Ctrl-C stops everything)", flush=True)
     await stop.wait()
     print("stopping: components drain first, then Redis", flush=True)
-    await asyncio.gather(*(c.stop(args.grace) for c in children))
+    await asyncio.gather(*(c.stop(grace) for c in children))
     await asyncio.gather(*tasks, return_exceptions=True)
     if redis_child is not None:
-        await redis_child.stop(args.grace)
+        await redis_child.stop(grace)
         await redis_task
-    return 0
+    return EXIT_USAGE if any(c.usage_error for c in children) else 0
+
+
+#: ``up`` flag → :class:`UpSettings` field.
+_FLAGS = {"consumers": "consumers", "max_consumers": "max_consumers", "data_dir": "orderstream_data",
+          "redis_port": "local_redis_port", "consumer_health_port": "consumer_health_port"}
+
+#: ``--grace`` when not given (s).
+DEFAULT_GRACE_S = 25.0
+
+
+def _positive_seconds(text: str) -> float:
+    value = float(text)  # argparse turns the ValueError into "invalid ... value" and exit 2
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"must be more than 0 seconds, not {text}")
+    return value
+
+
+def _flag_overrides(args: argparse.Namespace) -> dict[str, object]:
+    return {field: getattr(args, flag) for flag, field in _FLAGS.items() if getattr(args, flag, None) is not None}
 
 
 def build_parser() -> argparse.ArgumentParser:
-    """The ``orderstream`` argument parser."""
+    """The ``orderstream`` argument parser; ``up --help`` lists the variables ``up`` reads.
+
+    Flags have no defaults of their own (None): unset flags leave :class:`UpSettings` (the
+    environment, then its defaults) in charge, and their values are validated there too.
+    """
     parser = argparse.ArgumentParser(prog="orderstream", description=__doc__.split("\n")[0])
     sub = parser.add_subparsers(dest="command", required=True)
-    p_up = sub.add_parser("up", help="run the whole stack locally in the foreground")
-    p_up.add_argument("--consumers", type=int, default=int(os.environ.get("CONSUMERS", "2")),
-                      help="consumer processes (2); the least the local autoscaler keeps")
-    p_up.add_argument("--max-consumers", type=int, default=int(os.environ.get("MAX_CONSUMERS", "6")),
-                      help="most consumers the local autoscaler runs (6)")
+    p_up = sub.add_parser(
+        "up", help="run the whole stack locally in the foreground",
+        description="Run Redis (unless REDIS_URL is set), the producer, the consumers (under the local autoscaler), "
+                    "and the reclaimer in the foreground; Ctrl-C stops everything.",
+        epilog=command_parser("orderstream up", "", UpSettings).epilog + (
+            "\n\nEvery other variable (see the README's configuration table, or python -m <component> --help) is "
+            "passed to the components; a component that exits 2 on a bad value stops the stack with exit 2."),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p_up.add_argument("--consumers", type=int, help="consumer processes (CONSUMERS, 2); the least the local autoscaler keeps")
+    p_up.add_argument("--max-consumers", type=int, help="most consumers the local autoscaler runs (MAX_CONSUMERS, 6)")
     p_up.add_argument("--fixed", action="store_true", help="run exactly --consumers consumers, no autoscaling")
-    p_up.add_argument("--data-dir", default=os.environ.get("ORDERSTREAM_DATA", ".local-data"), help="where Redis keeps its AOF")
-    p_up.add_argument("--redis-port", type=int, default=int(os.environ.get("LOCAL_REDIS_PORT", "6379")), help="port of the local Redis (6379)")
-    p_up.add_argument("--consumer-health-port", type=int, default=int(os.environ.get("CONSUMER_HEALTH_PORT", "8081")),
-                      help="first consumer's HEALTH_PORT (8081); the next ones count up; 0: no consumer probe servers")
-    p_up.add_argument("--grace", type=float, default=25.0, help="seconds each process gets to drain before SIGKILL")
+    p_up.add_argument("--data-dir", help="where Redis keeps its AOF (ORDERSTREAM_DATA, .local-data)")
+    p_up.add_argument("--redis-port", type=int, help="port of the local Redis (LOCAL_REDIS_PORT, 6379)")
+    p_up.add_argument("--consumer-health-port", type=int,
+                      help="first consumer's HEALTH_PORT (CONSUMER_HEALTH_PORT, 8081); the next ones count up; 0: no consumer probe servers")
+    p_up.add_argument("--grace", type=_positive_seconds, help=f"seconds each process gets to drain before SIGKILL ({DEFAULT_GRACE_S:g})")
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Entry point of the ``orderstream`` console script."""
+    """Entry point of the ``orderstream`` console script: exit 0 on ``--help``, 2 on a bad flag
+    or setting (one line on stderr naming it, nothing started)."""
     args = build_parser().parse_args(argv)
     if args.command == "up":
-        return asyncio.run(up(args))
-    return 2
+        settings = load_or_exit(lambda: UpSettings(**_flag_overrides(args)), prog="orderstream up", settings_cls=UpSettings)
+        return asyncio.run(up(args, settings))
+    return EXIT_USAGE
 
 
 if __name__ == "__main__":

@@ -2,16 +2,27 @@
 
 Every component builds one frozen settings object and passes it explicitly. Variable names are
 the upper-case field names (``redis_url`` ← ``REDIS_URL``). The Redis URL may carry a password,
-so it is a :class:`pydantic.SecretStr` and never appears in ``repr`` or in the start-up log.
+so it is a :class:`pydantic.SecretStr` and never appears in ``repr``, in the start-up log or in
+an error message.
+
+Command lines (issue 9, item 9) are built with :func:`command_parser` and
+:func:`load_or_exit`: ``--help`` prints the usage and every environment variable the command
+reads (generated from the settings class: name, default, description) and exits 0; a bad value
+exits 2 with one line on stderr naming the variable — both before anything connects or listens.
 """
 
 from __future__ import annotations
 
+import argparse
 import logging
-from typing import Literal
+import re
+import sys
+import textwrap
+from collections.abc import Callable, Mapping
+from typing import Any, Literal, NoReturn, TypeVar
 
-from pydantic import Field, SecretStr
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic import Field, SecretStr, ValidationError, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict, SettingsError
 
 from streamcore.groups import ABANDONED_AFTER_MS
 from streamcore.keys import Keys
@@ -54,6 +65,15 @@ class CommonSettings(BaseSettings):
     )
     log_level: str = Field(default="INFO", description="LOG_LEVEL: DEBUG, INFO, WARNING, ERROR.")
     log_format: Literal["text", "json"] = Field(default="text", description="LOG_FORMAT: text or json.")
+
+    @field_validator("redis_url")
+    @classmethod
+    def _redis_scheme(cls, value: SecretStr) -> SecretStr:
+        # Checked here so a typo exits 2 at start instead of failing on first use; the message
+        # never repeats the URL (it may hold a password).
+        if not value.get_secret_value().startswith(("redis://", "rediss://", "unix://")):
+            raise ValueError("must start with redis://, rediss:// or unix://")
+        return value
 
     @property
     def keys(self) -> Keys:
@@ -99,3 +119,141 @@ class HandlingSettings(CommonSettings):
     processed_ttl_seconds: int = Field(
         default=7 * 86400, ge=1, description="PROCESSED_TTL_SECONDS: lifetime of processed-order markers (s)."
     )
+
+
+# ---- command lines: --help and bad values ------------------------------------------------------
+
+S = TypeVar("S", bound=BaseSettings)
+T = TypeVar("T")
+
+#: Exit code of a usage or settings error (argparse's too).
+EXIT_USAGE = 2
+
+
+def env_var(name: str) -> str:
+    """The environment variable of a settings field (its upper-case name)."""
+    return name.upper()
+
+
+def _default_text(field: Any) -> str:
+    value = field.get_default(call_default_factory=True)
+    if isinstance(value, SecretStr):
+        value = value.get_secret_value()
+    if value is None or value == "" or value == ():
+        return "unset"
+    return str(value)
+
+
+def env_help(settings_cls: type[BaseSettings], *, width: int = 100) -> str:
+    """An ``environment variables:`` block for ``--help``, generated from ``settings_cls``.
+
+    One entry per field, sorted by variable: ``VAR (default: ...)`` and the field's description
+    (without its leading ``VAR:``). Fields whose description starts with ``--`` are command-line
+    flags (listed by argparse) and are left out.
+    """
+    lines = ["environment variables (names are case-insensitive):"]
+    for name, field in sorted(settings_cls.model_fields.items(), key=lambda item: env_var(item[0])):
+        var = env_var(name)
+        desc = (field.description or "").strip()
+        if desc.startswith("--"):
+            continue
+        if desc.upper().startswith(var + ":"):
+            desc = desc[len(var) + 1:].strip()
+        lines.append(f"  {var} (default: {_default_text(field)})")
+        lines.extend(textwrap.wrap(desc, width=width, initial_indent="      ", subsequent_indent="      "))
+    return "\n".join(lines)
+
+
+def command_parser(prog: str, description: str, settings_cls: type[BaseSettings] | None = None) -> argparse.ArgumentParser:
+    """An argument parser whose ``--help`` also lists ``settings_cls``'s environment variables
+    (:func:`env_help`). argparse prints usage and exits 0 on ``--help``, 2 on an unknown flag."""
+    return argparse.ArgumentParser(
+        prog=prog,
+        description=description,
+        epilog=env_help(settings_cls) if settings_cls is not None else None,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+
+
+def exit_usage(prog: str, message: str) -> NoReturn:
+    """Print ``<prog>: <message>`` as one line on stderr and exit 2."""
+    print(f"{prog}: {' '.join(message.split())}", file=sys.stderr, flush=True)
+    raise SystemExit(EXIT_USAGE)
+
+
+def _secret_fields(settings_cls: type[BaseSettings] | None) -> set[str]:
+    if settings_cls is None:
+        return set()
+    return {name for name, field in settings_cls.model_fields.items() if field.annotation is SecretStr}
+
+
+def describe_errors(exc: ValidationError | SettingsError, settings_cls: type[BaseSettings] | None = None) -> str:
+    """One line naming each bad setting by its environment variable, e.g.
+    ``invalid setting PORT='abc': should be a valid integer``. Secret values are not repeated."""
+    if isinstance(exc, SettingsError):
+        found = re.search(r'field "([^"]+)"', str(exc))
+        var = env_var(found.group(1)) if found else "a setting"
+        cause = f": {exc.__cause__}" if exc.__cause__ else ""
+        return f"invalid setting {var}: cannot parse its value{cause}"
+    secrets = _secret_fields(settings_cls)
+    parts = []
+    for error in exc.errors(include_url=False):
+        msg = re.sub(r"^(Value error|Assertion failed), ", "", error["msg"])
+        msg = re.sub(r"^Input should", "should", msg)
+        loc = [str(p) for p in error["loc"]]
+        if not loc:  # a check across settings: its message names them
+            parts.append(f"invalid settings: {msg}")
+            continue
+        var = env_var(loc[0])
+        value = error.get("input")
+        shown = "" if loc[0] in secrets or isinstance(value, (dict, SecretStr)) else f"={str(value)[:60]!r}"
+        parts.append(f"invalid setting {var}{shown}: {msg}")
+    return "; ".join(parts)
+
+
+def load_or_exit(factory: Callable[[], T], *, prog: str, settings_cls: type[BaseSettings] | None = None) -> T:
+    """Build settings with ``factory`` (e.g. ``ProducerSettings`` or a function reading env vars
+    and flags); on a bad value print one line naming the variable and exit 2.
+
+    Nothing has connected or listened yet when this runs (each ``__main__`` calls it first), so
+    a bad setting never half-starts a process. A :class:`SystemExit` with a message raised by
+    ``factory`` (a cross-setting check) is turned into the same one-line exit 2.
+
+    Raises:
+        SystemExit: code 2 after printing ``<prog>: invalid setting VAR=...: reason`` to stderr.
+    """
+    try:
+        return factory()
+    except (ValidationError, SettingsError) as exc:
+        exit_usage(prog, describe_errors(exc, settings_cls))
+    except SystemExit as exc:
+        if isinstance(exc.code, str):
+            exit_usage(prog, exc.code)
+        raise
+
+
+def settings_from_command_line(settings_cls: type[S], *, prog: str, description: str, argv: list[str] | None = None,
+                               flags: Callable[[argparse.ArgumentParser], None] | None = None,
+                               overrides: Callable[[argparse.Namespace], Mapping[str, Any]] | None = None,
+                               ) -> tuple[S, argparse.Namespace]:
+    """Parse the command line, then build ``settings_cls`` from the environment (exit 0 on
+    ``--help``, 2 on a bad flag or setting; see :func:`load_or_exit`).
+
+    Args:
+        settings_cls: the component's settings class; its variables are listed by ``--help``.
+        prog: the command as typed (``python -m producer``), also the prefix of error lines.
+        description: the first paragraph of ``--help``.
+        argv: arguments without the program name; ``sys.argv[1:]`` when None.
+        flags: adds the command's own flags to the parser.
+        overrides: settings field values taken from the parsed flags (they win over env vars).
+
+    Returns:
+        ``(settings, parsed flags)``.
+    """
+    parser = command_parser(prog, description, settings_cls)
+    if flags is not None:
+        flags(parser)
+    args = parser.parse_args(sys.argv[1:] if argv is None else argv)
+    values = dict(overrides(args)) if overrides is not None else {}
+    settings = load_or_exit(lambda: settings_cls(**values), prog=prog, settings_cls=settings_cls)
+    return settings, args
