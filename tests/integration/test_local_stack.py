@@ -82,7 +82,47 @@ async def wait_processed(session: aiohttp.ClientSession, base: str, order_ids, d
     raise AssertionError(f"not all processed: {states}")
 
 
+async def wait_line(stack: Stack, wanted: re.Pattern, deadline_s: float = 60) -> str:
+    """Poll the stack's output until a line matches ``wanted`` (deadline ``deadline_s`` s)."""
+    deadline = time.monotonic() + deadline_s
+    while time.monotonic() < deadline:
+        for line in stack.lines:
+            if wanted.search(line):
+                return line
+        await asyncio.sleep(0.1)
+    raise AssertionError(f"no line matching {wanted.pattern!r} within {deadline_s}s")
+
+
+async def wait_acked(session: aiohttp.ClientSession, base: str, deadline_s: float = 60) -> dict:
+    """Poll ``/orders/pending`` until the PEL is empty; returns that answer."""
+    deadline = time.monotonic() + deadline_s
+    while time.monotonic() < deadline:
+        async with session.get(f"{base}/orders/pending") as resp:
+            pending = await resp.json()
+        if pending["count"] == 0:
+            return pending
+        await asyncio.sleep(0.1)
+    raise AssertionError(f"entries still pending after {deadline_s}s: {pending}")
+
+
+RECLAIM_PASS = re.compile(r"^reclaimer\s*\| reclaim: claimed=")
+
+
 async def test_seed_scenario_on_the_local_stack_then_resume(tmp_path: Path):
+    """Issue 9 item 10: this failed about one run in ten on a busy machine. Two assertions raced
+    with correct behaviour, so the expectations changed, not the code:
+
+    * the reclaimer (``--loop``) prints its first pass once it has started and run one; the test
+      stopped the stack as soon as the orders were processed (~1-2 s) and then looked for that
+      line, which a reclaimer slow to start had not printed yet (reproduced by delaying the
+      reclaimer's start by 3 s). Now the test waits for the line (with a deadline) before stopping.
+    * an order's processed marker is written by its handler and its XACK follows in a batch up to
+      ``ACK_FLUSH_MS`` later (acks never precede the handler), so "all processed" does not yet mean
+      "PEL empty" (reproduced with ``ACK_FLUSH_MS=1500``). Now the test waits for the PEL to empty.
+
+    And with ``CLAIM_IDLE_MS=2000`` an entry a stalled consumer holds for 2 s is rightly claimed by
+    the reclaimer (or another consumer), which puts the reclaimer's name in the group: allowed.
+    """
     port, redis_port = free_port(), free_port()
     base = f"http://127.0.0.1:{port}"
     stack = Stack(tmp_path / "data", port, redis_port)
@@ -107,15 +147,15 @@ async def test_seed_scenario_on_the_local_stack_then_resume(tmp_path: Path):
             async with session.get(f"{base}/orders/history?count=5") as resp:
                 last5 = await resp.json()
             assert [o["order"]["orderId"] for o in last5["orders"]] == [6, 7, 8, 9, 10]
-            async with session.get(f"{base}/orders/pending") as resp:
-                pending = await resp.json()
+            pending = await wait_acked(session, base)
             assert pending["count"] == 0
             async with session.get(f"{base}/stream/info") as resp:
                 info = await resp.json()
             assert info["length"] == 10
-            group = info["groups"][0]
-            assert (group["name"], group["pending"], group["lag"]) == ("order-processors", 0, 0)
-            assert {c["name"] for c in group["consumers"]} <= {f"consumer-{n}" for n in range(1, 7)}
+            [group] = info["groups"]
+            assert (group["name"], group["pending"], group["lag"], group["state"]) == ("order-processors", 0, 0, "ok")
+            assert {c["name"] for c in group["consumers"]} <= {f"consumer-{n}" for n in range(1, 7)} | {"reclaimer"}
+            await wait_line(stack, RECLAIM_PASS)
         assert stack.stop() == 0
     finally:
         if stack.proc.poll() is None:
@@ -126,7 +166,7 @@ async def test_seed_scenario_on_the_local_stack_then_resume(tmp_path: Path):
     out = stack.lines
     assert any(line.startswith("producer") for line in out)
     assert any(re.match(r"^consumer-\d+\s*\| .*processing order 10 ", line) for line in out)
-    assert any(line.startswith("reclaimer") and "reclaim: claimed=" in line for line in out)
+    assert any(RECLAIM_PASS.search(line) for line in out)
     unprefixed = [line for line in out if not PREFIX.match(line) and not line.startswith(("orderstream is up", "stopping"))]
     assert unprefixed == []
 
