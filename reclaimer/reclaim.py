@@ -85,6 +85,7 @@ class Reclaimer:
         self.metrics = stream_metrics(self.registry)
         self.trim_metrics = trim_metrics(self.registry)
         self._orphan_log: dict[str, RateLimitedLog] = {}
+        self._ahead_log: dict[str, RateLimitedLog] = {}
         self.runner = EntryRunner(r, self.keys, handler or load_handler(settings.handler), scripts=self.scripts,
                                   metrics=self.metrics, component=COMPONENT, max_deliveries=settings.max_deliveries,
                                   failure_rate=settings.failure_rate, processed_ttl_s=settings.processed_ttl_seconds,
@@ -129,6 +130,10 @@ class Reclaimer:
                                  max_step=self.settings.trim_max_step, metrics=self.trim_metrics)
         s.trimmed, s.lost = report.trimmed, report.lost
         s.gone += len(report.gone)
+        for group in report.ahead:
+            self._ahead_log.setdefault(group, RateLimitedLog(logger, ORPHAN_LOG_INTERVAL_S)).log(
+                logging.WARNING, "group %s of %s is positioned past the stream's last entry ID (XGROUP SETID); "
+                "entries added from now on will never be delivered to it", group, self.keys.stream)
         self.metrics.dead_lettered.labels(COMPONENT).inc(claim_dead_lettered)  # the runner counts its own
         self.metrics.gone.labels(COMPONENT).inc(s.gone)
         return s

@@ -40,6 +40,7 @@ from dataclasses import dataclass, field
 
 import redis.asyncio as aioredis
 
+from streamcore.ids import successor
 from streamcore.keys import Keys
 from streamcore.streams import DeadLetterResult, Scripts, dead_letter
 
@@ -112,24 +113,29 @@ class ClaimOutcome:
 
 
 async def iter_pending(r: aioredis.Redis, keys: Keys, *, min_idle_ms: int | None = None, consumer: str | None = None,
-                       page: int = 100, limit: int = 10_000) -> AsyncIterator[PendingEntry]:
+                       page: int = 100, limit: int = 10_000, start: str = "-", end: str = "+") -> AsyncIterator[PendingEntry]:
     """Yield PEL rows from extended ``XPENDING`` (optionally ``IDLE min_idle_ms`` and a consumer filter).
 
-    Pages with an exclusive start ID (``(id``) until a short page or ``limit`` rows.
+    Reads ``page`` rows per call from ``start`` to ``end`` (inclusive IDs, or ``-``/``+``); the
+    next page starts at the ID after the last row (:func:`streamcore.ids.successor`), until a
+    short page, ``limit`` rows, or a row at the largest ID.
 
     Raises:
         redis.exceptions.ResponseError: NOGROUP when the stream or group is missing.
     """
-    start, seen = "-", 0
+    seen = 0
     while seen < limit:
         want = min(page, limit - seen)
-        got = await r.xpending_range(keys.stream, keys.group, start, "+", want, consumername=consumer, idle=min_idle_ms)
+        got = await r.xpending_range(keys.stream, keys.group, start, end, want, consumername=consumer, idle=min_idle_ms)
         for g in got:
             yield PendingEntry(g["message_id"], g["consumer"], int(g["time_since_delivered"]), int(g["times_delivered"]))
         seen += len(got)
         if len(got) < want:
             return
-        start = "(" + got[-1]["message_id"]
+        after = successor(got[-1]["message_id"])
+        if after is None:
+            return
+        start = after
 
 
 async def scan_pending(r: aioredis.Redis, keys: Keys, *, min_idle_ms: int | None = None, consumer: str | None = None,
