@@ -7,8 +7,11 @@ persistence: the figures are about the reclaimer process, not the server):
    ``XREADGROUP`` by a consumer that then "dies" (no ack; :func:`build_pel`), and once idle past
    the back-off ceiling, one pass (``Reclaimer.run_once``, as ``python -m reclaimer`` runs it)
    with ``RECLAIM_LIMIT=--limit`` (100,000) and a no-op handler (``bench.noop:handle``) runs in
-   a child process. Its peak RSS is the child's ``ru_maxrss`` from ``os.wait4`` (the kernel's
-   figure for that process alone, imports included).
+   a child process. Its peak RSS is ``VmHWM`` of ``/proc/self/status``, read by the child as the
+   pass ends: the high-water mark of the process image since ``exec``, imports included. Not
+   ``ru_maxrss`` (``os.wait4``, ``getrusage``): Linux carries into it the RSS the process had
+   before ``exec``, i.e. the parent's, as the fork shares its pages, so a child of a big process
+   (pytest after a long run: 191 MiB) would report the parent's size.
 2. **Throughput** — the same over a ``--throughput-entries`` (100,000) PEL with the limit at the
    PEL size: entries moved per second = entries claimed and acked / seconds of ``run_once``
    (timed inside the child, so interpreter start-up and imports are not counted). Baseline in
@@ -28,7 +31,6 @@ import argparse
 import asyncio
 import json
 import os
-import resource
 import shutil
 import socket
 import subprocess
@@ -132,8 +134,9 @@ def run_child(url: str, stream: str, limit: int, code: Path, *, group: str = GRO
     """One reclaim pass in a child process against the checkout ``code``.
 
     Returns:
-        the child's JSON line (``line``: the summary line, ``claimed``, ``processed``,
-        ``seconds`` of ``run_once``) plus ``peak_rss_mb``, its peak RSS in MiB (``ru_maxrss``).
+        the child's JSON line: ``line`` (the summary line), ``claimed``, ``processed``,
+        ``seconds`` of ``run_once``, ``peak_rss_mb`` (its ``VmHWM`` in MiB, see the module
+        docstring), plus ``ru_maxrss_mb`` (from ``os.wait4``; includes the parent's RSS at fork).
     """
     env = dict(os.environ, PYTHONPATH=str(code), REDIS_URL=url, STREAM_NAME=stream, GROUP_NAME=group,
                DLQ_STREAM=stream + ":dlq", RECLAIM_LIMIT=str(limit), CLAIM_IDLE_MS=str(CLAIM_IDLE_MS),
@@ -146,8 +149,17 @@ def run_child(url: str, stream: str, limit: int, code: Path, *, group: str = GRO
     if proc.returncode != 0:
         raise RuntimeError(f"reclaim child exited {proc.returncode}")
     result = json.loads(out.decode().strip().splitlines()[-1])
-    result["peak_rss_mb"] = usage.ru_maxrss / 1024  # KiB on Linux
+    result["ru_maxrss_mb"] = usage.ru_maxrss / 1024  # KiB on Linux
     return result
+
+
+def peak_rss_mib() -> float:
+    """This process's peak RSS since ``exec`` in MiB: ``VmHWM`` from ``/proc/self/status``."""
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024  # kB
+    raise RuntimeError("no VmHWM in /proc/self/status")
 
 
 def baseline_autoclaim(r, stream: str, page: int = 100) -> dict:
@@ -184,7 +196,7 @@ async def child_pass() -> None:
     finally:
         await r.aclose()
     print(json.dumps({"line": summary.line(), "claimed": summary.claimed, "processed": summary.processed,
-                      "seconds": seconds, "self_peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+                      "seconds": seconds, "peak_rss_mb": peak_rss_mib(),
                       "code": str(Path(reclaimer.__file__).resolve().parents[1])}), flush=True)
 
 
