@@ -5,10 +5,13 @@ Order of work in a pass, and why:
 1. **Back-off claim** (:func:`streamcore.claiming.claim_due`): entries whose back-off has passed
    are XCLAIMed to the reclaimer (one delivery each); those delivered ``MAX_DELIVERIES`` times are
    dead-lettered instead, with their true count. This runs first so the count-blind sweep below
-   finds nothing it would mis-count.
-2. **Sweep** (:func:`streamcore.claiming.autoclaim_sweep`): XAUTOCLAIM from ``0-0`` to cursor
+   finds nothing it would mis-count. The PEL scan reads at most :attr:`Reclaimer.backoff_scan_rows`
+   rows per pass (entries still backing off are skipped, so one pass never reads a huge PEL).
+2. **Sweep** (:func:`streamcore.claiming.iter_autoclaim`): XAUTOCLAIM from ``0-0`` to cursor
    ``0-0`` at the back-off ceiling (16 x ``CLAIM_IDLE_MS`` + jitter): orphans of any count, and the
-   deleted-ID list (entries whose data is gone), which is acked and counted (C01, C02).
+   deleted-ID list (entries whose data is gone), which is acked and counted (C01, C02). An entry
+   the sweep took at more than ``MAX_DELIVERIES`` deliveries is dead-lettered with its count
+   before the sweep's own delivery.
 3. **Handling**: every claimed order runs through the same handler as the consumers (``HANDLER``),
    with leases renewed while it runs. Success: batched XACK. Failure: stays pending (next pass
    retries after the back-off), or dead-lettered when this was delivery ``MAX_DELIVERIES``.
@@ -18,8 +21,16 @@ Order of work in a pass, and why:
    pending entry; dead consumers with pending entries keep them until steps 1-3 empty them (C07, C08).
 5. **Trimming and loss detection** (:func:`streamcore.trimming.trim_pass`, C15, C16).
 
+**Pages.** Steps 1-3 run a page at a time: claim ``RECLAIM_PAGE_SIZE`` entries (step 1's
+``claim_due`` limit, resuming its PEL scan where the last page stopped; then step 2's XAUTOCLAIM
+COUNT), handle them, ack them, drop them, then claim the next page. So the pass holds one page of
+entries (and reads their delivery counts per page), and its memory does not grow with
+``RECLAIM_LIMIT``; an entry is never claimed long before it is handled. ``RECLAIM_LIMIT`` counts
+every entry claimed by steps 1 and 2 together and is honoured exactly: the last page asks only
+for what is left; everything else stays pending for the next pass.
+
 The pass prints one line: ``reclaim: claimed=N processed=N failed=N dead_lettered=N gone=N
-consumers_removed=N trimmed=N lost=N``.
+consumers_removed=N trimmed=N lost=N`` (see :class:`Summary` for what each counts).
 """
 
 from __future__ import annotations
@@ -28,14 +39,15 @@ import asyncio
 import logging
 import time
 from collections.abc import Awaitable, Callable
+from contextlib import aclosing
 from dataclasses import dataclass, fields
 
 import redis.asyncio as aioredis
 from prometheus_client import CollectorRegistry
 
 from reclaimer.settings import ReclaimerSettings
-from streamcore.claiming import (ClaimedEntry, ClaimScripts, autoclaim_sweep, ceiling_ms, claim_due,
-                                 dead_letter_pending, delete_consumer_if_dead, renew_leases)
+from streamcore.claiming import (ClaimedEntry, ClaimScripts, ceiling_ms, claim_due, dead_letter_pending,
+                                 delete_consumer_if_dead, iter_autoclaim, renew_leases)
 from streamcore.envelope import Envelope
 from streamcore.handling import DEAD_LETTERED, GONE, OK, EntryRunner, HandlerContext, load_handler
 from streamcore.metrics import stream_metrics
@@ -53,7 +65,19 @@ COMPONENT = "reclaimer"
 
 @dataclass
 class Summary:
-    """Counts of one pass (entries unless named otherwise)."""
+    """Counts of one pass (entries unless named otherwise).
+
+    Attributes:
+        claimed: taken over with XCLAIM (step 1) or XAUTOCLAIM (step 2), each a delivery; at most
+            ``RECLAIM_LIMIT``. All of them are handled, except those the sweep found past
+            ``MAX_DELIVERIES``, which are dead-lettered at once.
+        processed: handled successfully (and acked).
+        failed: handler failures (left pending, or dead-lettered on the last delivery).
+        dead_lettered: moved to the dead-letter stream by any step.
+        gone: pending entries whose data was deleted or trimmed (acked).
+        consumers_removed: dead consumers deleted (step 4).
+        trimmed, lost: from :func:`streamcore.trimming.trim_pass`.
+    """
 
     claimed: int = 0
     processed: int = 0
@@ -85,6 +109,9 @@ class Reclaimer:
         self.metrics = stream_metrics(self.registry)
         self.trim_metrics = trim_metrics(self.registry)
         self._orphan_log: dict[str, RateLimitedLog] = {}
+        self._ahead_log: dict[str, RateLimitedLog] = {}
+        #: Most PEL rows step 1 reads per pass (``claim_due``'s ``scan_limit``, spread over pages).
+        self.backoff_scan_rows = 10_000
         self.runner = EntryRunner(r, self.keys, handler or load_handler(settings.handler), scripts=self.scripts,
                                   metrics=self.metrics, component=COMPONENT, max_deliveries=settings.max_deliveries,
                                   failure_rate=settings.failure_rate, processed_ttl_s=settings.processed_ttl_seconds,
@@ -101,41 +128,74 @@ class Reclaimer:
             logger.info("stream %s does not exist yet; nothing to reclaim", self.keys.stream)
             return s
         await ensure_group(self.r, self.keys, "0")
-        base = self.settings.claim_idle_ms
-        due = await claim_due(self.r, self.keys, self.name, scripts=self.scripts, base_ms=base,
-                              max_deliveries=self.settings.max_deliveries, limit=self.settings.reclaim_limit,
-                              component=COMPONENT)
-        swept = await autoclaim_sweep(self.r, self.keys, self.name, min_idle_ms=ceiling_ms(base),
-                                      limit=max(self.settings.reclaim_limit - len(due.claimed), 1), component=COMPONENT)
-        s.dead_lettered += len(due.dead_lettered)
-        s.gone += len(due.gone) + len(swept.gone)
-        work = list(due.claimed)
-        for entry in swept.claimed:
-            if entry.deliveries > self.settings.max_deliveries:
-                # The sweep cannot filter by count; it added a delivery no handler will see.
-                res = await dead_letter_pending(self.r, self.keys, entry.entry_id, scripts=self.scripts, consumer=self.name,
-                                        deliveries=entry.deliveries - 1,
-                                        error=f"gave up after {entry.deliveries - 1} deliveries")
-                s.dead_lettered += res.status == "dead_lettered"
-                s.gone += res.status == "gone"
-            else:
-                work.append(entry)
-        claim_dead_lettered = s.dead_lettered
-        s.claimed = len(work)
-        self.metrics.claimed.labels(COMPONENT).inc(s.claimed)
-        await self._handle_all(work, s)
+        claim_dead_lettered = await self._claim_backoff(s)
+        claim_dead_lettered += await self._sweep(s, self.settings.reclaim_limit - s.claimed)
         s.consumers_removed = await self._remove_dead_consumers()
         report = await trim_pass(self.r, self.keys, maxlen=self.settings.stream_maxlen,
                                  max_step=self.settings.trim_max_step, metrics=self.trim_metrics)
         s.trimmed, s.lost = report.trimmed, report.lost
         s.gone += len(report.gone)
+        for group in report.ahead:
+            self._ahead_log.setdefault(group, RateLimitedLog(logger, ORPHAN_LOG_INTERVAL_S)).log(
+                logging.WARNING, "group %s of %s is positioned past the stream's last entry ID (XGROUP SETID); "
+                "entries added from now on will never be delivered to it", group, self.keys.stream)
         self.metrics.dead_lettered.labels(COMPONENT).inc(claim_dead_lettered)  # the runner counts its own
         self.metrics.gone.labels(COMPONENT).inc(s.gone)
         return s
 
-    async def _handle_all(self, work: list[ClaimedEntry], s: Summary) -> None:
+    async def _claim_backoff(self, s: Summary) -> int:
+        """Step 1, a page at a time: ``claim_due`` resumes its PEL scan where the previous page
+        stopped, until the limit, the end of the PEL or :attr:`backoff_scan_rows` rows.
+        Returns how many entries it dead-lettered."""
+        dead_lettered, scanned, start = 0, 0, "-"
+        limit, page = self.settings.reclaim_limit, self.settings.reclaim_page_size
+        while s.claimed < limit and start is not None and scanned < self.backoff_scan_rows:
+            due = await claim_due(self.r, self.keys, self.name, scripts=self.scripts, base_ms=self.settings.claim_idle_ms,
+                                  max_deliveries=self.settings.max_deliveries, limit=min(page, limit - s.claimed),
+                                  scan_limit=self.backoff_scan_rows - scanned, component=COMPONENT, start=start)
+            scanned += due.scanned
+            start = due.resume
+            dead_lettered += len(due.dead_lettered)
+            s.dead_lettered += len(due.dead_lettered)
+            s.gone += len(due.gone)
+            await self._handle_page(due.claimed, s)
+        return dead_lettered
+
+    async def _sweep(self, s: Summary, left: int) -> int:
+        """Step 2, a page at a time: each XAUTOCLAIM page is handled and acked before the next
+        is claimed; at most ``left`` entries. Returns how many entries it dead-lettered."""
+        if left <= 0:
+            return 0
+        dead_lettered = 0
+        pages = iter_autoclaim(self.r, self.keys, self.name, min_idle_ms=ceiling_ms(self.settings.claim_idle_ms),
+                               count=self.settings.reclaim_page_size, limit=left, component=COMPONENT)
+        async with aclosing(pages):
+            async for page in pages:
+                s.gone += len(page.gone)
+                work: list[ClaimedEntry] = []
+                for entry in page.claimed:
+                    if entry.deliveries <= self.settings.max_deliveries:
+                        work.append(entry)
+                        continue
+                    # The sweep cannot filter by count; it added a delivery no handler will see.
+                    s.claimed += 1
+                    self.metrics.claimed.labels(COMPONENT).inc()
+                    res = await dead_letter_pending(self.r, self.keys, entry.entry_id, scripts=self.scripts,
+                                                    consumer=self.name, deliveries=entry.deliveries - 1,
+                                                    error=f"gave up after {entry.deliveries - 1} deliveries")
+                    dead_lettered += res.status == "dead_lettered"
+                    s.dead_lettered += res.status == "dead_lettered"
+                    s.gone += res.status == "gone"
+                await self._handle_page(work, s)
+        return dead_lettered
+
+    async def _handle_page(self, work: list[ClaimedEntry], s: Summary) -> None:
+        """Count ``work`` as claimed, run it through the handler (``CONCURRENCY`` at a time, leases
+        renewed meanwhile) and XACK what succeeded or was gone, in one call."""
         if not work:
             return
+        s.claimed += len(work)
+        self.metrics.claimed.labels(COMPONENT).inc(len(work))
         sem = asyncio.Semaphore(self.settings.concurrency)
         in_flight = {e.entry_id for e in work}
         acks: list[str] = []

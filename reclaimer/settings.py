@@ -13,5 +13,6 @@ class ReclaimerSettings(HandlingSettings):
     reclaimer_name: str = Field(default="reclaimer", min_length=1, description="RECLAIMER_NAME: the consumer name the reclaimer claims under.")
     consumer_inactive_ttl_ms: int = Field(default=3_600_000, ge=0, description="CONSUMER_INACTIVE_TTL_MS: quiet time (ms) after which a consumer without heartbeat and pending entries is deleted.")
     reclaim_interval_seconds: float = Field(default=5.0, gt=0, description="RECLAIM_INTERVAL_SECONDS: pause between passes with --loop (s).")
-    reclaim_limit: int = Field(default=1000, ge=1, description="RECLAIM_LIMIT: most entries claimed and handled in one pass.")
+    reclaim_limit: int = Field(default=1000, ge=1, description="RECLAIM_LIMIT: most entries claimed in one pass (XCLAIM and XAUTOCLAIM together), exactly; the rest stays pending for the next pass.")
+    reclaim_page_size: int = Field(default=100, ge=1, le=10_000, description="RECLAIM_PAGE_SIZE: entries claimed, handled and acked at a time (claim_due limit, XAUTOCLAIM COUNT); a pass holds one page in memory whatever RECLAIM_LIMIT is.")
     trim_max_step: int = Field(default=10_000, ge=1, description="TRIM_MAX_STEP: most entries removed by retention in one pass.")

@@ -23,11 +23,21 @@ idle time (``XPENDING`` ``time_since_delivered``, ms) reaches ``base_ms * 2**(d-
   (Redis >= 7.0 drops deleted entries from the PEL on XCLAIM) it is counted as *gone* and XACKed
   to be sure; otherwise someone else won the race.
 
-:func:`autoclaim_sweep` follows the ``XAUTOCLAIM`` cursor to ``0-0`` at one min-idle (the reclaimer
+:func:`iter_autoclaim` follows the ``XAUTOCLAIM`` cursor to ``0-0`` at one min-idle (the reclaimer
 uses the back-off ceiling, where every entry is due whatever its count) and collects the deleted-ID
 list (reply element 3, Redis >= 7.0). redis-py 8.1's ``xautoclaim`` keeps that list for the
 non-JUSTID form (``parse_xautoclaim`` only drops the cursor when ``justid=True``), so the sweep
 uses the non-JUSTID form, which also matches its meaning: what it claims is handed to a handler.
+
+**Paging and memory.** The paging helpers read the PEL a page at a time and never hold more
+than one page: :func:`iter_pending` pages ``XPENDING``; :func:`iter_autoclaim` yields one ``XAUTOCLAIM``
+page at a time, with ``COUNT`` cut to what is left of its limit (so the limit is exact), and
+reads the page's delivery counts with one ``XPENDING`` over the page's ID range; and
+:func:`claim_due` resumes a scan where the previous call stopped (``start`` /
+:attr:`ClaimOutcome.resume`). A caller that handles and acks each page before asking for the next
+(the reclaimer) holds one page of entries whatever its total limit. The ID after the last row of
+a page is :func:`streamcore.ids.successor` (an inclusive start), never ``"(" + id``, which Redis
+refuses for the largest ID.
 """
 
 from __future__ import annotations
@@ -40,6 +50,7 @@ from dataclasses import dataclass, field
 
 import redis.asyncio as aioredis
 
+from streamcore.ids import successor
 from streamcore.keys import Keys
 from streamcore.streams import DeadLetterResult, Scripts, dead_letter
 
@@ -97,12 +108,20 @@ class ClaimedEntry:
 
 @dataclass
 class ClaimOutcome:
-    """What one claiming call did (lists of entry IDs, in PEL order)."""
+    """What one claiming call did (lists of entry IDs, in PEL order).
+
+    Attributes:
+        scanned: PEL rows :func:`claim_due` read (``XPENDING``).
+        resume: where :func:`claim_due`'s scan can go on (an inclusive start ID for its
+            ``start``), or None when it reached the end of the PEL.
+    """
 
     claimed: list[ClaimedEntry] = field(default_factory=list)
     dead_lettered: list[str] = field(default_factory=list)
     gone: list[str] = field(default_factory=list)
     lost_race: list[str] = field(default_factory=list)
+    scanned: int = 0
+    resume: str | None = None
 
     def merge(self, other: ClaimOutcome) -> None:
         self.claimed += other.claimed
@@ -112,24 +131,29 @@ class ClaimOutcome:
 
 
 async def iter_pending(r: aioredis.Redis, keys: Keys, *, min_idle_ms: int | None = None, consumer: str | None = None,
-                       page: int = 100, limit: int = 10_000) -> AsyncIterator[PendingEntry]:
+                       page: int = 100, limit: int = 10_000, start: str = "-", end: str = "+") -> AsyncIterator[PendingEntry]:
     """Yield PEL rows from extended ``XPENDING`` (optionally ``IDLE min_idle_ms`` and a consumer filter).
 
-    Pages with an exclusive start ID (``(id``) until a short page or ``limit`` rows.
+    Reads ``page`` rows per call from ``start`` to ``end`` (inclusive IDs, or ``-``/``+``); the
+    next page starts at the ID after the last row (:func:`streamcore.ids.successor`), until a
+    short page, ``limit`` rows, or a row at the largest ID.
 
     Raises:
         redis.exceptions.ResponseError: NOGROUP when the stream or group is missing.
     """
-    start, seen = "-", 0
+    seen = 0
     while seen < limit:
         want = min(page, limit - seen)
-        got = await r.xpending_range(keys.stream, keys.group, start, "+", want, consumername=consumer, idle=min_idle_ms)
+        got = await r.xpending_range(keys.stream, keys.group, start, end, want, consumername=consumer, idle=min_idle_ms)
         for g in got:
             yield PendingEntry(g["message_id"], g["consumer"], int(g["time_since_delivered"]), int(g["times_delivered"]))
         seen += len(got)
         if len(got) < want:
             return
-        start = "(" + got[-1]["message_id"]
+        after = successor(got[-1]["message_id"])
+        if after is None:
+            return
+        start = after
 
 
 async def scan_pending(r: aioredis.Redis, keys: Keys, *, min_idle_ms: int | None = None, consumer: str | None = None,
@@ -172,7 +196,7 @@ async def _split_missing(r: aioredis.Redis, keys: Keys, missing: list[str]) -> t
 
 async def claim_due(r: aioredis.Redis, keys: Keys, consumer: str, *, scripts: Scripts, base_ms: int,
                     max_deliveries: int, limit: int = 100, scan_limit: int = 10_000, exclude: Collection[str] = (), component: str = "consumer",
-                    rand: Callable[[], float] = random.random, delete_source: bool = False) -> ClaimOutcome:
+                    rand: Callable[[], float] = random.random, delete_source: bool = False, start: str = "-") -> ClaimOutcome:
     """Claim the pending entries whose back-off has passed, dead-letter those at the limit.
 
     Args:
@@ -184,23 +208,27 @@ async def claim_due(r: aioredis.Redis, keys: Keys, consumer: str, *, scripts: Sc
             skipped, so the scan goes on past them).
         exclude: entry IDs the caller is handling right now (never claimed from under itself).
         delete_source: dead-lettering also XDELs the entry (``DEAD_LETTER_XDEL``).
+        start: where the PEL scan begins (inclusive ID); pass the previous call's
+            :attr:`ClaimOutcome.resume` to go on page by page without reading the same rows again.
 
     Returns:
         claimed entries with data and new delivery count (old + 1), dead-lettered IDs, gone IDs
-        (acked, logged) and IDs another claimer won.
+        (acked, logged), IDs another claimer won, the rows scanned and where to resume (None:
+        the scan reached the end of the PEL).
 
     Raises:
         redis.exceptions.RedisError: NOGROUP, connection errors.
     """
-    out = ClaimOutcome()
+    out = ClaimOutcome(resume=start)
     if limit <= 0:
         return out
     due: list[PendingEntry] = []
     excluded = set(exclude)
-    async with aclosing(iter_pending(r, keys, min_idle_ms=base_ms, limit=scan_limit)) as rows:
+    last_row: str | None = None
+    async with aclosing(iter_pending(r, keys, min_idle_ms=base_ms, limit=scan_limit, start=start)) as rows:
         async for row in rows:
-            if len(due) >= limit:
-                break
+            out.scanned += 1
+            last_row = row.entry_id
             if row.entry_id in excluded or row.idle_ms < backoff_ms(row.deliveries, base_ms, rand=rand):
                 continue
             if row.deliveries >= max_deliveries:
@@ -217,6 +245,10 @@ async def claim_due(r: aioredis.Redis, keys: Keys, consumer: str, *, scripts: Sc
                     out.gone.append(row.entry_id)
                 continue
             due.append(row)
+            if len(due) >= limit:  # stop here: reading on would fetch a page we do not use
+                break
+    more = len(due) >= limit or out.scanned >= scan_limit
+    out.resume = successor(last_row) if more and last_row is not None else None
     if not due:
         if out.gone:
             logger.warning("%s: entries gone while dead-lettering: %s", component, ", ".join(out.gone))
@@ -235,37 +267,76 @@ async def claim_due(r: aioredis.Redis, keys: Keys, consumer: str, *, scripts: Sc
     return out
 
 
+async def _delivery_counts(r: aioredis.Redis, keys: Keys, consumer: str, entry_ids: list[str]) -> dict[str, int]:
+    """Delivery counts of ``entry_ids`` (ascending, owned by ``consumer``) from ``XPENDING`` over
+    ``entry_ids[0]..entry_ids[-1]`` with the consumer filter: one call, unless the range also holds
+    more than a page of the consumer's other entries, which are skipped."""
+    wanted = set(entry_ids)
+    counts: dict[str, int] = {}
+    async with aclosing(iter_pending(r, keys, consumer=consumer, start=entry_ids[0], end=entry_ids[-1],
+                                     page=max(len(wanted), 10), limit=2**62)) as rows:
+        async for row in rows:
+            if row.entry_id in wanted:
+                counts[row.entry_id] = row.deliveries
+                if len(counts) == len(wanted):
+                    break
+    return counts
+
+
+async def iter_autoclaim(r: aioredis.Redis, keys: Keys, consumer: str, *, min_idle_ms: int, count: int = 100,
+                         limit: int = 10_000, component: str = "reclaimer") -> AsyncIterator[ClaimOutcome]:
+    """``XAUTOCLAIM`` from ``0-0`` following the cursor until it returns ``0-0`` or ``limit`` entries
+    were claimed, yielding one :class:`ClaimOutcome` per page (``claimed`` and ``gone``).
+
+    Each call asks for ``COUNT min(count, limit - claimed so far)``, so exactly ``limit`` entries
+    are claimed when that many are due, never more. Every claimed entry's delivery count goes up
+    by 1 (non-JUSTID form). The deleted IDs of each reply (element 3) are XACKed to be sure and
+    reported as gone. Delivery counts are read per page with one ``XPENDING`` over the page's ID
+    range (XAUTOCLAIM does not return them). The next page is claimed only when the caller asks
+    for it, so a caller that handles each page first holds one page at a time.
+
+    Raises:
+        redis.exceptions.RedisError: NOGROUP, connection errors.
+    """
+    cursor = "0-0"
+    left = limit
+    while left > 0:
+        reply = await r.xautoclaim(keys.stream, keys.group, consumer, min_idle_ms, cursor, count=min(count, left))
+        cursor, entries = reply[0], reply[1]
+        page = ClaimOutcome()
+        page.gone = list(reply[2]) if len(reply) > 2 else []
+        claimed = []
+        for entry_id, fields in entries:
+            if fields:
+                claimed.append((entry_id, fields))
+            else:  # defensive: a nil body means the data is gone
+                page.gone.append(entry_id)
+        if page.gone:
+            await ack_gone(r, keys, page.gone, component=component)
+        if claimed:
+            # XAUTOCLAIM walks the PEL in ID order, so the page is sorted.
+            counts = await _delivery_counts(r, keys, consumer, [i for i, _ in claimed])
+            page.claimed = [ClaimedEntry(i, f, counts.get(i, 1)) for i, f in claimed]
+            left -= len(claimed)
+        if page.claimed or page.gone:
+            yield page
+        if cursor == "0-0":
+            return
+
+
 async def autoclaim_sweep(r: aioredis.Redis, keys: Keys, consumer: str, *, min_idle_ms: int, count: int = 100,
                           limit: int = 10_000, component: str = "reclaimer") -> ClaimOutcome:
-    """``XAUTOCLAIM`` from ``0-0`` following the cursor until it returns ``0-0`` (or ``limit`` claims).
-
-    Every claimed entry's delivery count goes up by 1 (non-JUSTID form); the deleted IDs of each
-    reply (element 3) are XACKed to be sure and reported as gone. Delivery counts are read back
-    with ``XPENDING`` (consumer filter) because XAUTOCLAIM does not return them.
+    """:func:`iter_autoclaim` collected into one :class:`ClaimOutcome` (at most ``limit`` claimed;
+    holds them all: callers with a large limit iterate the pages instead).
 
     Raises:
         redis.exceptions.RedisError: NOGROUP, connection errors.
     """
     out = ClaimOutcome()
-    cursor = "0-0"
-    claimed: list[tuple[str, dict[str, str]]] = []
-    while True:
-        reply = await r.xautoclaim(keys.stream, keys.group, consumer, min_idle_ms, cursor, count=count)
-        cursor, entries = reply[0], reply[1]
-        deleted = list(reply[2]) if len(reply) > 2 else []
-        for entry_id, fields in entries:
-            if fields:
-                claimed.append((entry_id, fields))
-            else:  # defensive: a nil body means the data is gone
-                deleted.append(entry_id)
-        if deleted:
-            await ack_gone(r, keys, deleted, component=component)
-            out.gone += deleted
-        if cursor == "0-0" or len(claimed) >= limit:
-            break
-    if claimed:
-        counts = {p.entry_id: p.deliveries for p in await scan_pending(r, keys, consumer=consumer, limit=100_000)}
-        out.claimed = [ClaimedEntry(i, f, counts.get(i, 1)) for i, f in claimed]
+    async with aclosing(iter_autoclaim(r, keys, consumer, min_idle_ms=min_idle_ms, count=count, limit=limit,
+                                       component=component)) as pages:
+        async for page in pages:
+            out.merge(page)
     return out
 
 

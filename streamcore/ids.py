@@ -11,6 +11,10 @@ from __future__ import annotations
 import re
 
 U64_MAX = 2**64 - 1
+#: The largest entry ID. Nothing comes after it: ``XGROUP SETID`` accepts it (a group put there
+#: will never be delivered another entry), ``XADD`` with it exhausts the stream, and an exclusive
+#: start ``(`` + it is refused by XRANGE/XPENDING ("invalid start ID for the interval").
+MAX_ID = f"{U64_MAX}-{U64_MAX}"
 # ASCII digits and fullmatch: ``\d`` matches every Unicode digit and ``$`` also matches before a
 # final newline, so "\u0661" and "5\n" passed here and Redis refused them (a 503, not a 400).
 _ID = re.compile(r"([0-9]{1,20})(?:-([0-9]{1,20}))?")
@@ -78,14 +82,31 @@ def next_id(entry_id: str) -> str:
     """The smallest ID strictly greater than ``entry_id`` (for paging and ``MINID``).
 
     Raises:
-        InvalidStreamId: ``entry_id`` is malformed or the largest ID.
+        InvalidStreamId: ``entry_id`` is malformed or the largest ID (:data:`MAX_ID`); code
+        that handles IDs from Redis uses :func:`successor`, which answers None there instead.
+    """
+    after = successor(entry_id)
+    if after is None:
+        raise InvalidStreamId("nothing comes after the largest ID")
+    return after
+
+
+def successor(entry_id: str) -> str | None:
+    """The smallest ID strictly greater than ``entry_id``, or None when it is :data:`MAX_ID`.
+
+    For IDs read from Redis (a group's ``last-delivered-id``, the last row of a page): use the
+    result as an inclusive start instead of ``"(" + entry_id``, which Redis refuses for the
+    largest ID, and treat None as "nothing can come after it".
+
+    Raises:
+        InvalidStreamId: ``entry_id`` is malformed.
     """
     ms, seq = parse_id(entry_id)
     if seq < U64_MAX:
         return format_id(ms, seq + 1)
     if ms < U64_MAX:
         return format_id(ms + 1, 0)
-    raise InvalidStreamId("nothing comes after the largest ID")
+    return None
 
 
 def compare(a: str, b: str) -> int:

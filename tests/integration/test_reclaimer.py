@@ -6,11 +6,23 @@ import asyncio
 import os
 import signal
 import sys
+import time
 
+from streamcore import envelope
+from streamcore.claiming import autoclaim_sweep, ceiling_ms
+from streamcore.ids import next_id
 from streamcore.streams import ensure_group
 from tests.handlers import applied_key
-from tests.integration.consumer_support import HANDLER, ROOT, keys_for, pending_rows, post, wait_idle
+from tests.integration.consumer_support import (HANDLER, ROOT, keys_for, pending_ids, pending_rows, post, reclaimer_for,
+                                                wait_for, wait_idle)
 from tests.servers import free_port
+
+#: The largest entry ID (spelled out: older code has no name for it).
+MAX_ID = "18446744073709551615-18446744073709551615"
+
+
+def sample(registry, name: str) -> float | None:
+    return registry.get_sample_value(name, {"component": "reclaimer"})
 
 
 async def run_reclaimer(env: dict[str, str], *args: str) -> tuple[int, str, str]:
@@ -66,3 +78,151 @@ async def test_loop_mode_runs_passes_until_sigterm(redis_url, names):
             await proc.wait()
     assert [line.decode().split(":")[0] for line in lines] == ["reclaim"] * 3
     assert code == 0
+
+
+# --- issue 9 item 5: the largest ID, an exact RECLAIM_LIMIT, memory bounded by the page ---
+
+def _order(i: int) -> dict[str, str]:
+    return envelope.encode({"orderId": i, "product": "Laptop", "quantity": 2, "userId": 42})
+
+
+async def dead_consumer_pel(r, keys, n: int, *, consumer: str = "pod-gone", ids: list[str] | None = None) -> list[str]:
+    """XADD ``n`` orders (pipelined; with the given ``ids`` when set) and read them all as
+    ``consumer``, which never acks: a dead consumer's PEL. Returns the entry IDs."""
+    await ensure_group(r, keys)
+    added: list[str] = []
+    for start in range(0, n, 500):
+        async with r.pipeline(transaction=False) as pipe:
+            for i in range(start, min(n, start + 500)):
+                pipe.xadd(keys.stream, _order(i), id=ids[i] if ids else "*")
+            added += await pipe.execute()
+    while (got := await r.xreadgroup(keys.group, consumer, {keys.stream: ">"}, count=1000)) and got[0][1]:
+        pass
+    assert (await r.xpending(keys.stream, keys.group))["pending"] == n
+    return added
+
+
+async def wait_all_idle(r, keys, last_id: str, ms: int) -> None:
+    """Wait until the newest pending entry (so every one) has been idle ``ms``."""
+    async def check():
+        return await r.xpending_range(keys.stream, keys.group, last_id, last_id, 1, idle=ms)
+    await wait_for(check, what=f"PEL idle {ms}ms")
+
+
+async def owners(r, keys) -> dict[str, int]:
+    """consumer -> pending entries (XPENDING summary)."""
+    summary = await r.xpending(keys.stream, keys.group)
+    return {c["name"]: int(c["pending"]) for c in summary["consumers"] or []}
+
+
+async def test_group_at_the_largest_id_is_a_pass_like_any_other(r, redis_url, names):
+    keys = keys_for(names)
+    await ensure_group(r, keys)
+    ids = [await post(r, keys, i) for i in range(3)]
+    await r.xreadgroup(keys.group, "pod-gone", {keys.stream: ">"}, count=2)
+    await r.xgroup_setid(keys.stream, keys.group, MAX_ID)  # an operator skipping everything
+    await wait_idle(r, keys, 250, 2)
+    code, out, err = await run_reclaimer({"REDIS_URL": redis_url, "CLAIM_IDLE_MS": "200", "STREAM_MAXLEN": "1",
+                                          "CONSUMER_INACTIVE_TTL_MS": "0", **names.env()})
+    assert code == 0, err
+    assert out.splitlines() == ["reclaim: claimed=2 processed=2 failed=0 dead_lettered=0 gone=0 consumers_removed=1 "
+                                "trimmed=0 lost=0"]
+    assert [await r.get(applied_key(keys.stream, i)) for i in range(3)] == ["1", "1", None]
+    # Retention (1 entry) decides the floor: the group at the largest ID needs nothing.
+    assert await r.get(keys.trim_floor) == ids[2]
+    assert "will never be delivered" in err and keys.group in err
+
+
+async def test_group_at_the_largest_id_on_an_empty_stream_never_trims_new_orders(r, redis_url, names):
+    keys = keys_for(names)
+    await ensure_group(r, keys)
+    for i in range(2):
+        await post(r, keys, i)
+    await r.xgroup_setid(keys.stream, keys.group, MAX_ID)
+    await r.xtrim(keys.stream, maxlen=0, approximate=False)
+    last_generated = (await r.xinfo_stream(keys.stream))["last-generated-id"]
+    code, out, err = await run_reclaimer({"REDIS_URL": redis_url, **names.env()})
+    assert code == 0, err
+    # The largest ID as a floor would make every XADD MINID ~ floor drop the order it adds.
+    assert await r.get(keys.trim_floor) == next_id(last_generated)
+    new = await post(r, keys, 2)
+    assert [e[0] for e in await r.xrange(keys.stream)] == [new]
+
+
+async def test_pending_entry_at_the_largest_id_ends_the_scan_instead_of_failing(r, names):
+    keys = keys_for(names)
+    ms = int(time.time() * 1000)
+    # 99 ordinary entries and one at the largest ID: the scan's first XPENDING page is full
+    # (100 rows) and ends at it, so a next page would start after the largest ID.
+    ids = [f"{ms}-{i}" for i in range(1, 100)] + [MAX_ID]
+    await dead_consumer_pel(r, keys, 100, ids=ids)
+    await wait_all_idle(r, keys, MAX_ID, ceiling_ms(20))
+    rec = reclaimer_for(r, names, claim_idle_ms=20, consumer_inactive_ttl_ms=0)
+    summary = await rec.run_once()
+    assert (summary.claimed, summary.processed, summary.failed, summary.gone) == (100, 100, 0, 0)
+    assert await owners(r, keys) == {}
+    assert await r.get(applied_key(keys.stream, 99)) == "1"
+
+
+async def test_one_pass_claims_exactly_reclaim_limit_and_leaves_the_rest_pending(r, redis_url, names):
+    keys = keys_for(names)
+    ids = await dead_consumer_pel(r, keys, 1500)
+    await wait_all_idle(r, keys, ids[-1], ceiling_ms(20))  # due for the back-off claim and the sweep
+    env = {"REDIS_URL": redis_url, "CLAIM_IDLE_MS": "20", "RECLAIM_LIMIT": "1000", **names.env()}
+    code, out, err = await run_reclaimer(env)
+    assert code == 0, err
+    assert out.splitlines() == ["reclaim: claimed=1000 processed=1000 failed=0 dead_lettered=0 gone=0 "
+                                "consumers_removed=0 trimmed=0 lost=0"]
+    assert await owners(r, keys) == {"pod-gone": 500}
+    assert await pending_ids(r, keys) == ids[1000:1500]
+    assert [await r.get(applied_key(keys.stream, i)) for i in (0, 999, 1000)] == ["1", "1", None]
+    # The next pass takes the rest, then the dead consumer owns nothing and is removed.
+    await wait_all_idle(r, keys, ids[-1], ceiling_ms(20))
+    code, out, err = await run_reclaimer({**env, "CONSUMER_INACTIVE_TTL_MS": "0"})
+    assert code == 0, err
+    assert out.splitlines() == ["reclaim: claimed=500 processed=500 failed=0 dead_lettered=0 gone=0 "
+                                "consumers_removed=1 trimmed=0 lost=0"]
+    assert await owners(r, keys) == {}
+
+
+async def test_limit_is_exact_when_the_back_off_claim_and_the_sweep_share_it(r, names):
+    keys = keys_for(names)
+    ids = await dead_consumer_pel(r, keys, 1500)
+    await wait_all_idle(r, keys, ids[-1], ceiling_ms(20))
+    rec = reclaimer_for(r, names, claim_idle_ms=20, reclaim_limit=1000, reclaim_page_size=100)
+    rec.backoff_scan_rows = 150  # step 1 stops after 150 rows; the sweep goes on from 0-0
+    summary = await rec.run_once()
+    assert (summary.claimed, summary.processed) == (1000, 1000)
+    assert sample(rec.registry, "orderstream_entries_claimed_total") == 1000
+    assert await pending_ids(r, keys) == ids[1000:1500]
+    assert await owners(r, keys) == {"pod-gone": 500}
+
+
+async def test_autoclaim_sweep_cuts_its_last_page_to_the_limit(r, names):
+    keys = keys_for(names)
+    ids = await dead_consumer_pel(r, keys, 400)
+    out = await autoclaim_sweep(r, keys, "reclaimer", min_idle_ms=0, count=100, limit=250)
+    assert [c.entry_id for c in out.claimed] == ids[:250]
+    assert {c.deliveries for c in out.claimed} == {2}
+    assert await owners(r, keys) == {"reclaimer": 250, "pod-gone": 150}
+
+
+async def test_sweep_reads_delivery_counts_per_page_around_its_own_entries(r, names):
+    """The sweep's delivery counts come from one XPENDING per page over the page's ID range,
+    which also holds entries the reclaimer already owns (not idle, not swept): they are skipped,
+    and an entry swept past MAX_DELIVERIES is dead-lettered with its count before the sweep."""
+    keys = keys_for(names)
+    ids = await dead_consumer_pel(r, keys, 8)
+    counts = [1, 5, 2, 5, 1, 3, 5, 1]
+    for entry_id, n in zip(ids, counts):
+        await r.xclaim(keys.stream, keys.group, "pod-gone", 0, [entry_id], retrycount=n)
+    await r.xclaim(keys.stream, keys.group, "reclaimer", 0, [ids[2], ids[5]], retrycount=4)  # ours, busy
+    await wait_all_idle(r, keys, ids[-1], ceiling_ms(100))
+    await r.xclaim(keys.stream, keys.group, "reclaimer", 0, [ids[2], ids[5]], justid=True)  # lease renewed
+    rec = reclaimer_for(r, names, claim_idle_ms=100, reclaim_page_size=2)
+    rec.backoff_scan_rows = 0  # the sweep alone
+    summary = await rec.run_once()
+    assert (summary.claimed, summary.processed, summary.dead_lettered) == (6, 3, 3)
+    dlq = {f["source_id"]: f["deliveries"] for _, f in await r.xrange(keys.dlq)}
+    assert dlq == {ids[1]: "5", ids[3]: "5", ids[6]: "5"}
+    assert await pending_rows(r, keys) == {ids[2]: ("reclaimer", 4), ids[5]: ("reclaimer", 4)}
