@@ -17,9 +17,12 @@ need it:
    least ``activationBacklog`` (inclusive) wakes the workload: at least 1 replica, on the first
    poll that sees it (no up-stabilization for the 0 -> 1 step). Then clamped to min/max.
 3. **Stabilization.** Scale up only to the lowest recommendation of the scale-up window, scale
-   down only to the highest recommendation of the scale-down window. Scale-down also needs a
-   full window of observations: after a (re)start nothing is removed until the operator has
-   watched for a whole window, so a restart cannot cut replicas on one sample.
+   down only to the highest recommendation in force during the scale-down window. A
+   recommendation stays in force until the next poll, so the last one made before the window
+   began counts as well: polls that come late (a starved or stalled loop) never let a single
+   new sample scale down. Scale-down also needs a full window of observations: after a
+   (re)start nothing is removed until the operator has watched for a whole window, so a
+   restart cannot cut replicas on one sample.
 4. **Rate policies.** At most N pods / P percent per period (``selectPolicy`` Max, Min or
    Disabled), counted from the changes recorded in the history.
 
@@ -187,7 +190,8 @@ class History:
     """What the policy remembers between polls (immutable; see :meth:`recorded`).
 
     ``recommendations``: one per poll, oldest first; the oldest kept may lie before the longest
-    window, as evidence of how long we have been watching. ``changes``: applied scale changes
+    window: it was still in force when the window began, and it proves how long we have been
+    watching. ``changes``: applied scale changes
     within the longest rate-policy period.
     """
 
@@ -288,10 +292,17 @@ def decide(
     up_window = spec.scale_up.stabilization_window_seconds
     down_window = spec.scale_down.stabilization_window_seconds
     ups = [r.replicas for r in history.recommendations if r.at > now - up_window] + [bounded]
-    downs = [r.replicas for r in history.recommendations if r.at > now - down_window] + [bounded]
-    watched_long_enough = down_window <= 0 or any(r.at <= now - down_window for r in history.recommendations)
-    if not watched_long_enough:
-        downs.append(current)
+    downs = [bounded]
+    if down_window > 0:
+        # A recommendation stands until the next poll replaces it, so the one made last before
+        # the window began was still in force at its start and counts too. Without it, a poll
+        # that comes later than the window (a stalled or starved loop) would scale down on its
+        # single sample: the window would hold nothing else.
+        cutoff = now - down_window
+        before = [r for r in history.recommendations if r.at <= cutoff][-1:]
+        downs += [r.replicas for r in before] + [r.replicas for r in history.recommendations if r.at > cutoff]
+        if not before:  # not watched for a whole window yet (just started): never scale down
+            downs.append(current)
     desired = current
     if desired < min(ups):
         desired = min(ups)
