@@ -87,6 +87,7 @@ async def run_local(
     finally:
         logger.info('stopping %d consumers', actuator.replicas)
         await actuator.close()
+        await processes.aclose()
         await r.aclose()
         if runner is not None:
             await runner.cleanup()

@@ -12,11 +12,13 @@ import os
 import re
 import signal
 import sys
+import threading
 import time
 from pathlib import Path
 
 import pytest
 
+from autoscaler.actuators import ConsumerProcesses
 from streamcore.envelope import encode
 from streamcore.keys import Keys
 
@@ -172,3 +174,40 @@ async def test_burst_scales_up_drains_and_scales_down(autoscaler, r, names):
     started = [line for line in autoscaler.lines if re.search(r'consumer-\d+\s*\| started \(pid', line)]
     stopped = [line for line in autoscaler.lines if re.search(r'consumer-\d+\s*\| stopped \(exit 0\)', line)]
     assert len(started) == len(stopped) >= peak, '\n'.join(autoscaler.lines[-30:])
+
+
+async def test_a_reader_that_stops_reading_never_stalls_the_event_loop():
+    """Issue 9 item 10: the children's output used to be written to our stdout from the event
+    loop. When whoever reads that pipe (the test, the local runner, a terminal) falls behind on
+    a loaded machine, the write blocks, and with it every poll: a poll after the gap then saw a
+    window with one sample. Now a blocked writer holds up only the output, in order."""
+    gate = threading.Event()    # the reader is back
+    reached = threading.Event()  # the first line reached the writer
+    written: list[str] = []
+    release_at = time.monotonic() + 10  # bounds the test if the gate is never opened
+
+    def write(line: str) -> None:
+        reached.set()
+        gate.wait(max(0.0, release_at - time.monotonic()))  # a stuck reader, until released below
+        written.append(line)
+
+    script = 'import time\nfor i in range(50): print("line", i, flush=True)\ntime.sleep(60)'
+    processes = ConsumerProcesses([sys.executable, '-c', script], dict(os.environ), grace_s=10, write=write)
+    started = time.monotonic()
+    try:
+        await processes.start('consumer-1')
+        deadline = started + 5
+        while not reached.is_set():  # the "started" line is with the (stuck) writer now
+            assert time.monotonic() < deadline, 'nothing was written'
+            await asyncio.sleep(0.01)
+        for _ in range(5):
+            await asyncio.sleep(0.01)  # the loop keeps turning while the writer is stuck
+        blocked_for = time.monotonic() - started
+        assert blocked_for < 5, f'the event loop was blocked for {blocked_for:.1f}s by a stuck writer'
+    finally:
+        gate.set()
+        await processes.stop('consumer-1')
+    await processes.aclose()
+    assert written[0].startswith('consumer-1  | started (pid')
+    assert [line.split('| ')[1] for line in written[1:51]] == [f'line {i}' for i in range(50)]
+    assert written[-1].startswith('consumer-1  | stopped (exit')
