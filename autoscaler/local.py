@@ -7,6 +7,8 @@ every ``LOCAL_POLL_INTERVAL_SECONDS`` and keeps between ``LOCAL_MIN_CONSUMERS`` 
 consumer (with ``POD_NAME`` and ``HEALTH_PORT`` set per child), and each child's output is
 prefixed with its name. SIGTERM/SIGINT stops the children (SIGTERM, drain, then SIGKILL after
 ``LOCAL_GRACE_SECONDS``) and then exits 0. The live consumers are exactly our running children.
+When Redis or the stream cannot be read (unreachable, ``WRONGTYPE``...), the consumers are held
+(never fewer) and the fault is logged once when it starts and once when it ends.
 """
 from __future__ import annotations
 
@@ -71,11 +73,20 @@ async def run_local(
                 rules.min_replicas, rules.max_replicas, rules.target_backlog_per_replica,
                 settings.local_poll_interval_seconds, rules.scale_down.stabilization_window_seconds)
     history = History()
+    problem: str | None = None  # what kept the last poll from reading everything, logged once
     try:
         await actuator.scale(rules.min_replicas)
         while not stop.is_set():
             signals = await reader.read(processes.live_names())
             now = time.monotonic()
+            if signals.error != problem:
+                if signals.error:
+                    logger.warning('cannot read %s: %s; holding %d consumers (never fewer until it reads again)',
+                                   'Redis' if not signals.reachable else 'every stream', signals.error,
+                                   actuator.replicas)
+                else:
+                    logger.info('reading %s/%s again', settings.stream_name, settings.group_name)
+                problem = signals.error
             decision = decide(signals, actuator.replicas, rules, history, now)
             metrics.observe('local', signals, decision)
             if decision.changes:

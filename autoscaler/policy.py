@@ -11,7 +11,9 @@ need it:
 
 1. **Hold when blind.** Redis unreachable or backlog unknown (``None``, e.g. a NULL lag that could
    not be counted) -> keep the current replicas (raised to ``minReplicas`` at most). Never scale
-   in on an unknown value; a NULL lag is not 0.
+   in on an unknown value; a NULL lag is not 0. When only part of the backlog is unknown (one of
+   several streams unreadable), the observation's ``backlog_floor`` (what is known) still
+   drives scaling *up* through the steps below; scaling down waits until everything is read.
 2. **Raw recommendation.** ``ceil(backlog / targetBacklogPerReplica)``; no change while the ratio
    ``backlog / (target * current)`` is within ``tolerance`` of 1. At 0 replicas, a backlog of at
    least ``activationBacklog`` (inclusive) wakes the workload: at least 1 replica, on the first
@@ -55,6 +57,8 @@ class BacklogObservation(Protocol):
 
     ``backlog``: undelivered entries (lag) + entries pending on live consumers, summed or maxed
     over the streams; ``None`` when unknown. ``reachable``: whether Redis answered at all.
+    ``backlog_floor``: a lower bound of the backlog from the parts that could be read (equal to
+    ``backlog`` when that is known; ``None`` when nothing is known).
     """
 
     @property
@@ -63,13 +67,18 @@ class BacklogObservation(Protocol):
     @property
     def reachable(self) -> bool: ...
 
+    @property
+    def backlog_floor(self) -> int | None: ...
+
 
 @dataclasses.dataclass(frozen=True)
 class Observation:
-    """A minimal :class:`BacklogObservation` (tests, local runner). ``backlog`` in entries."""
+    """A minimal :class:`BacklogObservation` (tests, local runner). ``backlog`` and
+    ``backlog_floor`` in entries."""
 
     backlog: int | None
     reachable: bool = True
+    backlog_floor: int | None = None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -227,10 +236,12 @@ class Decision:
 
     ``desired``: replicas to have now. ``current``: replicas the workload had (scale
     ``spec.replicas``). ``recommended``: the raw recommendation clamped to min/max, before
-    stabilization and rate limits; ``None`` when holding blind. ``reason``: one of ``Hold``,
-    ``Steady``, ``ScaleUp``, ``ScaleDown``. ``message``: a sentence for status and Events.
-    ``limited_by``: constants of this module naming what kept ``desired`` from the raw
-    recommendation. ``active``: backlog >= ``activationBacklog`` (``None`` when unknown).
+    stabilization and rate limits; ``None`` when holding blind or when only a lower bound of the
+    backlog is known (then ``limited_by`` holds ``BacklogUnknown`` and ``desired`` >= ``current``).
+    ``reason``: one of ``Hold``, ``Steady``, ``ScaleUp``, ``ScaleDown``. ``message``: a sentence
+    for status and Events. ``limited_by``: constants of this module naming what kept ``desired``
+    from the raw recommendation. ``active``: backlog >= ``activationBacklog`` (``None`` when
+    unknown).
     """
 
     desired: int
@@ -261,7 +272,11 @@ def decide(
     ``now``: seconds on the same clock as ``history``.
     """
     current = max(0, current)
-    if not observation.reachable or observation.backlog is None:
+    known = observation.backlog
+    partial = False
+    if known is None and observation.reachable and observation.backlog_floor is not None:
+        known, partial = observation.backlog_floor, True  # part unknown: up on what is known, never down
+    if not observation.reachable or known is None:
         cause = REDIS_UNREACHABLE if not observation.reachable else BACKLOG_UNKNOWN
         desired = max(current, spec.min_replicas)
         limited = (cause,) + ((MIN_REPLICAS,) if desired != current else ())
@@ -269,7 +284,7 @@ def decide(
         return Decision(desired, current, None, 'Hold',
                         f"holding {desired} replicas: {what}; never scaling in blind", limited, None)
 
-    backlog = max(0, observation.backlog)
+    backlog = max(0, known)
     target = spec.target_backlog_per_replica
     active = backlog >= spec.activation_backlog
     limited: list[str] = []
@@ -329,6 +344,17 @@ def decide(
 
     # Bounds win last, as in the HPA (a workload outside min/max is brought back at once).
     desired = min(max(desired, spec.min_replicas), spec.max_replicas)
+
+    if partial:
+        # Only a lower bound is known: never scale in on it (not even above maxReplicas, as in
+        # a hold); it is no recommendation either, so the history records what we keep.
+        desired = max(desired, current, spec.min_replicas)
+        limited.append(BACKLOG_UNKNOWN)
+        reason = 'ScaleUp' if desired > current else 'Hold'
+        message = (f"backlog at least {backlog} (part of it unknown) / target {target} per replica -> "
+                   f"{raw} replicas; {current} -> {desired} (limited by {', '.join(limited)}; never scaling in "
+                   f"while part of the backlog is unknown)")
+        return Decision(desired, current, None, reason, message, tuple(limited), True if active else None)
 
     reason = 'ScaleUp' if desired > current else 'ScaleDown' if desired < current else 'Steady'
     message = f"backlog {backlog} / target {target} per replica -> {raw} replicas"

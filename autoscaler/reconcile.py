@@ -6,6 +6,13 @@ patches the Deployment's ``scale`` subresource when the count changes (not when 
 ``dryRun``), and returns an :class:`Outcome`: the new ``status``, the Events to post and whether
 kopf should retry soon. It never posts or patches the StreamAutoscaler itself — the handler does,
 through kopf — so the flow stays readable and testable.
+
+Faults stay with their resource, and within a resource with their stream: a configured stream
+that answers with an error reply (``WRONGTYPE``, ``NOPERM``...) sets ``Ready=False`` with reason
+``StreamUnreadable`` (cleared on the first poll that reads every stream), posts one Warning
+Event ``StreamUnreadable`` when it starts failing, and leaves ``RedisReachable`` true; the other
+streams still scale the target up (never down) meanwhile. Each StreamAutoscaler has its own
+timer, reader and history, so another resource's fault never touches this one.
 """
 from __future__ import annotations
 
@@ -27,6 +34,11 @@ from autoscaler.signals import Signals, SignalReader
 logger = logging.getLogger(__name__)
 
 CONDITION_TYPES = ('Ready', 'Active', 'ScalingLimited', 'RedisReachable', 'LagExact')
+
+#: ``Ready`` reason and Warning Event reason when a configured stream answers with an error
+#: reply (``WRONGTYPE``: the key is a string or a hash; ``NOPERM``; any other ``ResponseError``):
+#: that stream's backlog is unknown, the others are still read and scale up (issue 9 item 6).
+STREAM_UNREADABLE = 'StreamUnreadable'
 
 
 @dataclasses.dataclass(frozen=True)
@@ -310,17 +322,34 @@ async def _reconcile(
 
     if not signals.reachable and transition('RedisReachable', 'False'):
         events.append(EventSpec('Warning', 'RedisUnreachable', f'{signals.error}; holding {current} replicas'))
+    # One Warning per incident: a stream that was read (or not shown) on the previous poll and
+    # fails now. The previous poll's per-stream errors come from the status we wrote, so an
+    # operator restart does not repeat the Event.
+    failing_before = {(s.get('stream'), s.get('group'))
+                      for s in ((status.get('signals') or {}).get('streams') or ()) if s.get('error')}
+    for s in signals.unreadable:
+        if (s.stream, s.group) not in failing_before:
+            events.append(EventSpec('Warning', STREAM_UNREADABLE,
+                                    f'cannot read stream {s.stream} (group {s.group}): {s.error}; it is retried every poll, '
+                                    f'the other streams keep scaling (up only, until it reads again)'))
     if metrics is not None:
         metrics.observe(key, signals, decision)
         metrics.polls.labels(key, 'hold' if decision.reason == 'Hold' else 'ok').inc()
 
     limits = [limit for limit in decision.limited_by if limit != policy.TOLERANCE]
+    backlog_text = signals.backlog if signals.backlog is not None else f'at least {signals.backlog_floor}'
     active = ('Unknown', 'BacklogUnknown', 'the backlog is unknown') if decision.active is None else (
-        ('True', 'BacklogAboveActivation', f'backlog {signals.backlog} >= activation {parsed.rules.activation_backlog}')
+        ('True', 'BacklogAboveActivation', f'backlog {backlog_text} >= activation {parsed.rules.activation_backlog}')
         if decision.active else
-        ('False', 'BacklogBelowActivation', f'backlog {signals.backlog} < activation {parsed.rules.activation_backlog}'))
-    ready = ('True', 'Polling', 'reading Redis and scaling') if signals.reachable else (
-        'False', 'RedisUnreachable', signals.error or 'Redis is unreachable')
+        ('False', 'BacklogBelowActivation', f'backlog {backlog_text} < activation {parsed.rules.activation_backlog}'))
+    if not signals.reachable:
+        ready = ('False', 'RedisUnreachable', signals.error or 'Redis is unreachable')
+    elif signals.unreadable:
+        ready = ('False', STREAM_UNREADABLE, '; '.join(
+            f'stream {s.stream} (group {s.group}): {s.error}' for s in signals.unreadable)
+            + '; scaling up on the readable streams, never down, until every stream reads again')
+    else:
+        ready = ('True', 'Polling', 'reading Redis and scaling')
     lag_exact = ('Unknown', 'RedisUnreachable', 'no reading') if not signals.reachable else (
         ('True', 'Exact', 'lag read or counted exactly') if signals.lag_exact else
         ('False', 'Estimated', 'lag unknown or a capped count: ' + ', '.join(

@@ -18,6 +18,13 @@ and the ``XPENDING`` summary. From the answers:
   reported. Without a live set, all pending counts as live (the conservative choice).
 * **rates** from the deltas of ``entries-added`` (arrivals) and ``entries-read`` (deliveries)
   between two polls of the same :class:`SignalReader`.
+* **faults are per stream.** An error reply about one stream (``WRONGTYPE`` because the key is a
+  string or a hash, ``NOPERM`` for that key, any other ``ResponseError``) makes only that
+  stream *unreadable* (``lag_source`` ``error``, ``error`` set, backlog unknown); the other
+  streams are read as usual, and ``Signals.backlog_floor`` keeps what is known. Only a server
+  that cannot answer at all (connection refused or lost, timeout, ``LOADING``, ``BUSY`` and the
+  other "not now" replies of :func:`streamcore.connection.is_transient`) makes the whole
+  reading ``reachable=False``.
 
 Units: counts are stream entries; times in ``*_ms`` are milliseconds; rates are entries per
 second; ``observed_at`` is Unix time in seconds.
@@ -34,6 +41,8 @@ import redis.asyncio as aioredis
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError, ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
+
+from streamcore.connection import is_transient
 
 logger = logging.getLogger(__name__)
 
@@ -64,10 +73,12 @@ class StreamSignals:
     stream is missing), ``entries_read`` (``XINFO GROUPS`` ``entries-read``; may be ``None``),
     ``last_delivered_id``, ``reported_lag`` (Redis's ``lag``, ``None`` for NULL), ``lag`` (our
     undelivered count, ``None`` = unknown), ``lag_exact``, ``lag_source`` (``xinfo``,
-    ``position``, ``xrange``, ``xrange-capped``, ``no-stream``, ``no-group``, ``unknown``),
-    ``pending`` (``XPENDING`` total), ``live_pending``/``dead_pending`` (split by consumer
-    liveness), ``oldest_pending_id``, ``consumers``, ``arrival_rate``/``delivery_rate``
-    (entries/s since the previous poll; ``None`` on the first poll or when unknown).
+    ``position``, ``xrange``, ``xrange-capped``, ``no-stream``, ``no-group``, ``unknown``,
+    ``error``), ``pending`` (``XPENDING`` total), ``live_pending``/``dead_pending`` (split by
+    consumer liveness), ``oldest_pending_id``, ``consumers``, ``arrival_rate``/``delivery_rate``
+    (entries/s since the previous poll; ``None`` on the first poll or when unknown), ``error``
+    (the error reply that made this stream unreadable, e.g. ``WRONGTYPE Operation against a key
+    holding the wrong kind of value``; ``None`` when it was read).
     """
 
     stream: str
@@ -89,19 +100,40 @@ class StreamSignals:
     consumers: tuple[ConsumerSignals, ...]
     arrival_rate: float | None = None
     delivery_rate: float | None = None
+    error: str | None = None
 
     @property
     def backlog(self) -> int | None:
         """Lag + pending owned by live consumers (entries); ``None`` when the lag is unknown."""
         return None if self.lag is None else self.lag + self.live_pending
 
+    @property
+    def backlog_floor(self) -> int:
+        """What the backlog is at least (entries): the backlog when known, else the live
+        pending entries (0 for an unreadable stream)."""
+        backlog = self.backlog
+        return self.live_pending if backlog is None else backlog
+
+    @classmethod
+    def unreadable(cls, stream: str, group: str, error: BaseException) -> StreamSignals:
+        """The signals of a stream whose reading failed with the error reply ``error``.
+
+        ``error`` text: the reply (``WRONGTYPE Operation against ...``); redis-py strips the
+        code of the replies it maps to a subclass, so those carry the class name instead
+        (``NoPermissionError: ...`` for ``NOPERM``).
+        """
+        text = str(error) if type(error) is ResponseError else f'{type(error).__name__}: {error}'
+        return cls(stream, group, False, False, 0, None, None, None, None, None, False, 'error',
+                   0, 0, 0, None, (), error=text)
+
 
 @dataclasses.dataclass(frozen=True)
 class Signals:
     """One poll's signals over all configured streams (implements ``policy.BacklogObservation``).
 
-    ``reachable``: Redis answered; ``error``: why not (or why a stream could not be read);
-    ``combine``: ``sum`` or ``max`` of the per-stream backlogs; ``observed_at``: Unix seconds.
+    ``reachable``: Redis answered; ``error``: why not (or why streams could not be read: one
+    ``<stream>: <error reply>`` per unreadable stream, joined by ``; ``); ``combine``: ``sum``
+    or ``max`` of the per-stream backlogs; ``observed_at``: Unix seconds.
     """
 
     reachable: bool
@@ -122,6 +154,20 @@ class Signals:
     def backlog(self) -> int | None:
         """Combined backlog in entries (lag + live pending); ``None`` if any part is unknown."""
         return self._combined([s.backlog for s in self.streams])
+
+    @property
+    def backlog_floor(self) -> int | None:
+        """A lower bound of the combined backlog from what could be read (entries): each
+        stream's backlog, or its live pending entries when its lag is unknown, 0 for an
+        unreadable one. ``None`` when Redis was not reachable. Equals :attr:`backlog` when that
+        is known; the policy scales *up* on it while part of the backlog is unknown, never down.
+        """
+        return self._combined([s.backlog_floor for s in self.streams])
+
+    @property
+    def unreadable(self) -> tuple[StreamSignals, ...]:
+        """The streams that could not be read this poll (``error`` set)."""
+        return tuple(s for s in self.streams if s.error is not None)
 
     @property
     def lag(self) -> int | None:
@@ -179,6 +225,8 @@ class Signals:
             'deliveryRate': rate(self.delivery_rate),
             'error': self.error,
             'streams': [
+                {'stream': s.stream, 'group': s.group, 'lagSource': s.lag_source, 'error': s.error}
+                if s.error is not None else
                 known({
                     'stream': s.stream, 'group': s.group, 'length': s.length,
                     'lag': s.lag, 'lagSource': s.lag_source, 'reportedLag': s.reported_lag,
@@ -247,7 +295,8 @@ class SignalReader:
         """Poll Redis once. ``live_consumers``: names of consumers known to be alive (``None``:
         unknown, all pending counts as live).
 
-        Never raises for Redis failures: an unreachable server gives ``reachable=False``.
+        Never raises for Redis failures: an unreachable server gives ``reachable=False``; an
+        error reply about one stream marks that stream unreadable (see the module docstring).
         """
         observed_at = time.time()
         pipe = self.r.pipeline(transaction=False)
@@ -261,12 +310,20 @@ class SignalReader:
             now = self.clock()
             results = []
             for i, (stream, group) in enumerate(self.streams):
-                results.append(await self._one(stream, group, replies[4 * i: 4 * i + 4], live_consumers, now))
+                try:
+                    results.append(await self._one(stream, group, replies[4 * i: 4 * i + 4], live_consumers, now))
+                except ResponseError as e:
+                    if is_transient(e):
+                        raise  # LOADING, BUSY...: the server, not this stream
+                    # This stream only (WRONGTYPE, NOPERM...): the others are still read.
+                    self._previous.pop((stream, group), None)
+                    results.append(StreamSignals.unreadable(stream, group, e))
         except (RedisConnectionError, RedisTimeoutError, OSError) as e:
             return Signals(False, (), self.combine, f"Redis unreachable: {e}", observed_at)
-        except RedisError as e:  # e.g. NOAUTH/WRONGPASS: we cannot read, so we know nothing
+        except RedisError as e:  # e.g. NOAUTH/WRONGPASS, LOADING: we cannot read, so we know nothing
             return Signals(False, (), self.combine, f"Redis error: {e}", observed_at)
-        return Signals(True, tuple(results), self.combine, None, observed_at)
+        errors = '; '.join(f'{s.stream}: {s.error}' for s in results if s.error is not None)
+        return Signals(True, tuple(results), self.combine, errors or None, observed_at)
 
     async def _one(
         self,

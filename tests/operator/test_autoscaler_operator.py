@@ -246,3 +246,48 @@ async def test_missing_redis_secret_holds(cluster, operator, names):
     assert (cluster.status('sas')['desiredReplicas'], cluster.status('sas')['currentReplicas']) == (2, 2)
     assert len(cluster.events('RedisSecretUnavailable')) == 1
     assert cluster.scale_patches('consumer') == []
+
+
+async def test_a_stream_of_the_wrong_type_is_reported_and_the_rest_keeps_scaling(cluster, operator, r, names, redis_secret):
+    """Issue 9 item 6. ``mixed`` reads a good stream and a key that is a string (WRONGTYPE);
+    ``other`` is a second StreamAutoscaler on its own Deployment. The broken stream gets
+    Ready=False (StreamUnreadable) and one Warning, RedisReachable stays True, the good stream
+    still scales ``consumer`` up, ``other`` is untouched; deleting the key heals it."""
+    broken = names.stream + ':broken'
+    other_stream = names.stream + ':other'
+    await r.set(broken, 'not a stream')
+    for stream, n in ((names.stream, 300), (other_stream, 400)):
+        await r.xgroup_create(stream, names.group, '0', mkstream=True)
+        await fill(r, stream, n)
+    await cluster.create_deployment('consumer', replicas=1)
+    await cluster.create_deployment('other', replicas=1)
+    await cluster.create_autoscaler('mixed', autoscaler_spec(
+        redis_secret, names.stream, names.group,
+        streams=[{'stream': broken, 'group': names.group}, {'stream': names.stream, 'group': names.group}]))
+    await cluster.create_autoscaler('other', autoscaler_spec(redis_secret, other_stream, names.group,
+                                                             scaleTargetRef={'name': 'other'}))
+
+    await eventually(lambda: cluster.scale_patches('consumer') == [3], 10, lambda: cluster.status('mixed'))
+    await eventually(lambda: cluster.scale_patches('other') == [4], 10, lambda: cluster.status('other'))
+    await eventually(lambda: cluster.events('StreamUnreadable'), 10, 'a Warning for the broken stream')
+    await more_polls(cluster, 5)
+    ready = cluster.condition('mixed', 'Ready')
+    assert (ready['status'], ready['reason']) == ('False', 'StreamUnreadable')
+    assert broken in ready['message'] and 'WRONGTYPE' in ready['message']
+    assert cluster.condition('mixed', 'RedisReachable')['status'] == 'True'
+    status = cluster.status('mixed')
+    assert (status['desiredReplicas'], status['currentReplicas']) == (3, 3)
+    assert 'BacklogUnknown' in status['limitedBy']
+    assert 'backlog' not in status['signals']  # unknown as a whole: absent, never a made-up number
+    bad, good = status['signals']['streams']
+    assert (bad['stream'], bad['lagSource']) == (broken, 'error') and bad['error'].startswith('WRONGTYPE')
+    assert good['lag'] == 300
+    (warning,) = cluster.events('StreamUnreadable')  # one per incident, not one per poll
+    assert warning['type'] == 'Warning' and warning['involvedObject']['name'] == 'mixed'
+    assert broken in warning['message']
+    assert not cluster.events('RedisUnreachable')
+    assert cluster.condition('other', 'Ready')['status'] == 'True'
+
+    await r.delete(broken)
+    await eventually(lambda: cluster.condition('mixed', 'Ready').get('status') == 'True', 10, lambda: cluster.status('mixed'))
+    assert cluster.status('mixed')['signals']['backlog'] == 300

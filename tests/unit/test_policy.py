@@ -278,3 +278,35 @@ def test_spec_from_custom_resource(raw, expected):
 def test_spec_rejects_invalid(raw):
     with pytest.raises(ValueError):
         PolicySpec.from_spec(raw)
+
+
+@pytest.mark.parametrize(
+    ('floor', 'current', 'rules', 'desired', 'reason', 'limited_by'),
+    [
+        # issue 9 item 6: one stream unreadable, the readable ones need 5 -> scale up on them
+        (450, 1, spec(), 5, 'ScaleUp', (p.BACKLOG_UNKNOWN,)),
+        (450, 0, spec(), 5, 'ScaleUp', (p.BACKLOG_UNKNOWN,)),
+        (5000, 2, spec(), 10, 'ScaleUp', (p.MAX_REPLICAS, p.BACKLOG_UNKNOWN)),
+        # ...but never down on a lower bound, not even to the minimum or from above the maximum
+        (0, 4, spec(), 4, 'Hold', (p.BACKLOG_UNKNOWN,)),
+        (100, 4, spec(min_replicas=1), 4, 'Hold', (p.BACKLOG_UNKNOWN,)),
+        (0, 12, spec(), 12, 'Hold', (p.BACKLOG_UNKNOWN,)),
+        (0, 0, spec(min_replicas=2), 2, 'ScaleUp', (p.MIN_REPLICAS, p.BACKLOG_UNKNOWN)),
+    ],
+)
+def test_a_partly_unknown_backlog_scales_up_on_what_is_known_never_down(floor, current, rules, desired, reason, limited_by):
+    decision = decide(Observation(None, backlog_floor=floor), current, rules, History(), NOW)
+    assert (decision.desired, decision.reason, decision.limited_by) == (desired, reason, limited_by)
+    assert decision.recommended is None  # a lower bound is no recommendation: the history keeps `desired`
+
+
+def test_partly_unknown_then_read_again_waits_a_whole_window_before_scaling_in():
+    rules = PolicySpec(min_replicas=0, max_replicas=10, target_backlog_per_replica=100, scale_down=ScalingRules(30))
+    history, current, seen = History(), 1, []
+    for now, observation in [(0, Observation(None, backlog_floor=500)), (10, Observation(None, backlog_floor=0)),
+                             (20, Observation(0)), (30, Observation(0)), (40, Observation(0)), (50, Observation(0))]:
+        decision = decide(observation, current, rules, history, float(now))
+        history = history.recorded(decision, float(now), rules, applied=True)
+        current = decision.desired
+        seen.append(current)
+    assert seen == [5, 5, 5, 5, 5, 0]  # the 5 kept at t=10 stands until t=20; 0 from t=20 + 30 s
