@@ -259,3 +259,17 @@ async def test_any_error_reply_of_one_stream_is_isolated(r, names):
     bad, good = signals.streams
     assert bad.error.startswith('NoPermissionError: ') and bad.lag_source == 'error'
     assert good.backlog == 30 and signals.backlog_floor == 30
+
+
+async def test_a_missing_group_counts_the_whole_stream_and_wakes_from_zero(r, names):
+    """Issue 9 item 8: orders accepted before any consumer (or the producer) created the group
+    are backlog: lag = the stream's length, so a workload at 0 replicas is woken on the first poll."""
+    await xadd_many(r, names.stream, 250)
+    await r.xgroup_create(names.stream, 'someone-else', '$')  # another group does not count
+    signals = await SignalReader(r, [(names.stream, names.group)]).read(set())
+    (s,) = signals.streams
+    assert (s.stream_exists, s.group_exists, s.length) == (True, False, await r.xlen(names.stream))
+    assert (s.lag, s.lag_source, s.lag_exact, signals.backlog) == (250, 'no-group', True, 250)
+    rules = PolicySpec(min_replicas=0, max_replicas=10, target_backlog_per_replica=100)
+    decision = decide(signals, 0, rules, History(), 0.0)
+    assert (decision.desired, decision.reason, decision.active) == (3, 'ScaleUp', True)

@@ -291,3 +291,15 @@ async def test_a_stream_of_the_wrong_type_is_reported_and_the_rest_keeps_scaling
     await r.delete(broken)
     await eventually(lambda: cluster.condition('mixed', 'Ready').get('status') == 'True', 10, lambda: cluster.status('mixed'))
     assert cluster.status('mixed')['signals']['backlog'] == 300
+
+
+async def test_a_stream_without_its_group_scales_up_from_zero(cluster, operator, r, names, redis_secret):
+    """Issue 9 item 8: no group yet (no consumer ever ran), 250 orders waiting, 0 replicas:
+    lag = XLEN, so the operator scales up before any consumer created the group."""
+    await fill(r, names.stream, 250)
+    await cluster.create_deployment('consumer', replicas=0)
+    await cluster.create_autoscaler('sas', autoscaler_spec(redis_secret, names.stream, names.group))
+    await eventually(lambda: cluster.scale_patches('consumer') == [3], 10, lambda: cluster.status('sas'))
+    await eventually(lambda: cluster.status('sas').get('currentReplicas') == 3, 10, lambda: cluster.status('sas'))
+    (stream,) = cluster.status('sas')['signals']['streams']
+    assert (stream['lag'], stream['lagSource'], stream['length']) == (250, 'no-group', 250)
