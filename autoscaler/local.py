@@ -74,6 +74,7 @@ async def run_local(
                 settings.local_poll_interval_seconds, rules.scale_down.stabilization_window_seconds)
     history = History()
     problem: str | None = None  # what kept the last poll from reading everything, logged once
+    group_state: str | None = None  # streamcore.groups state of the last poll, logged on change
     try:
         await actuator.scale(rules.min_replicas)
         while not stop.is_set():
@@ -87,6 +88,19 @@ async def run_local(
                 else:
                     logger.info('reading %s/%s again', settings.stream_name, settings.group_name)
                 problem = signals.error
+            state = signals.streams[0].group_state if signals.streams else None
+            if state != group_state and state in ('missing', 'abandoned'):
+                # The same judgement as /stream/info (streamcore.groups), once per change.
+                (s,) = signals.streams
+                if state == 'missing':
+                    logger.info('group %s of %s does not exist yet: its %d entries count as backlog',
+                                s.group, s.stream, s.length)
+                else:
+                    logger.warning('group %s of %s looks abandoned: %d pending entries, no consumer seen for %ss',
+                                   s.group, s.stream, s.pending, '?' if s.least_quiet_ms is None
+                                   else f'{s.least_quiet_ms / 1000:.0f}')
+            if state is not None:
+                group_state = state
             decision = decide(signals, actuator.replicas, rules, history, now)
             metrics.observe('local', signals, decision)
             if decision.changes:

@@ -29,16 +29,28 @@ import redis.asyncio as aioredis
 from autoscaler import policy
 from autoscaler.actuators import KubeApi, KubeError, KubeNotFound
 from autoscaler.metrics import AutoscalerMetrics
-from autoscaler.signals import Signals, SignalReader
+from autoscaler.signals import SignalReader, Signals, StreamSignals
+from streamcore.groups import ABANDONED_AFTER_MS
 
 logger = logging.getLogger(__name__)
 
-CONDITION_TYPES = ('Ready', 'Active', 'ScalingLimited', 'RedisReachable', 'LagExact')
+CONDITION_TYPES = ('Ready', 'Active', 'ScalingLimited', 'RedisReachable', 'LagExact', 'GroupMissing', 'GroupAbandoned')
 
 #: ``Ready`` reason and Warning Event reason when a configured stream answers with an error
 #: reply (``WRONGTYPE``: the key is a string or a hash; ``NOPERM``; any other ``ResponseError``):
 #: that stream's backlog is unknown, the others are still read and scale up (issue 9 item 6).
 STREAM_UNREADABLE = 'StreamUnreadable'
+
+#: Condition types (and ``True`` reasons) for the group states of :mod:`streamcore.groups`
+#: (issue 9 item 7), with the same definitions as the producer's ``/stream/info``:
+#: ``GroupMissing`` is True while a configured stream exists without its group (its whole
+#: length counts as backlog); ``GroupAbandoned`` is True while a group holds pending entries and
+#: none of its consumers was seen for ``spec.groupAbandonedAfterSeconds``. Both are False
+#: (reasons ``GroupsPresent``, ``GroupsRead``) once no stream is in that state, and Unknown
+#: (reason ``RedisUnreachable`` or ``StreamUnreadable``) while a stream could not be read and
+#: none is known to be in it.
+GROUP_MISSING = 'GroupMissing'
+GROUP_ABANDONED = 'GroupAbandoned'
 
 
 @dataclasses.dataclass(frozen=True)
@@ -71,6 +83,7 @@ class AutoscalerSpec:
     combine: str
     poll_interval_s: float
     lag_count_limit: int
+    abandoned_after_ms: int
     paused: bool
     dry_run: bool
     rules: policy.PolicySpec
@@ -96,6 +109,9 @@ class AutoscalerSpec:
         poll = float(spec.get('pollIntervalSeconds', 15))
         if poll <= 0:
             raise ValueError('spec.pollIntervalSeconds must be > 0')
+        abandoned_s = float(spec.get('groupAbandonedAfterSeconds', ABANDONED_AFTER_MS / 1000))
+        if abandoned_s <= 0:
+            raise ValueError('spec.groupAbandonedAfterSeconds must be > 0')
         return cls(
             target=TargetRef(ref['name']),
             redis=RedisRef(secret.get('name'), secret.get('key', 'url'), redis_spec.get('url'),
@@ -104,6 +120,7 @@ class AutoscalerSpec:
             combine=combine,
             poll_interval_s=poll,
             lag_count_limit=int(spec.get('lagCountLimit', 10_000)),
+            abandoned_after_ms=round(abandoned_s * 1000),
             paused=bool(spec.get('paused', False)),
             dry_run=bool(spec.get('dryRun', False)),
             rules=policy.PolicySpec.from_spec(spec),
@@ -194,6 +211,42 @@ def conditions(previous: list[Mapping[str, Any]] | None, **states: tuple[str, st
     return result
 
 
+def _minutes(ms: int) -> str:
+    return f'{ms / 60_000:.0f}m' if ms >= 60_000 else f'{ms / 1000:g}s'
+
+
+def group_conditions(signals: Signals, abandoned_after_ms: int) -> tuple[tuple[str, str, str], tuple[str, str, str]]:
+    """``(GroupMissing, GroupAbandoned)`` as ``(status, reason, message)`` from one poll's
+    per-stream ``group_state`` (see :data:`GROUP_MISSING`). ``abandoned_after_ms``: the
+    threshold, for the message."""
+    if not signals.reachable:
+        unknown = ('Unknown', 'RedisUnreachable', signals.error or 'Redis is unreachable')
+        return unknown, unknown
+    unreadable = ', '.join(s.stream for s in signals.unreadable)
+
+    def otherwise(reason: str, text: str) -> tuple[str, str, str]:
+        if unreadable:
+            return 'Unknown', STREAM_UNREADABLE, f'cannot tell for {unreadable}: unreadable'
+        return 'False', reason, text
+
+    missing = signals.in_state('missing')
+    abandoned = signals.in_state('abandoned')
+    missing_condition = ('True', GROUP_MISSING, '; '.join(
+        f'stream {s.stream} has {s.length} entries and no group {s.group}: all {s.length} count as backlog '
+        f'until the group is created (by the producer or the first consumer)' for s in missing)
+    ) if missing else otherwise('GroupsPresent', 'every existing stream has its group')
+
+    def quiet(s: StreamSignals) -> str:
+        least = s.least_quiet_ms
+        return 'no consumer' if least is None else f'no consumer seen for {_minutes(least)}'
+
+    abandoned_condition = ('True', GROUP_ABANDONED, '; '.join(
+        f'group {s.group} of stream {s.stream} holds {s.pending} pending entries and {quiet(s)} '
+        f'(threshold {_minutes(abandoned_after_ms)}): nobody reads it any more' for s in abandoned)
+    ) if abandoned else otherwise('GroupsRead', 'no group holds pending entries without a consumer seen recently')
+    return missing_condition, abandoned_condition
+
+
 def _condition(status: Mapping[str, Any], kind: str) -> Mapping[str, Any]:
     return next((c for c in status.get('conditions') or () if c.get('type') == kind), {})
 
@@ -282,10 +335,11 @@ async def _reconcile(
         logger.warning('%s: cannot list pods (%s); counting all pending entries as live', key, e)
         live = None
 
-    reader_key = (url, parsed.streams, parsed.combine, parsed.lag_count_limit)
+    reader_key = (url, parsed.streams, parsed.combine, parsed.lag_count_limit, parsed.abandoned_after_ms)
     if state.reader is None or state.reader_key != reader_key:
         state.reader = SignalReader(redis_for(url), parsed.streams, combine=parsed.combine,  # type: ignore[arg-type]
-                                    lag_count_limit=parsed.lag_count_limit)
+                                    lag_count_limit=parsed.lag_count_limit,
+                                    abandoned_after_ms=parsed.abandoned_after_ms)
         state.reader_key = reader_key
     signals: Signals = await state.reader.read(live)
 
@@ -332,6 +386,9 @@ async def _reconcile(
             events.append(EventSpec('Warning', STREAM_UNREADABLE,
                                     f'cannot read stream {s.stream} (group {s.group}): {s.error}; it is retried every poll, '
                                     f'the other streams keep scaling (up only, until it reads again)'))
+    missing, abandoned = group_conditions(signals, parsed.abandoned_after_ms)
+    if abandoned[0] == 'True' and transition(GROUP_ABANDONED, 'True'):
+        events.append(EventSpec('Warning', GROUP_ABANDONED, abandoned[2]))
     if metrics is not None:
         metrics.observe(key, signals, decision)
         metrics.polls.labels(key, 'hold' if decision.reason == 'Hold' else 'ok').inc()
@@ -371,6 +428,8 @@ async def _reconcile(
             RedisReachable=('True', 'Reachable', 'the last poll read Redis') if signals.reachable else
                            ('False', 'Unreachable', signals.error or 'Redis is unreachable'),
             LagExact=lag_exact,
+            GroupMissing=missing,
+            GroupAbandoned=abandoned,
         ),
     }
     if applied:

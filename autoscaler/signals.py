@@ -18,6 +18,11 @@ and the ``XPENDING`` summary. From the answers:
   reported. Without a live set, all pending counts as live (the conservative choice).
 * **rates** from the deltas of ``entries-added`` (arrivals) and ``entries-read`` (deliveries)
   between two polls of the same :class:`SignalReader`.
+* **group state** (``group_state``), judged by :func:`streamcore.groups.classify_group` exactly as
+  the producer's ``/stream/info`` judges it: ``missing`` (the stream exists, the group does not:
+  its whole length is lag), ``abandoned`` (``XINFO GROUPS`` ``pending`` > 0 and no consumer seen
+  for ``abandoned_after_ms``: :func:`streamcore.groups.quiet_ms` of each ``XINFO CONSUMERS``
+  entry), ``no-stream``, ``ok``, and ours, ``unreadable`` (see below).
 * **faults are per stream.** An error reply about one stream (``WRONGTYPE`` because the key is a
   string or a hash, ``NOPERM`` for that key, any other ``ResponseError``) makes only that
   stream *unreadable* (``lag_source`` ``error``, ``error`` set, backlog unknown); the other
@@ -43,6 +48,7 @@ from redis.exceptions import RedisError, ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from streamcore.connection import is_transient
+from streamcore.groups import ABANDONED_AFTER_MS, classify_group, quiet_ms
 
 logger = logging.getLogger(__name__)
 
@@ -78,7 +84,9 @@ class StreamSignals:
     consumer liveness), ``oldest_pending_id``, ``consumers``, ``arrival_rate``/``delivery_rate``
     (entries/s since the previous poll; ``None`` on the first poll or when unknown), ``error``
     (the error reply that made this stream unreadable, e.g. ``WRONGTYPE Operation against a key
-    holding the wrong kind of value``; ``None`` when it was read).
+    holding the wrong kind of value``; ``None`` when it was read), ``group_state`` (``ok``,
+    ``missing``, ``abandoned``, ``no-stream`` from :func:`streamcore.groups.classify_group`, or
+    ``unreadable``).
     """
 
     stream: str
@@ -101,11 +109,20 @@ class StreamSignals:
     arrival_rate: float | None = None
     delivery_rate: float | None = None
     error: str | None = None
+    group_state: str = 'ok'
 
     @property
     def backlog(self) -> int | None:
         """Lag + pending owned by live consumers (entries); ``None`` when the lag is unknown."""
         return None if self.lag is None else self.lag + self.live_pending
+
+    @property
+    def least_quiet_ms(self) -> int | None:
+        """How long (ms) the most recently seen consumer of the group has been quiet
+        (:func:`streamcore.groups.quiet_ms`); ``None`` without consumers."""
+        quiet = [q for c in self.consumers
+                 if (q := quiet_ms({'inactive': c.inactive_ms, 'idle': c.idle_ms})) is not None]
+        return min(quiet, default=None)
 
     @property
     def backlog_floor(self) -> int:
@@ -124,7 +141,7 @@ class StreamSignals:
         """
         text = str(error) if type(error) is ResponseError else f'{type(error).__name__}: {error}'
         return cls(stream, group, False, False, 0, None, None, None, None, None, False, 'error',
-                   0, 0, 0, None, (), error=text)
+                   0, 0, 0, None, (), error=text, group_state='unreadable')
 
 
 @dataclasses.dataclass(frozen=True)
@@ -168,6 +185,10 @@ class Signals:
     def unreadable(self) -> tuple[StreamSignals, ...]:
         """The streams that could not be read this poll (``error`` set)."""
         return tuple(s for s in self.streams if s.error is not None)
+
+    def in_state(self, state: str) -> tuple[StreamSignals, ...]:
+        """The streams whose ``group_state`` is ``state`` (e.g. ``missing``, ``abandoned``)."""
+        return tuple(s for s in self.streams if s.group_state == state)
 
     @property
     def lag(self) -> int | None:
@@ -225,10 +246,11 @@ class Signals:
             'deliveryRate': rate(self.delivery_rate),
             'error': self.error,
             'streams': [
-                {'stream': s.stream, 'group': s.group, 'lagSource': s.lag_source, 'error': s.error}
+                {'stream': s.stream, 'group': s.group, 'groupState': s.group_state, 'lagSource': s.lag_source,
+                 'error': s.error}
                 if s.error is not None else
                 known({
-                    'stream': s.stream, 'group': s.group, 'length': s.length,
+                    'stream': s.stream, 'group': s.group, 'groupState': s.group_state, 'length': s.length,
                     'lag': s.lag, 'lagSource': s.lag_source, 'reportedLag': s.reported_lag,
                     'pending': s.pending, 'livePending': s.live_pending, 'deadPending': s.dead_pending,
                     'consumers': len(s.consumers), 'liveConsumers': sum(c.live for c in s.consumers),
@@ -272,7 +294,9 @@ class SignalReader:
 
     ``r``: an asyncio client owned by the caller; ``streams``: (stream, group) pairs;
     ``combine``: ``sum`` or ``max``; ``lag_count_limit``: the ``XRANGE`` cap when the lag must be
-    counted (0: never count, the lag stays unknown); ``clock``: monotonic seconds for rates.
+    counted (0: never count, the lag stays unknown); ``abandoned_after_ms``: quiet time (ms) after
+    which a group holding pending entries counts as abandoned (default
+    :data:`streamcore.groups.ABANDONED_AFTER_MS`); ``clock``: monotonic seconds for rates.
     """
 
     def __init__(
@@ -282,12 +306,14 @@ class SignalReader:
         *,
         combine: Combine = 'sum',
         lag_count_limit: int = 10_000,
+        abandoned_after_ms: int = ABANDONED_AFTER_MS,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.r = r
         self.streams = tuple(streams)
         self.combine = combine
         self.lag_count_limit = lag_count_limit
+        self.abandoned_after_ms = abandoned_after_ms
         self.clock = clock
         self._previous: dict[tuple[str, str], tuple[float, int | None, int | None]] = {}
 
@@ -342,7 +368,7 @@ class SignalReader:
 
         if isinstance(info, Exception):  # the stream does not exist: nothing to process
             return StreamSignals(stream, group, False, False, 0, None, None, None, None, 0, True,
-                                 'no-stream', 0, 0, 0, None, ())
+                                 'no-stream', 0, 0, 0, None, (), group_state='no-stream')
 
         length = int(_field(info, 'length') or 0)
         entries_added = _int(_field(info, 'entries-added'))
@@ -358,7 +384,8 @@ class SignalReader:
             # every entry counts as undelivered.
             return StreamSignals(stream, group, True, False, length, entries_added, None, None, None,
                                  length, True, 'no-group', 0, 0, 0, None, (),
-                                 self._rate(stream, group, now, entries_added, None)[0], None)
+                                 self._rate(stream, group, now, entries_added, None)[0], None,
+                                 group_state='missing')
 
         last_delivered = _field(mine, 'last-delivered-id')
         entries_read = _int(_field(mine, 'entries-read'))
@@ -394,9 +421,13 @@ class SignalReader:
         if delivered is None and entries_added is not None and lag is not None and exact:
             delivered = entries_added - lag
         arrival, delivery = self._rate(stream, group, now, entries_added, delivered)
+        state = classify_group(
+            stream_exists=True, group_exists=True, pending=int(_field(mine, 'pending') or 0),
+            consumer_quiet_ms=[quiet_ms({'inactive': c.inactive_ms, 'idle': c.idle_ms}) for c in consumers],
+            abandoned_after_ms=self.abandoned_after_ms)
         return StreamSignals(stream, group, True, True, length, entries_added, entries_read, last_delivered,
                              reported, lag, exact, source, pending_total, live_pending, dead_pending,
-                             oldest, tuple(consumers), arrival, delivery)
+                             oldest, tuple(consumers), arrival, delivery, group_state=state)
 
     async def _lag(
         self,

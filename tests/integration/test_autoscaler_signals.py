@@ -273,3 +273,34 @@ async def test_a_missing_group_counts_the_whole_stream_and_wakes_from_zero(r, na
     rules = PolicySpec(min_replicas=0, max_replicas=10, target_backlog_per_replica=100)
     decision = decide(signals, 0, rules, History(), 0.0)
     assert (decision.desired, decision.reason, decision.active) == (3, 'ScaleUp', True)
+
+
+async def test_group_states_match_streamcore_groups(r, names):
+    """Issue 9 item 7: each stream's group is judged by streamcore.groups (as /stream/info does):
+    no-stream, missing, ok, and abandoned once its pending entries have had no consumer seen for
+    ``abandoned_after_ms``; a consumer seen again makes it ok."""
+    reader = SignalReader(r, [(names.stream, names.group)], abandoned_after_ms=300)
+    assert (await reader.read(set())).streams[0].group_state == 'no-stream'
+    await xadd_many(r, names.stream, 10)
+    assert (await reader.read(set())).streams[0].group_state == 'missing'
+
+    await r.xgroup_create(names.stream, names.group, '0')
+    await r.xreadgroup(names.group, 'pod-gone', {names.stream: '>'}, count=4)
+    (s,) = (await reader.read(set())).streams
+    assert (s.group_state, s.pending) == ('ok', 4)  # its consumer was seen just now
+
+    deadline = asyncio.get_running_loop().time() + 10
+    while (s := (await reader.read(set())).streams[0]).group_state != 'abandoned':
+        assert asyncio.get_running_loop().time() < deadline, s
+        await asyncio.sleep(0.05)
+    assert s.least_quiet_ms >= 300 and s.pending == 4
+
+    await r.xreadgroup(names.group, 'pod-new', {names.stream: '>'}, count=1)  # someone reads again
+    assert (await reader.read(set())).streams[0].group_state == 'ok'
+
+    # Nothing pending: quiet consumers are not an abandoned group.
+    other = names.stream + ':idle'
+    await r.xgroup_create(other, names.group, '0', mkstream=True)
+    await r.xreadgroup(names.group, 'pod-quiet', {other: '>'}, count=1)
+    (s,) = (await SignalReader(r, [(other, names.group)], abandoned_after_ms=1).read(set())).streams
+    assert (s.group_state, s.pending) == ('ok', 0)
