@@ -82,9 +82,8 @@ async def run_local(
             now = time.monotonic()
             if signals.error != problem:
                 if signals.error:
-                    logger.warning('cannot read %s: %s; holding %d consumers (never fewer until it reads again)',
-                                   'Redis' if not signals.reachable else 'every stream', signals.error,
-                                   actuator.replicas)
+                    logger.warning('cannot read %s; holding %d consumers (never fewer until it reads again)',
+                                   signals.error, actuator.replicas)
                 else:
                     logger.info('reading %s/%s again', settings.stream_name, settings.group_name)
                 problem = signals.error
