@@ -217,14 +217,68 @@ class LocalProcessActuator:
             await asyncio.gather(*list(self._stopping), return_exceptions=True)
 
 
+class OutputRelay:
+    """Writes lines through ``write`` on a worker thread, in order, so that a slow reader of our
+    output never blocks the event loop.
+
+    ``write(line)`` may block (``sys.stdout`` is a pipe to whoever runs us: the local runner, a
+    test, a terminal). Called from the event loop, a full pipe froze the whole local autoscaler:
+    no poll for seconds while the reader was starved, and the children, whose own pipes we no
+    longer drained, stalled in their logging. Here only :meth:`put` waits, and only once
+    ``max_lines`` lines are queued (back-pressure on the children's output, as a container
+    runtime applies), while polling goes on.
+    """
+
+    def __init__(self, write: Callable[[str], None], *, max_lines: int = 1000, batch: int = 200) -> None:
+        self._write = write
+        self._queue: asyncio.Queue[str | None] = asyncio.Queue(max_lines)
+        self._batch = batch
+        self._task: asyncio.Task[None] | None = None
+
+    async def put(self, line: str) -> None:
+        """Queue ``line`` for writing; waits only while ``max_lines`` are already queued."""
+        if self._task is None:
+            self._task = asyncio.create_task(self._run(), name='output-relay')
+        await self._queue.put(line)
+
+    def _write_all(self, lines: list[str]) -> None:
+        for line in lines:
+            self._write(line)
+
+    async def _run(self) -> None:
+        while True:
+            batch = [await self._queue.get()]
+            while len(batch) < self._batch and not self._queue.empty():
+                batch.append(self._queue.get_nowait())
+            lines = [line for line in batch if line is not None]
+            if lines:
+                await asyncio.to_thread(self._write_all, lines)
+            if None in batch:
+                return
+
+    async def aclose(self, timeout_s: float = 5.0) -> None:
+        """Write what is queued, then stop; stops waiting after ``timeout_s`` seconds (a reader
+        that never reads again must not keep the shutdown waiting here)."""
+        if self._task is None:
+            return
+        try:
+            async with asyncio.timeout(timeout_s):
+                await self._queue.put(None)
+                await asyncio.shield(self._task)
+        except TimeoutError:
+            self._task.cancel()
+
+
 class ConsumerProcesses:
     """Start/stop callables for :class:`LocalProcessActuator` that run consumer processes.
 
     ``command``: argv of one consumer (e.g. ``[python, -m, consumer]``); ``env``: passed through
     with ``POD_NAME`` set to the consumer's name and, if ``health_port_base`` > 0, ``HEALTH_PORT``
-    = base + number - 1. Output lines are prefixed ``<name> |``. A consumer that exits on its own
-    is restarted under the same name (after 1 s, doubling up to 30 s), as a Deployment would.
-    Stopping sends SIGTERM, waits ``grace_s`` seconds for the drain, then SIGKILL.
+    = base + number - 1. Output lines are prefixed ``<name> |`` and written by ``write``
+    (default: our stdout) through an :class:`OutputRelay`, off the event loop. A consumer that
+    exits on its own is restarted under the same name (after 1 s, doubling up to 30 s), as a
+    Deployment would. Stopping sends SIGTERM, waits ``grace_s`` seconds for the drain, then
+    SIGKILL. :meth:`aclose` writes the remaining output.
     """
 
     def __init__(self, command: Sequence[str], env: Mapping[str, str], *, health_port_base: int = 0,
@@ -233,7 +287,7 @@ class ConsumerProcesses:
         self.env = dict(env)
         self.health_port_base = health_port_base
         self.grace_s = grace_s
-        self._write = write or self._stdout
+        self._output = OutputRelay(write or self._stdout)
         self._procs: dict[str, asyncio.subprocess.Process] = {}
         self._tasks: dict[str, asyncio.Task[None]] = {}
         self._stopping: set[str] = set()
@@ -242,6 +296,13 @@ class ConsumerProcesses:
     def _stdout(line: str) -> None:
         sys.stdout.write(line + '\n')
         sys.stdout.flush()
+
+    async def _write(self, line: str) -> None:
+        await self._output.put(line)
+
+    async def aclose(self) -> None:
+        """Write the output still queued (call after every consumer was stopped)."""
+        await self._output.aclose()
 
     def live_names(self) -> set[str]:
         """Names of consumers whose process is running now (draining ones included)."""
@@ -262,7 +323,7 @@ class ConsumerProcesses:
             try:
                 await asyncio.wait_for(proc.wait(), self.grace_s)
             except asyncio.TimeoutError:
-                self._write(f'{name:<12}| did not stop in {self.grace_s:.0f}s; killing')
+                await self._write(f'{name:<12}| did not stop in {self.grace_s:.0f}s; killing')
                 proc.kill()
                 await proc.wait()
         task = self._tasks.pop(name, None)
@@ -279,7 +340,7 @@ class ConsumerProcesses:
             start_new_session=True,  # a Ctrl-C on the terminal reaches us only; we stop children in order
             preexec_fn=_die_with_parent if sys.platform.startswith('linux') else None,
         )
-        self._write(f'{name:<12}| started (pid {self._procs[name].pid})')
+        await self._write(f'{name:<12}| started (pid {self._procs[name].pid})')
 
     async def _supervise(self, name: str) -> None:
         delay = 1.0
@@ -288,13 +349,13 @@ class ConsumerProcesses:
             assert proc.stdout is not None
             started = time.monotonic()
             async for raw in proc.stdout:
-                self._write(f'{name:<12}| {raw.decode(errors="replace").rstrip()}')
+                await self._write(f'{name:<12}| {raw.decode(errors="replace").rstrip()}')
             code = await proc.wait()
             if name in self._stopping:
-                self._write(f'{name:<12}| stopped (exit {code})')
+                await self._write(f'{name:<12}| stopped (exit {code})')
                 return
             delay = 1.0 if time.monotonic() - started > 30 else delay
-            self._write(f'{name:<12}| exited with {code}; restarting in {delay:.0f}s under the same name')
+            await self._write(f'{name:<12}| exited with {code}; restarting in {delay:.0f}s under the same name')
             await asyncio.sleep(delay)
             delay = min(delay * 2, 30.0)
             if name in self._stopping:

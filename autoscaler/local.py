@@ -7,6 +7,8 @@ every ``LOCAL_POLL_INTERVAL_SECONDS`` and keeps between ``LOCAL_MIN_CONSUMERS`` 
 consumer (with ``POD_NAME`` and ``HEALTH_PORT`` set per child), and each child's output is
 prefixed with its name. SIGTERM/SIGINT stops the children (SIGTERM, drain, then SIGKILL after
 ``LOCAL_GRACE_SECONDS``) and then exits 0. The live consumers are exactly our running children.
+When Redis or the stream cannot be read (unreachable, ``WRONGTYPE``...), the consumers are held
+(never fewer) and the fault is logged once when it starts and once when it ends.
 """
 from __future__ import annotations
 
@@ -71,11 +73,33 @@ async def run_local(
                 rules.min_replicas, rules.max_replicas, rules.target_backlog_per_replica,
                 settings.local_poll_interval_seconds, rules.scale_down.stabilization_window_seconds)
     history = History()
+    problem: str | None = None  # what kept the last poll from reading everything, logged once
+    group_state: str | None = None  # streamcore.groups state of the last poll, logged on change
     try:
         await actuator.scale(rules.min_replicas)
         while not stop.is_set():
             signals = await reader.read(processes.live_names())
             now = time.monotonic()
+            if signals.error != problem:
+                if signals.error:
+                    logger.warning('cannot read %s; holding %d consumers (never fewer until it reads again)',
+                                   signals.error, actuator.replicas)
+                else:
+                    logger.info('reading %s/%s again', settings.stream_name, settings.group_name)
+                problem = signals.error
+            state = signals.streams[0].group_state if signals.streams else None
+            if state != group_state and state in ('missing', 'abandoned'):
+                # The same judgement as /stream/info (streamcore.groups), once per change.
+                (s,) = signals.streams
+                if state == 'missing':
+                    logger.info('group %s of %s does not exist yet: its %d entries count as backlog',
+                                s.group, s.stream, s.length)
+                else:
+                    logger.warning('group %s of %s looks abandoned: %d pending entries, no consumer seen for %ss',
+                                   s.group, s.stream, s.pending, '?' if s.least_quiet_ms is None
+                                   else f'{s.least_quiet_ms / 1000:.0f}')
+            if state is not None:
+                group_state = state
             decision = decide(signals, actuator.replicas, rules, history, now)
             metrics.observe('local', signals, decision)
             if decision.changes:
@@ -87,6 +111,7 @@ async def run_local(
     finally:
         logger.info('stopping %d consumers', actuator.replicas)
         await actuator.close()
+        await processes.aclose()
         await r.aclose()
         if runner is not None:
             await runner.cleanup()

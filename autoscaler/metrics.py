@@ -1,7 +1,8 @@
 """Prometheus metrics of the autoscaler (served on ``METRICS_PORT`` at ``/metrics``).
 
 Label ``autoscaler`` is ``<namespace>/<name>`` of the StreamAutoscaler (``local`` in local mode):
-one series per autoscaler, a small number.
+one series per autoscaler, a small number (``orderstream_autoscaler_groups`` adds ``state``, one
+of five).
 """
 from __future__ import annotations
 
@@ -11,6 +12,10 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 from autoscaler.policy import Decision
 from autoscaler.signals import Signals
+
+#: The ``state`` label values of ``orderstream_autoscaler_groups`` (streamcore.groups' states
+#: plus ``unreadable``); every one is set on every poll, 0 when no stream is in it.
+GROUP_STATES = ('ok', 'missing', 'abandoned', 'no-stream', 'unreadable')
 
 
 @dataclasses.dataclass(frozen=True)
@@ -25,6 +30,7 @@ class AutoscalerMetrics:
     lag_exact: Gauge
     current: Gauge
     desired: Gauge
+    groups: Gauge
     scalings: Counter
     polls: Counter
     poll_seconds: Histogram
@@ -42,6 +48,9 @@ class AutoscalerMetrics:
         self.lag_exact.labels(key).set(1 if signals.lag_exact else 0)
         self.current.labels(key).set(decision.current)
         self.desired.labels(key).set(decision.desired)
+        for state in GROUP_STATES:
+            count = sum(s.group_state == state for s in signals.streams)
+            self.groups.labels(key, state).set(count if signals.reachable else float('nan'))
 
     def forget(self, key: str) -> None:
         """Drop the series of an autoscaler that was deleted."""
@@ -49,6 +58,11 @@ class AutoscalerMetrics:
                       self.lag_exact, self.current, self.desired):
             try:
                 gauge.remove(key)
+            except KeyError:
+                pass
+        for state in GROUP_STATES:
+            try:
+                self.groups.remove(key, state)
             except KeyError:
                 pass
 
@@ -67,6 +81,11 @@ def autoscaler_metrics(registry: CollectorRegistry) -> AutoscalerMetrics:
         lag_exact=gauge('orderstream_autoscaler_lag_exact', '1 if the lag is exact (not unknown, not a capped count).'),
         current=gauge('orderstream_autoscaler_current_replicas', 'Replicas of the target before the decision.'),
         desired=gauge('orderstream_autoscaler_desired_replicas', 'Replicas the policy wants.'),
+        groups=Gauge('orderstream_autoscaler_groups',
+                     'Configured stream/group pairs by state: ok, missing (stream without its group), abandoned '
+                     '(pending entries, no consumer seen for groupAbandonedAfterSeconds), no-stream, unreadable '
+                     '(error reply); NaN while Redis is unreachable.',
+                     ['autoscaler', 'state'], registry=registry),
         scalings=Counter('orderstream_autoscaler_scalings_total', 'Replica changes applied, by direction.',
                          ['autoscaler', 'direction'], registry=registry),
         polls=Counter('orderstream_autoscaler_polls_total', 'Polls, by result (ok, hold, error).',

@@ -11,15 +11,20 @@ need it:
 
 1. **Hold when blind.** Redis unreachable or backlog unknown (``None``, e.g. a NULL lag that could
    not be counted) -> keep the current replicas (raised to ``minReplicas`` at most). Never scale
-   in on an unknown value; a NULL lag is not 0.
+   in on an unknown value; a NULL lag is not 0. When only part of the backlog is unknown (one of
+   several streams unreadable), the observation's ``backlog_floor`` (what is known) still
+   drives scaling *up* through the steps below; scaling down waits until everything is read.
 2. **Raw recommendation.** ``ceil(backlog / targetBacklogPerReplica)``; no change while the ratio
    ``backlog / (target * current)`` is within ``tolerance`` of 1. At 0 replicas, a backlog of at
    least ``activationBacklog`` (inclusive) wakes the workload: at least 1 replica, on the first
    poll that sees it (no up-stabilization for the 0 -> 1 step). Then clamped to min/max.
 3. **Stabilization.** Scale up only to the lowest recommendation of the scale-up window, scale
-   down only to the highest recommendation of the scale-down window. Scale-down also needs a
-   full window of observations: after a (re)start nothing is removed until the operator has
-   watched for a whole window, so a restart cannot cut replicas on one sample.
+   down only to the highest recommendation in force during the scale-down window. A
+   recommendation stays in force until the next poll, so the last one made before the window
+   began counts as well: polls that come late (a starved or stalled loop) never let a single
+   new sample scale down. Scale-down also needs a full window of observations: after a
+   (re)start nothing is removed until the operator has watched for a whole window, so a
+   restart cannot cut replicas on one sample.
 4. **Rate policies.** At most N pods / P percent per period (``selectPolicy`` Max, Min or
    Disabled), counted from the changes recorded in the history.
 
@@ -52,6 +57,8 @@ class BacklogObservation(Protocol):
 
     ``backlog``: undelivered entries (lag) + entries pending on live consumers, summed or maxed
     over the streams; ``None`` when unknown. ``reachable``: whether Redis answered at all.
+    ``backlog_floor``: a lower bound of the backlog from the parts that could be read (equal to
+    ``backlog`` when that is known; ``None`` when nothing is known).
     """
 
     @property
@@ -60,13 +67,18 @@ class BacklogObservation(Protocol):
     @property
     def reachable(self) -> bool: ...
 
+    @property
+    def backlog_floor(self) -> int | None: ...
+
 
 @dataclasses.dataclass(frozen=True)
 class Observation:
-    """A minimal :class:`BacklogObservation` (tests, local runner). ``backlog`` in entries."""
+    """A minimal :class:`BacklogObservation` (tests, local runner). ``backlog`` and
+    ``backlog_floor`` in entries."""
 
     backlog: int | None
     reachable: bool = True
+    backlog_floor: int | None = None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -187,7 +199,8 @@ class History:
     """What the policy remembers between polls (immutable; see :meth:`recorded`).
 
     ``recommendations``: one per poll, oldest first; the oldest kept may lie before the longest
-    window, as evidence of how long we have been watching. ``changes``: applied scale changes
+    window: it was still in force when the window began, and it proves how long we have been
+    watching. ``changes``: applied scale changes
     within the longest rate-policy period.
     """
 
@@ -223,10 +236,12 @@ class Decision:
 
     ``desired``: replicas to have now. ``current``: replicas the workload had (scale
     ``spec.replicas``). ``recommended``: the raw recommendation clamped to min/max, before
-    stabilization and rate limits; ``None`` when holding blind. ``reason``: one of ``Hold``,
-    ``Steady``, ``ScaleUp``, ``ScaleDown``. ``message``: a sentence for status and Events.
-    ``limited_by``: constants of this module naming what kept ``desired`` from the raw
-    recommendation. ``active``: backlog >= ``activationBacklog`` (``None`` when unknown).
+    stabilization and rate limits; ``None`` when holding blind or when only a lower bound of the
+    backlog is known (then ``limited_by`` holds ``BacklogUnknown`` and ``desired`` >= ``current``).
+    ``reason``: one of ``Hold``, ``Steady``, ``ScaleUp``, ``ScaleDown``. ``message``: a sentence
+    for status and Events. ``limited_by``: constants of this module naming what kept ``desired``
+    from the raw recommendation. ``active``: backlog >= ``activationBacklog`` (``None`` when
+    unknown).
     """
 
     desired: int
@@ -257,7 +272,11 @@ def decide(
     ``now``: seconds on the same clock as ``history``.
     """
     current = max(0, current)
-    if not observation.reachable or observation.backlog is None:
+    known = observation.backlog
+    partial = False
+    if known is None and observation.reachable and observation.backlog_floor is not None:
+        known, partial = observation.backlog_floor, True  # part unknown: up on what is known, never down
+    if not observation.reachable or known is None:
         cause = REDIS_UNREACHABLE if not observation.reachable else BACKLOG_UNKNOWN
         desired = max(current, spec.min_replicas)
         limited = (cause,) + ((MIN_REPLICAS,) if desired != current else ())
@@ -265,7 +284,7 @@ def decide(
         return Decision(desired, current, None, 'Hold',
                         f"holding {desired} replicas: {what}; never scaling in blind", limited, None)
 
-    backlog = max(0, observation.backlog)
+    backlog = max(0, known)
     target = spec.target_backlog_per_replica
     active = backlog >= spec.activation_backlog
     limited: list[str] = []
@@ -288,10 +307,17 @@ def decide(
     up_window = spec.scale_up.stabilization_window_seconds
     down_window = spec.scale_down.stabilization_window_seconds
     ups = [r.replicas for r in history.recommendations if r.at > now - up_window] + [bounded]
-    downs = [r.replicas for r in history.recommendations if r.at > now - down_window] + [bounded]
-    watched_long_enough = down_window <= 0 or any(r.at <= now - down_window for r in history.recommendations)
-    if not watched_long_enough:
-        downs.append(current)
+    downs = [bounded]
+    if down_window > 0:
+        # A recommendation stands until the next poll replaces it, so the one made last before
+        # the window began was still in force at its start and counts too. Without it, a poll
+        # that comes later than the window (a stalled or starved loop) would scale down on its
+        # single sample: the window would hold nothing else.
+        cutoff = now - down_window
+        before = [r for r in history.recommendations if r.at <= cutoff][-1:]
+        downs += [r.replicas for r in before] + [r.replicas for r in history.recommendations if r.at > cutoff]
+        if not before:  # not watched for a whole window yet (just started): never scale down
+            downs.append(current)
     desired = current
     if desired < min(ups):
         desired = min(ups)
@@ -318,6 +344,17 @@ def decide(
 
     # Bounds win last, as in the HPA (a workload outside min/max is brought back at once).
     desired = min(max(desired, spec.min_replicas), spec.max_replicas)
+
+    if partial:
+        # Only a lower bound is known: never scale in on it (not even above maxReplicas, as in
+        # a hold); it is no recommendation either, so the history records what we keep.
+        desired = max(desired, current, spec.min_replicas)
+        limited.append(BACKLOG_UNKNOWN)
+        reason = 'ScaleUp' if desired > current else 'Hold'
+        message = (f"backlog at least {backlog} (part of it unknown) / target {target} per replica -> "
+                   f"{raw} replicas; {current} -> {desired} (limited by {', '.join(limited)}; never scaling in "
+                   f"while part of the backlog is unknown)")
+        return Decision(desired, current, None, reason, message, tuple(limited), True if active else None)
 
     reason = 'ScaleUp' if desired > current else 'ScaleDown' if desired < current else 'Steady'
     message = f"backlog {backlog} / target {target} per replica -> {raw} replicas"

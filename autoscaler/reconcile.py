@@ -6,6 +6,13 @@ patches the Deployment's ``scale`` subresource when the count changes (not when 
 ``dryRun``), and returns an :class:`Outcome`: the new ``status``, the Events to post and whether
 kopf should retry soon. It never posts or patches the StreamAutoscaler itself — the handler does,
 through kopf — so the flow stays readable and testable.
+
+Faults stay with their resource, and within a resource with their stream: a configured stream
+that answers with an error reply (``WRONGTYPE``, ``NOPERM``...) sets ``Ready=False`` with reason
+``StreamUnreadable`` (cleared on the first poll that reads every stream), posts one Warning
+Event ``StreamUnreadable`` when it starts failing, and leaves ``RedisReachable`` true; the other
+streams still scale the target up (never down) meanwhile. Each StreamAutoscaler has its own
+timer, reader and history, so another resource's fault never touches this one.
 """
 from __future__ import annotations
 
@@ -22,11 +29,28 @@ import redis.asyncio as aioredis
 from autoscaler import policy
 from autoscaler.actuators import KubeApi, KubeError, KubeNotFound
 from autoscaler.metrics import AutoscalerMetrics
-from autoscaler.signals import Signals, SignalReader
+from autoscaler.signals import SignalReader, Signals, StreamSignals
+from streamcore.groups import ABANDONED_AFTER_MS
 
 logger = logging.getLogger(__name__)
 
-CONDITION_TYPES = ('Ready', 'Active', 'ScalingLimited', 'RedisReachable', 'LagExact')
+CONDITION_TYPES = ('Ready', 'Active', 'ScalingLimited', 'RedisReachable', 'LagExact', 'GroupMissing', 'GroupAbandoned')
+
+#: ``Ready`` reason and Warning Event reason when a configured stream answers with an error
+#: reply (``WRONGTYPE``: the key is a string or a hash; ``NOPERM``; any other ``ResponseError``):
+#: that stream's backlog is unknown, the others are still read and scale up (issue 9 item 6).
+STREAM_UNREADABLE = 'StreamUnreadable'
+
+#: Condition types (and ``True`` reasons) for the group states of :mod:`streamcore.groups`
+#: (issue 9 item 7), with the same definitions as the producer's ``/stream/info``:
+#: ``GroupMissing`` is True while a configured stream exists without its group (its whole
+#: length counts as backlog); ``GroupAbandoned`` is True while a group holds pending entries and
+#: none of its consumers was seen for ``spec.groupAbandonedAfterSeconds``. Both are False
+#: (reasons ``GroupsPresent``, ``GroupsRead``) once no stream is in that state, and Unknown
+#: (reason ``RedisUnreachable`` or ``StreamUnreadable``) while a stream could not be read and
+#: none is known to be in it.
+GROUP_MISSING = 'GroupMissing'
+GROUP_ABANDONED = 'GroupAbandoned'
 
 
 @dataclasses.dataclass(frozen=True)
@@ -59,6 +83,7 @@ class AutoscalerSpec:
     combine: str
     poll_interval_s: float
     lag_count_limit: int
+    abandoned_after_ms: int
     paused: bool
     dry_run: bool
     rules: policy.PolicySpec
@@ -84,6 +109,9 @@ class AutoscalerSpec:
         poll = float(spec.get('pollIntervalSeconds', 15))
         if poll <= 0:
             raise ValueError('spec.pollIntervalSeconds must be > 0')
+        abandoned_s = float(spec.get('groupAbandonedAfterSeconds', ABANDONED_AFTER_MS / 1000))
+        if abandoned_s <= 0:
+            raise ValueError('spec.groupAbandonedAfterSeconds must be > 0')
         return cls(
             target=TargetRef(ref['name']),
             redis=RedisRef(secret.get('name'), secret.get('key', 'url'), redis_spec.get('url'),
@@ -92,6 +120,7 @@ class AutoscalerSpec:
             combine=combine,
             poll_interval_s=poll,
             lag_count_limit=int(spec.get('lagCountLimit', 10_000)),
+            abandoned_after_ms=round(abandoned_s * 1000),
             paused=bool(spec.get('paused', False)),
             dry_run=bool(spec.get('dryRun', False)),
             rules=policy.PolicySpec.from_spec(spec),
@@ -182,6 +211,42 @@ def conditions(previous: list[Mapping[str, Any]] | None, **states: tuple[str, st
     return result
 
 
+def _minutes(ms: int) -> str:
+    return f'{ms / 60_000:.0f}m' if ms >= 60_000 else f'{ms / 1000:g}s'
+
+
+def group_conditions(signals: Signals, abandoned_after_ms: int) -> tuple[tuple[str, str, str], tuple[str, str, str]]:
+    """``(GroupMissing, GroupAbandoned)`` as ``(status, reason, message)`` from one poll's
+    per-stream ``group_state`` (see :data:`GROUP_MISSING`). ``abandoned_after_ms``: the
+    threshold, for the message."""
+    if not signals.reachable:
+        unknown = ('Unknown', 'RedisUnreachable', signals.error or 'Redis is unreachable')
+        return unknown, unknown
+    unreadable = ', '.join(s.stream for s in signals.unreadable)
+
+    def otherwise(reason: str, text: str) -> tuple[str, str, str]:
+        if unreadable:
+            return 'Unknown', STREAM_UNREADABLE, f'cannot tell for {unreadable}: unreadable'
+        return 'False', reason, text
+
+    missing = signals.in_state('missing')
+    abandoned = signals.in_state('abandoned')
+    missing_condition = ('True', GROUP_MISSING, '; '.join(
+        f'stream {s.stream} has {s.length} entries and no group {s.group}: all {s.length} count as backlog '
+        f'until the group is created (by the producer or the first consumer)' for s in missing)
+    ) if missing else otherwise('GroupsPresent', 'every existing stream has its group')
+
+    def quiet(s: StreamSignals) -> str:
+        least = s.least_quiet_ms
+        return 'no consumer' if least is None else f'no consumer seen for {_minutes(least)}'
+
+    abandoned_condition = ('True', GROUP_ABANDONED, '; '.join(
+        f'group {s.group} of stream {s.stream} holds {s.pending} pending entries and {quiet(s)} '
+        f'(threshold {_minutes(abandoned_after_ms)}): nobody reads it any more' for s in abandoned)
+    ) if abandoned else otherwise('GroupsRead', 'no group holds pending entries without a consumer seen recently')
+    return missing_condition, abandoned_condition
+
+
 def _condition(status: Mapping[str, Any], kind: str) -> Mapping[str, Any]:
     return next((c for c in status.get('conditions') or () if c.get('type') == kind), {})
 
@@ -270,10 +335,11 @@ async def _reconcile(
         logger.warning('%s: cannot list pods (%s); counting all pending entries as live', key, e)
         live = None
 
-    reader_key = (url, parsed.streams, parsed.combine, parsed.lag_count_limit)
+    reader_key = (url, parsed.streams, parsed.combine, parsed.lag_count_limit, parsed.abandoned_after_ms)
     if state.reader is None or state.reader_key != reader_key:
         state.reader = SignalReader(redis_for(url), parsed.streams, combine=parsed.combine,  # type: ignore[arg-type]
-                                    lag_count_limit=parsed.lag_count_limit)
+                                    lag_count_limit=parsed.lag_count_limit,
+                                    abandoned_after_ms=parsed.abandoned_after_ms)
         state.reader_key = reader_key
     signals: Signals = await state.reader.read(live)
 
@@ -310,17 +376,37 @@ async def _reconcile(
 
     if not signals.reachable and transition('RedisReachable', 'False'):
         events.append(EventSpec('Warning', 'RedisUnreachable', f'{signals.error}; holding {current} replicas'))
+    # One Warning per incident: a stream that was read (or not shown) on the previous poll and
+    # fails now. The previous poll's per-stream errors come from the status we wrote, so an
+    # operator restart does not repeat the Event.
+    failing_before = {(s.get('stream'), s.get('group'))
+                      for s in ((status.get('signals') or {}).get('streams') or ()) if s.get('error')}
+    for s in signals.unreadable:
+        if (s.stream, s.group) not in failing_before:
+            events.append(EventSpec('Warning', STREAM_UNREADABLE,
+                                    f'cannot read stream {s.stream} (group {s.group}): {s.error}; it is retried every poll, '
+                                    f'the other streams keep scaling (up only, until it reads again)'))
+    missing, abandoned = group_conditions(signals, parsed.abandoned_after_ms)
+    if abandoned[0] == 'True' and transition(GROUP_ABANDONED, 'True'):
+        events.append(EventSpec('Warning', GROUP_ABANDONED, abandoned[2]))
     if metrics is not None:
         metrics.observe(key, signals, decision)
         metrics.polls.labels(key, 'hold' if decision.reason == 'Hold' else 'ok').inc()
 
     limits = [limit for limit in decision.limited_by if limit != policy.TOLERANCE]
+    backlog_text = signals.backlog if signals.backlog is not None else f'at least {signals.backlog_floor}'
     active = ('Unknown', 'BacklogUnknown', 'the backlog is unknown') if decision.active is None else (
-        ('True', 'BacklogAboveActivation', f'backlog {signals.backlog} >= activation {parsed.rules.activation_backlog}')
+        ('True', 'BacklogAboveActivation', f'backlog {backlog_text} >= activation {parsed.rules.activation_backlog}')
         if decision.active else
-        ('False', 'BacklogBelowActivation', f'backlog {signals.backlog} < activation {parsed.rules.activation_backlog}'))
-    ready = ('True', 'Polling', 'reading Redis and scaling') if signals.reachable else (
-        'False', 'RedisUnreachable', signals.error or 'Redis is unreachable')
+        ('False', 'BacklogBelowActivation', f'backlog {backlog_text} < activation {parsed.rules.activation_backlog}'))
+    if not signals.reachable:
+        ready = ('False', 'RedisUnreachable', signals.error or 'Redis is unreachable')
+    elif signals.unreadable:
+        ready = ('False', STREAM_UNREADABLE, '; '.join(
+            f'stream {s.stream} (group {s.group}): {s.error}' for s in signals.unreadable)
+            + '; scaling up on the readable streams, never down, until every stream reads again')
+    else:
+        ready = ('True', 'Polling', 'reading Redis and scaling')
     lag_exact = ('Unknown', 'RedisUnreachable', 'no reading') if not signals.reachable else (
         ('True', 'Exact', 'lag read or counted exactly') if signals.lag_exact else
         ('False', 'Estimated', 'lag unknown or a capped count: ' + ', '.join(
@@ -342,6 +428,8 @@ async def _reconcile(
             RedisReachable=('True', 'Reachable', 'the last poll read Redis') if signals.reachable else
                            ('False', 'Unreachable', signals.error or 'Redis is unreachable'),
             LagExact=lag_exact,
+            GroupMissing=missing,
+            GroupAbandoned=abandoned,
         ),
     }
     if applied:

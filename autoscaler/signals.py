@@ -18,6 +18,18 @@ and the ``XPENDING`` summary. From the answers:
   reported. Without a live set, all pending counts as live (the conservative choice).
 * **rates** from the deltas of ``entries-added`` (arrivals) and ``entries-read`` (deliveries)
   between two polls of the same :class:`SignalReader`.
+* **group state** (``group_state``), judged by :func:`streamcore.groups.classify_group` exactly as
+  the producer's ``/stream/info`` judges it: ``missing`` (the stream exists, the group does not:
+  its whole length is lag), ``abandoned`` (``XINFO GROUPS`` ``pending`` > 0 and no consumer seen
+  for ``abandoned_after_ms``: :func:`streamcore.groups.quiet_ms` of each ``XINFO CONSUMERS``
+  entry), ``no-stream``, ``ok``, and ours, ``unreadable`` (see below).
+* **faults are per stream.** An error reply about one stream (``WRONGTYPE`` because the key is a
+  string or a hash, ``NOPERM`` for that key, any other ``ResponseError``) makes only that
+  stream *unreadable* (``lag_source`` ``error``, ``error`` set, backlog unknown); the other
+  streams are read as usual, and ``Signals.backlog_floor`` keeps what is known. Only a server
+  that cannot answer at all (connection refused or lost, timeout, ``LOADING``, ``BUSY`` and the
+  other "not now" replies of :func:`streamcore.connection.is_transient`) makes the whole
+  reading ``reachable=False``.
 
 Units: counts are stream entries; times in ``*_ms`` are milliseconds; rates are entries per
 second; ``observed_at`` is Unix time in seconds.
@@ -34,6 +46,9 @@ import redis.asyncio as aioredis
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError, ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
+
+from streamcore.connection import is_transient
+from streamcore.groups import ABANDONED_AFTER_MS, classify_group, quiet_ms
 
 logger = logging.getLogger(__name__)
 
@@ -64,10 +79,14 @@ class StreamSignals:
     stream is missing), ``entries_read`` (``XINFO GROUPS`` ``entries-read``; may be ``None``),
     ``last_delivered_id``, ``reported_lag`` (Redis's ``lag``, ``None`` for NULL), ``lag`` (our
     undelivered count, ``None`` = unknown), ``lag_exact``, ``lag_source`` (``xinfo``,
-    ``position``, ``xrange``, ``xrange-capped``, ``no-stream``, ``no-group``, ``unknown``),
-    ``pending`` (``XPENDING`` total), ``live_pending``/``dead_pending`` (split by consumer
-    liveness), ``oldest_pending_id``, ``consumers``, ``arrival_rate``/``delivery_rate``
-    (entries/s since the previous poll; ``None`` on the first poll or when unknown).
+    ``position``, ``xrange``, ``xrange-capped``, ``no-stream``, ``no-group``, ``unknown``,
+    ``error``), ``pending`` (``XPENDING`` total), ``live_pending``/``dead_pending`` (split by
+    consumer liveness), ``oldest_pending_id``, ``consumers``, ``arrival_rate``/``delivery_rate``
+    (entries/s since the previous poll; ``None`` on the first poll or when unknown), ``error``
+    (the error reply that made this stream unreadable, e.g. ``WRONGTYPE Operation against a key
+    holding the wrong kind of value``; ``None`` when it was read), ``group_state`` (``ok``,
+    ``missing``, ``abandoned``, ``no-stream`` from :func:`streamcore.groups.classify_group`, or
+    ``unreadable``).
     """
 
     stream: str
@@ -89,19 +108,49 @@ class StreamSignals:
     consumers: tuple[ConsumerSignals, ...]
     arrival_rate: float | None = None
     delivery_rate: float | None = None
+    error: str | None = None
+    group_state: str = 'ok'
 
     @property
     def backlog(self) -> int | None:
         """Lag + pending owned by live consumers (entries); ``None`` when the lag is unknown."""
         return None if self.lag is None else self.lag + self.live_pending
 
+    @property
+    def least_quiet_ms(self) -> int | None:
+        """How long (ms) the most recently seen consumer of the group has been quiet
+        (:func:`streamcore.groups.quiet_ms`); ``None`` without consumers."""
+        quiet = [q for c in self.consumers
+                 if (q := quiet_ms({'inactive': c.inactive_ms, 'idle': c.idle_ms})) is not None]
+        return min(quiet, default=None)
+
+    @property
+    def backlog_floor(self) -> int:
+        """What the backlog is at least (entries): the backlog when known, else the live
+        pending entries (0 for an unreadable stream)."""
+        backlog = self.backlog
+        return self.live_pending if backlog is None else backlog
+
+    @classmethod
+    def unreadable(cls, stream: str, group: str, error: BaseException) -> StreamSignals:
+        """The signals of a stream whose reading failed with the error reply ``error``.
+
+        ``error`` text: the reply (``WRONGTYPE Operation against ...``); redis-py strips the
+        code of the replies it maps to a subclass, so those carry the class name instead
+        (``NoPermissionError: ...`` for ``NOPERM``).
+        """
+        text = str(error) if type(error) is ResponseError else f'{type(error).__name__}: {error}'
+        return cls(stream, group, False, False, 0, None, None, None, None, None, False, 'error',
+                   0, 0, 0, None, (), error=text, group_state='unreadable')
+
 
 @dataclasses.dataclass(frozen=True)
 class Signals:
     """One poll's signals over all configured streams (implements ``policy.BacklogObservation``).
 
-    ``reachable``: Redis answered; ``error``: why not (or why a stream could not be read);
-    ``combine``: ``sum`` or ``max`` of the per-stream backlogs; ``observed_at``: Unix seconds.
+    ``reachable``: Redis answered; ``error``: why not (or why streams could not be read: one
+    ``<stream>: <error reply>`` per unreadable stream, joined by ``; ``); ``combine``: ``sum``
+    or ``max`` of the per-stream backlogs; ``observed_at``: Unix seconds.
     """
 
     reachable: bool
@@ -122,6 +171,24 @@ class Signals:
     def backlog(self) -> int | None:
         """Combined backlog in entries (lag + live pending); ``None`` if any part is unknown."""
         return self._combined([s.backlog for s in self.streams])
+
+    @property
+    def backlog_floor(self) -> int | None:
+        """A lower bound of the combined backlog from what could be read (entries): each
+        stream's backlog, or its live pending entries when its lag is unknown, 0 for an
+        unreadable one. ``None`` when Redis was not reachable. Equals :attr:`backlog` when that
+        is known; the policy scales *up* on it while part of the backlog is unknown, never down.
+        """
+        return self._combined([s.backlog_floor for s in self.streams])
+
+    @property
+    def unreadable(self) -> tuple[StreamSignals, ...]:
+        """The streams that could not be read this poll (``error`` set)."""
+        return tuple(s for s in self.streams if s.error is not None)
+
+    def in_state(self, state: str) -> tuple[StreamSignals, ...]:
+        """The streams whose ``group_state`` is ``state`` (e.g. ``missing``, ``abandoned``)."""
+        return tuple(s for s in self.streams if s.group_state == state)
 
     @property
     def lag(self) -> int | None:
@@ -179,8 +246,11 @@ class Signals:
             'deliveryRate': rate(self.delivery_rate),
             'error': self.error,
             'streams': [
+                {'stream': s.stream, 'group': s.group, 'groupState': s.group_state, 'lagSource': s.lag_source,
+                 'error': s.error}
+                if s.error is not None else
                 known({
-                    'stream': s.stream, 'group': s.group, 'length': s.length,
+                    'stream': s.stream, 'group': s.group, 'groupState': s.group_state, 'length': s.length,
                     'lag': s.lag, 'lagSource': s.lag_source, 'reportedLag': s.reported_lag,
                     'pending': s.pending, 'livePending': s.live_pending, 'deadPending': s.dead_pending,
                     'consumers': len(s.consumers), 'liveConsumers': sum(c.live for c in s.consumers),
@@ -224,7 +294,9 @@ class SignalReader:
 
     ``r``: an asyncio client owned by the caller; ``streams``: (stream, group) pairs;
     ``combine``: ``sum`` or ``max``; ``lag_count_limit``: the ``XRANGE`` cap when the lag must be
-    counted (0: never count, the lag stays unknown); ``clock``: monotonic seconds for rates.
+    counted (0: never count, the lag stays unknown); ``abandoned_after_ms``: quiet time (ms) after
+    which a group holding pending entries counts as abandoned (default
+    :data:`streamcore.groups.ABANDONED_AFTER_MS`); ``clock``: monotonic seconds for rates.
     """
 
     def __init__(
@@ -234,12 +306,14 @@ class SignalReader:
         *,
         combine: Combine = 'sum',
         lag_count_limit: int = 10_000,
+        abandoned_after_ms: int = ABANDONED_AFTER_MS,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.r = r
         self.streams = tuple(streams)
         self.combine = combine
         self.lag_count_limit = lag_count_limit
+        self.abandoned_after_ms = abandoned_after_ms
         self.clock = clock
         self._previous: dict[tuple[str, str], tuple[float, int | None, int | None]] = {}
 
@@ -247,7 +321,8 @@ class SignalReader:
         """Poll Redis once. ``live_consumers``: names of consumers known to be alive (``None``:
         unknown, all pending counts as live).
 
-        Never raises for Redis failures: an unreachable server gives ``reachable=False``.
+        Never raises for Redis failures: an unreachable server gives ``reachable=False``; an
+        error reply about one stream marks that stream unreadable (see the module docstring).
         """
         observed_at = time.time()
         pipe = self.r.pipeline(transaction=False)
@@ -261,12 +336,20 @@ class SignalReader:
             now = self.clock()
             results = []
             for i, (stream, group) in enumerate(self.streams):
-                results.append(await self._one(stream, group, replies[4 * i: 4 * i + 4], live_consumers, now))
+                try:
+                    results.append(await self._one(stream, group, replies[4 * i: 4 * i + 4], live_consumers, now))
+                except ResponseError as e:
+                    if is_transient(e):
+                        raise  # LOADING, BUSY...: the server, not this stream
+                    # This stream only (WRONGTYPE, NOPERM...): the others are still read.
+                    self._previous.pop((stream, group), None)
+                    results.append(StreamSignals.unreadable(stream, group, e))
         except (RedisConnectionError, RedisTimeoutError, OSError) as e:
             return Signals(False, (), self.combine, f"Redis unreachable: {e}", observed_at)
-        except RedisError as e:  # e.g. NOAUTH/WRONGPASS: we cannot read, so we know nothing
+        except RedisError as e:  # e.g. NOAUTH/WRONGPASS, LOADING: we cannot read, so we know nothing
             return Signals(False, (), self.combine, f"Redis error: {e}", observed_at)
-        return Signals(True, tuple(results), self.combine, None, observed_at)
+        errors = '; '.join(f'{s.stream}: {s.error}' for s in results if s.error is not None)
+        return Signals(True, tuple(results), self.combine, errors or None, observed_at)
 
     async def _one(
         self,
@@ -285,7 +368,7 @@ class SignalReader:
 
         if isinstance(info, Exception):  # the stream does not exist: nothing to process
             return StreamSignals(stream, group, False, False, 0, None, None, None, None, 0, True,
-                                 'no-stream', 0, 0, 0, None, ())
+                                 'no-stream', 0, 0, 0, None, (), group_state='no-stream')
 
         length = int(_field(info, 'length') or 0)
         entries_added = _int(_field(info, 'entries-added'))
@@ -301,7 +384,8 @@ class SignalReader:
             # every entry counts as undelivered.
             return StreamSignals(stream, group, True, False, length, entries_added, None, None, None,
                                  length, True, 'no-group', 0, 0, 0, None, (),
-                                 self._rate(stream, group, now, entries_added, None)[0], None)
+                                 self._rate(stream, group, now, entries_added, None)[0], None,
+                                 group_state='missing')
 
         last_delivered = _field(mine, 'last-delivered-id')
         entries_read = _int(_field(mine, 'entries-read'))
@@ -337,9 +421,13 @@ class SignalReader:
         if delivered is None and entries_added is not None and lag is not None and exact:
             delivered = entries_added - lag
         arrival, delivery = self._rate(stream, group, now, entries_added, delivered)
+        state = classify_group(
+            stream_exists=True, group_exists=True, pending=int(_field(mine, 'pending') or 0),
+            consumer_quiet_ms=[quiet_ms({'inactive': c.inactive_ms, 'idle': c.idle_ms}) for c in consumers],
+            abandoned_after_ms=self.abandoned_after_ms)
         return StreamSignals(stream, group, True, True, length, entries_added, entries_read, last_delivered,
                              reported, lag, exact, source, pending_total, live_pending, dead_pending,
-                             oldest, tuple(consumers), arrival, delivery)
+                             oldest, tuple(consumers), arrival, delivery, group_state=state)
 
     async def _lag(
         self,

@@ -12,11 +12,13 @@ import os
 import re
 import signal
 import sys
+import threading
 import time
 from pathlib import Path
 
 import pytest
 
+from autoscaler.actuators import ConsumerProcesses
 from streamcore.envelope import encode
 from streamcore.keys import Keys
 
@@ -172,3 +174,86 @@ async def test_burst_scales_up_drains_and_scales_down(autoscaler, r, names):
     started = [line for line in autoscaler.lines if re.search(r'consumer-\d+\s*\| started \(pid', line)]
     stopped = [line for line in autoscaler.lines if re.search(r'consumer-\d+\s*\| stopped \(exit 0\)', line)]
     assert len(started) == len(stopped) >= peak, '\n'.join(autoscaler.lines[-30:])
+
+
+async def test_a_reader_that_stops_reading_never_stalls_the_event_loop():
+    """Issue 9 item 10: the children's output used to be written to our stdout from the event
+    loop. When whoever reads that pipe (the test, the local runner, a terminal) falls behind on
+    a loaded machine, the write blocks, and with it every poll: a poll after the gap then saw a
+    window with one sample. Now a blocked writer holds up only the output, in order."""
+    gate = threading.Event()    # the reader is back
+    reached = threading.Event()  # the first line reached the writer
+    timed_out = threading.Event()  # the writer gave up waiting: nobody released it in time
+    written: list[str] = []
+    release_at = time.monotonic() + 30  # bounds the test if the gate is never opened
+
+    def write(line: str) -> None:
+        reached.set()
+        if not gate.wait(max(0.0, release_at - time.monotonic())):  # a stuck reader, until released below
+            timed_out.set()
+        written.append(line)
+
+    script = 'import time\nfor i in range(50): print("line", i, flush=True)\ntime.sleep(60)'
+    processes = ConsumerProcesses([sys.executable, '-c', script], dict(os.environ), grace_s=10, write=write)
+    started = time.monotonic()
+    try:
+        await processes.start('consumer-1')
+        while not reached.is_set():  # the "started" line is with the (stuck) writer now
+            assert time.monotonic() < release_at, 'nothing was written'
+            await asyncio.sleep(0.01)
+        for _ in range(5):
+            await asyncio.sleep(0.01)  # the loop keeps turning while the writer is stuck
+        # Only the writer may wait for the reader: had the loop waited with it, the writer would
+        # have given up (timed out) before the loop got here to release it.
+        assert not timed_out.is_set(), f'the event loop was blocked for {time.monotonic() - started:.1f}s by a stuck writer'
+    finally:
+        gate.set()
+        await processes.stop('consumer-1')
+    await processes.aclose()
+    assert written[0].startswith('consumer-1  | started (pid')
+    assert [line.split('| ')[1] for line in written[1:51]] == [f'line {i}' for i in range(50)]
+    assert written[-1].startswith('consumer-1  | stopped (exit')
+
+
+async def test_local_mode_holds_and_says_so_once_while_the_stream_key_has_the_wrong_type(redis_url, r, names, caplog):
+    """Issue 9 item 6 in the local mode: a stream key that is a string holds the consumers (never
+    fewer), logs the fault once (not every poll) and once more when the key reads again."""
+    from autoscaler.local import run_local
+    from autoscaler.settings import AutoscalerSettings
+
+    await r.set(names.stream, 'not a stream')
+    settings = AutoscalerSettings(
+        redis_url=redis_url, stream_name=names.stream, group_name=names.group, local=True,
+        local_min_consumers=1, local_max_consumers=2, local_poll_interval_seconds=0.05,
+        local_scale_down_window_seconds=0, local_grace_seconds=5, metrics_port=0, local_consumer_health_port=0,
+        consumer_command=f'{sys.executable} -c "import time; time.sleep(60)"')
+    stop = asyncio.Event()
+    lines: list[str] = []
+    caplog.set_level('INFO', logger='autoscaler.local')
+    task = asyncio.create_task(run_local(settings, stop=stop, write=lines.append))
+
+    def logged(text: str) -> list[str]:
+        return [rec.getMessage() for rec in caplog.records if text in rec.getMessage()]
+
+    async def until(check, what: str) -> None:
+        deadline = time.monotonic() + 15
+        while not check():
+            assert time.monotonic() < deadline and not task.done(), what
+            await asyncio.sleep(0.02)
+
+    try:
+        await until(lambda: logged('WRONGTYPE'), 'the fault is logged')
+        # Let it poll a few more times (each poll sends three XINFO commands) before healing.
+        xinfo = (await r.info('commandstats')).get('cmdstat_xinfo|stream', {}).get('calls', 0)
+        deadline = time.monotonic() + 15
+        while (await r.info('commandstats')).get('cmdstat_xinfo|stream', {}).get('calls', 0) < xinfo + 5:
+            assert time.monotonic() < deadline and not task.done(), 'it keeps polling'
+            await asyncio.sleep(0.02)
+        await r.delete(names.stream)
+        await until(lambda: logged('again'), 'the recovery is logged')
+        (fault,) = logged('WRONGTYPE')  # once, although it lasted many polls
+        assert names.stream in fault and 'holding 1 consumers' in fault
+        assert not [line for line in lines if 'stopped' in line]  # the consumer was held
+    finally:
+        stop.set()
+        assert await asyncio.wait_for(task, 30) == 0

@@ -4,6 +4,7 @@ from __future__ import annotations
 import asyncio
 
 import pytest
+import redis.asyncio as aioredis
 
 from autoscaler.policy import History, PolicySpec, ScalingRules, decide
 from autoscaler.signals import SignalReader
@@ -200,3 +201,106 @@ async def test_unreachable_redis_is_reported_not_raised():
         await client.aclose()
     assert not signals.reachable and signals.backlog is None and 'unreachable' in signals.error
     assert decide(signals, 3, PolicySpec(min_replicas=0, scale_down=ScalingRules(0)), History(), 0.0).desired == 3
+
+
+@pytest.mark.parametrize('kind', ['string', 'hash'])
+async def test_a_stream_key_of_the_wrong_type_leaves_the_other_streams_scaling(r, names, kind):
+    """Issue 9 item 6: WRONGTYPE on one configured stream used to blind the whole reading
+    (reachable=False, "Redis error: WRONGTYPE"), so nothing scaled. Now only that stream is
+    unreadable; Redis is reachable, the other streams are read, and the policy scales up on
+    them (never down while one is unknown)."""
+    broken = names.stream + ':broken'
+    if kind == 'string':
+        await r.set(broken, 'not a stream')
+    else:
+        await r.hset(broken, 'field', 'value')
+    await r.xgroup_create(names.stream, names.group, '0', mkstream=True)
+    await xadd_many(r, names.stream, 450)
+    reader = SignalReader(r, [(broken, names.group), (names.stream, names.group)])
+
+    signals = await reader.read(set())
+    assert signals.reachable, signals.error
+    bad, good = signals.streams
+    assert (bad.lag_source, bad.lag, bad.backlog) == ('error', None, None)
+    assert bad.error.startswith('WRONGTYPE') and broken in signals.error
+    assert (good.error, good.lag, good.backlog) == (None, 450, 450)
+    assert signals.unreadable == (bad,)
+    assert signals.backlog is None and signals.backlog_floor == 450
+    rules = PolicySpec(min_replicas=0, max_replicas=10, target_backlog_per_replica=100, scale_down=ScalingRules(0))
+    assert decide(signals, 1, rules, History(), 0.0).desired == 5   # up on the readable stream
+    assert decide(signals, 8, rules, History(), 0.0).desired == 8   # never down on a lower bound
+
+    # Fixed (the key deleted): read again on the next poll, nothing to remember.
+    await r.delete(broken)
+    signals = await reader.read(set())
+    assert signals.error is None and signals.unreadable == () and signals.backlog == 450
+
+
+async def test_any_error_reply_of_one_stream_is_isolated(r, names):
+    """The whole kind of fault, not only WRONGTYPE: an ACL user that may not read one of the
+    streams (NOPERM) still scales on the others."""
+    user = f'scaler-{names.group}'
+    secret = f'pw-{names.group}'
+    denied = names.stream + ':denied'
+    await r.xgroup_create(names.stream, names.group, '0', mkstream=True)
+    await xadd_many(r, names.stream, 30)
+    await xadd_many(r, denied, 5)
+    await r.execute_command('ACL', 'SETUSER', user, 'on', f'>{secret}', f'~{names.stream}', '+@all')
+    url = r.connection_pool.connection_kwargs
+    client = aioredis.Redis(host=url['host'], port=url['port'], username=user, password=secret,
+                            decode_responses=True)
+    try:
+        signals = await SignalReader(client, [(denied, names.group), (names.stream, names.group)]).read(set())
+    finally:
+        await client.aclose()
+        await r.execute_command('ACL', 'DELUSER', user)
+        await r.delete(denied)
+    assert signals.reachable
+    bad, good = signals.streams
+    assert bad.error.startswith('NoPermissionError: ') and bad.lag_source == 'error'
+    assert good.backlog == 30 and signals.backlog_floor == 30
+
+
+async def test_a_missing_group_counts_the_whole_stream_and_wakes_from_zero(r, names):
+    """Issue 9 item 8: orders accepted before any consumer (or the producer) created the group
+    are backlog: lag = the stream's length, so a workload at 0 replicas is woken on the first poll."""
+    await xadd_many(r, names.stream, 250)
+    await r.xgroup_create(names.stream, 'someone-else', '$')  # another group does not count
+    signals = await SignalReader(r, [(names.stream, names.group)]).read(set())
+    (s,) = signals.streams
+    assert (s.stream_exists, s.group_exists, s.length) == (True, False, await r.xlen(names.stream))
+    assert (s.lag, s.lag_source, s.lag_exact, signals.backlog) == (250, 'no-group', True, 250)
+    rules = PolicySpec(min_replicas=0, max_replicas=10, target_backlog_per_replica=100)
+    decision = decide(signals, 0, rules, History(), 0.0)
+    assert (decision.desired, decision.reason, decision.active) == (3, 'ScaleUp', True)
+
+
+async def test_group_states_match_streamcore_groups(r, names):
+    """Issue 9 item 7: each stream's group is judged by streamcore.groups (as /stream/info does):
+    no-stream, missing, ok, and abandoned once its pending entries have had no consumer seen for
+    ``abandoned_after_ms``; a consumer seen again makes it ok."""
+    reader = SignalReader(r, [(names.stream, names.group)], abandoned_after_ms=300)
+    assert (await reader.read(set())).streams[0].group_state == 'no-stream'
+    await xadd_many(r, names.stream, 10)
+    assert (await reader.read(set())).streams[0].group_state == 'missing'
+
+    await r.xgroup_create(names.stream, names.group, '0')
+    await r.xreadgroup(names.group, 'pod-gone', {names.stream: '>'}, count=4)
+    (s,) = (await reader.read(set())).streams
+    assert (s.group_state, s.pending) == ('ok', 4)  # its consumer was seen just now
+
+    deadline = asyncio.get_running_loop().time() + 10
+    while (s := (await reader.read(set())).streams[0]).group_state != 'abandoned':
+        assert asyncio.get_running_loop().time() < deadline, s
+        await asyncio.sleep(0.05)
+    assert s.least_quiet_ms >= 300 and s.pending == 4
+
+    await r.xreadgroup(names.group, 'pod-new', {names.stream: '>'}, count=1)  # someone reads again
+    assert (await reader.read(set())).streams[0].group_state == 'ok'
+
+    # Nothing pending: quiet consumers are not an abandoned group.
+    other = names.stream + ':idle'
+    await r.xgroup_create(other, names.group, '0', mkstream=True)
+    await r.xreadgroup(names.group, 'pod-quiet', {other: '>'}, count=1)
+    (s,) = (await SignalReader(r, [(other, names.group)], abandoned_after_ms=1).read(set())).streams
+    assert (s.group_state, s.pending) == ('ok', 0)

@@ -68,7 +68,8 @@ async def test_scales_up_on_backlog_and_explains(cluster, operator, r, names, re
     assert (signals['backlog'], signals['lag'], signals['livePending'], signals['deadPending']) == (470, 420, 50, 30)
     assert signals['redisReachable'] and signals['lagExact']
     assert {c['type']: c['status'] for c in status['conditions']} == {
-        'Ready': 'True', 'Active': 'True', 'ScalingLimited': 'False', 'RedisReachable': 'True', 'LagExact': 'True'}
+        'Ready': 'True', 'Active': 'True', 'ScalingLimited': 'False', 'RedisReachable': 'True', 'LagExact': 'True',
+        'GroupMissing': 'False', 'GroupAbandoned': 'False'}
     assert cluster.replicas('consumer') == 5
 
     await eventually(lambda: len(cluster.events('Scaled')) == 2, 10, 'Events posted (asynchronously by kopf)')
@@ -246,3 +247,104 @@ async def test_missing_redis_secret_holds(cluster, operator, names):
     assert (cluster.status('sas')['desiredReplicas'], cluster.status('sas')['currentReplicas']) == (2, 2)
     assert len(cluster.events('RedisSecretUnavailable')) == 1
     assert cluster.scale_patches('consumer') == []
+
+
+async def test_a_stream_of_the_wrong_type_is_reported_and_the_rest_keeps_scaling(cluster, operator, r, names, redis_secret):
+    """Issue 9 item 6. ``mixed`` reads a good stream and a key that is a string (WRONGTYPE);
+    ``other`` is a second StreamAutoscaler on its own Deployment. The broken stream gets
+    Ready=False (StreamUnreadable) and one Warning, RedisReachable stays True, the good stream
+    still scales ``consumer`` up, ``other`` is untouched; deleting the key heals it."""
+    broken = names.stream + ':broken'
+    other_stream = names.stream + ':other'
+    await r.set(broken, 'not a stream')
+    for stream, n in ((names.stream, 300), (other_stream, 400)):
+        await r.xgroup_create(stream, names.group, '0', mkstream=True)
+        await fill(r, stream, n)
+    await cluster.create_deployment('consumer', replicas=1)
+    await cluster.create_deployment('other', replicas=1)
+    await cluster.create_autoscaler('mixed', autoscaler_spec(
+        redis_secret, names.stream, names.group,
+        streams=[{'stream': broken, 'group': names.group}, {'stream': names.stream, 'group': names.group}]))
+    await cluster.create_autoscaler('other', autoscaler_spec(redis_secret, other_stream, names.group,
+                                                             scaleTargetRef={'name': 'other'}))
+
+    await eventually(lambda: cluster.scale_patches('consumer') == [3], 10, lambda: cluster.status('mixed'))
+    await eventually(lambda: cluster.scale_patches('other') == [4], 10, lambda: cluster.status('other'))
+    await eventually(lambda: cluster.events('StreamUnreadable'), 10, 'a Warning for the broken stream')
+    await more_polls(cluster, 5)
+    ready = cluster.condition('mixed', 'Ready')
+    assert (ready['status'], ready['reason']) == ('False', 'StreamUnreadable')
+    assert broken in ready['message'] and 'WRONGTYPE' in ready['message']
+    assert cluster.condition('mixed', 'RedisReachable')['status'] == 'True'
+    status = cluster.status('mixed')
+    assert (status['desiredReplicas'], status['currentReplicas']) == (3, 3)
+    assert 'BacklogUnknown' in status['limitedBy']
+    assert 'backlog' not in status['signals']  # unknown as a whole: absent, never a made-up number
+    bad, good = status['signals']['streams']
+    assert (bad['stream'], bad['lagSource']) == (broken, 'error') and bad['error'].startswith('WRONGTYPE')
+    assert good['lag'] == 300
+    (warning,) = cluster.events('StreamUnreadable')  # one per incident, not one per poll
+    assert warning['type'] == 'Warning' and warning['involvedObject']['name'] == 'mixed'
+    assert broken in warning['message']
+    assert not cluster.events('RedisUnreachable')
+    assert cluster.condition('other', 'Ready')['status'] == 'True'
+
+    await r.delete(broken)
+    await eventually(lambda: cluster.condition('mixed', 'Ready').get('status') == 'True', 10, lambda: cluster.status('mixed'))
+    assert cluster.status('mixed')['signals']['backlog'] == 300
+
+
+async def test_a_stream_without_its_group_scales_up_from_zero(cluster, operator, r, names, redis_secret):
+    """Issue 9 item 8: no group yet (no consumer ever ran), 250 orders waiting, 0 replicas:
+    lag = XLEN, so the operator scales up before any consumer created the group."""
+    await fill(r, names.stream, 250)
+    await cluster.create_deployment('consumer', replicas=0)
+    await cluster.create_autoscaler('sas', autoscaler_spec(redis_secret, names.stream, names.group))
+    await eventually(lambda: cluster.scale_patches('consumer') == [3], 10, lambda: cluster.status('sas'))
+    await eventually(lambda: cluster.status('sas').get('currentReplicas') == 3, 10, lambda: cluster.status('sas'))
+    (stream,) = cluster.status('sas')['signals']['streams']
+    assert (stream['lag'], stream['lagSource'], stream['length']) == (250, 'no-group', 250)
+
+
+async def test_missing_and_abandoned_groups_are_conditions_and_metrics(cluster, operator, r, names, redis_secret):
+    """Issue 9 item 7: GroupMissing while the stream has no group; GroupAbandoned (with one
+    Warning) while the group holds pending entries and no consumer was seen for
+    groupAbandonedAfterSeconds; both False again once that is over; counted per state in
+    orderstream_autoscaler_groups."""
+    def groups(state: str) -> float | None:
+        return operator.metrics.get_sample_value('orderstream_autoscaler_groups',
+                                                 {'autoscaler': f'{NS}/sas', 'state': state})
+
+    await fill(r, names.stream, 20)
+    await cluster.create_deployment('consumer', replicas=1)
+    await cluster.create_autoscaler('sas', autoscaler_spec(redis_secret, names.stream, names.group,
+                                                           minReplicas=1, groupAbandonedAfterSeconds=0.5))
+    await eventually(lambda: cluster.condition('sas', 'GroupMissing').get('status') == 'True', 10,
+                     lambda: cluster.status('sas'))
+    message = cluster.condition('sas', 'GroupMissing')['message']
+    assert names.stream in message and names.group in message and '20 entries' in message
+    assert groups('missing') == 1 and groups('ok') == 0
+    assert cluster.status('sas')['signals']['streams'][0]['groupState'] == 'missing'
+
+    # The group appears; a consumer whose pod is gone took 5 entries and is never seen again.
+    await r.xgroup_create(names.stream, names.group, '0')
+    await r.xreadgroup(names.group, 'consumer-gone', {names.stream: '>'}, count=5)
+    await eventually(lambda: cluster.condition('sas', 'GroupMissing').get('status') == 'False', 10)
+    assert cluster.condition('sas', 'GroupMissing')['reason'] == 'GroupsPresent'
+    await eventually(lambda: cluster.condition('sas', 'GroupAbandoned').get('status') == 'True', 10,
+                     lambda: cluster.status('sas'))
+    abandoned = cluster.condition('sas', 'GroupAbandoned')
+    assert abandoned['reason'] == 'GroupAbandoned' and '5 pending entries' in abandoned['message']
+    assert groups('abandoned') == 1 and groups('missing') == 0
+    await eventually(lambda: cluster.events('GroupAbandoned'), 10, 'a Warning')
+    await more_polls(cluster, 3)
+    (warning,) = cluster.events('GroupAbandoned')
+    assert warning['type'] == 'Warning' and names.group in warning['message']
+
+    # A consumer claims and finishes the abandoned entries: nothing waits for a reader any more.
+    _, claimed, *_ = await r.xautoclaim(names.stream, names.group, 'consumer-0', min_idle_time=0, count=100)
+    await r.xack(names.stream, names.group, *[entry_id for entry_id, _ in claimed])
+    await eventually(lambda: cluster.condition('sas', 'GroupAbandoned').get('status') == 'False', 10,
+                     lambda: cluster.status('sas'))
+    assert cluster.condition('sas', 'GroupAbandoned')['reason'] == 'GroupsRead'
+    assert groups('ok') == 1 and groups('abandoned') == 0

@@ -93,9 +93,11 @@ def history_of(*recs: tuple[float, int], changes: tuple[ScaleChange, ...] = ()) 
         # high recommendation 100 s ago, inside a 300 s window: stay at 5
         (100, 5, history_of((400, 5), (100, 5), (50, 2)), 300, 5, (p.SCALE_DOWN_STABILIZATION,)),
         # the highest in the window is 3 -> go down to 3, not to 1
-        (100, 5, history_of((400, 5), (200, 3), (50, 2)), 300, 3, (p.SCALE_DOWN_STABILIZATION,)),
-        # all recommendations in the window low: scale down
-        (100, 5, history_of((400, 5), (200, 1), (50, 1)), 300, 1, ()),
+        (100, 5, history_of((400, 2), (200, 3), (50, 2)), 300, 3, (p.SCALE_DOWN_STABILIZATION,)),
+        # the 5 made 400 s ago stood until the poll 200 s ago, i.e. during the window's first 100 s
+        (100, 5, history_of((400, 5), (200, 3), (50, 2)), 300, 5, (p.SCALE_DOWN_STABILIZATION,)),
+        # all recommendations in force during the window low: scale down
+        (100, 5, history_of((400, 5), (301, 1), (200, 1), (50, 1)), 300, 1, ()),
         # just (re)started: not yet watched a full window -> keep
         (0, 5, history_of((100, 0), (50, 0)), 300, 5, (p.SCALE_DOWN_STABILIZATION,)),
         (0, 5, History(), 300, 5, (p.SCALE_DOWN_STABILIZATION,)),
@@ -187,8 +189,9 @@ def test_scale_down_after_window_then_to_zero():
     rules = PolicySpec(min_replicas=0, max_replicas=20, target_backlog_per_replica=100,
                        scale_down=ScalingRules(60))
     replicas = run([2000] * 2 + [0] * 10, rules, current=1, step=15)
-    # up at once; down only when every recommendation of the 60 s window (t=30..75) is 0
-    assert replicas == [20, 20, 20, 20, 20, 0, 0, 0, 0, 0, 0, 0]
+    # up at once; down only when the recommendation in force during the whole 60 s window
+    # (t=30..90: the 0 of t=30 stands from t=30 on) is 0
+    assert replicas == [20, 20, 20, 20, 20, 20, 0, 0, 0, 0, 0, 0]
 
 
 def test_one_bad_sample_does_not_scale_in():
@@ -201,7 +204,33 @@ def test_outage_restarts_the_scale_down_window():
     rules = PolicySpec(min_replicas=0, max_replicas=10, target_backlog_per_replica=100, scale_down=ScalingRules(30))
     # a hold counts as a recommendation of the held count: after Redis returns with 0 the
     # replicas stay until a whole window has seen 0
-    assert run([300] * 3 + [None] * 2 + [0] * 5, rules, current=3, step=10) == [3, 3, 3, 3, 3, 3, 3, 0, 0, 0]
+    assert run([300] * 3 + [None] * 2 + [0] * 5, rules, current=3, step=10) == [3, 3, 3, 3, 3, 3, 3, 3, 0, 0]
+
+
+def run_at(samples, rules, current):
+    """Like :func:`run`, with explicit ``(time, backlog)`` samples (uneven polls)."""
+    history, seen = History(), []
+    for now, backlog in samples:
+        decision = decide(Observation(backlog), current, rules, history, now)
+        history = history.recorded(decision, now, rules, applied=True)
+        current = decision.desired
+        seen.append(current)
+    return seen
+
+
+def test_a_late_poll_does_not_scale_down_on_one_sample():
+    """Issue 9 item 10: a poll loop starved for longer than the down window (2 s here, polls
+    every 0.3 s) must not scale down on the first sample after the gap: the window then holds
+    no other sample, yet the last recommendation (4) stood until that very poll. The low
+    value must stand for a whole window first."""
+    rules = PolicySpec(min_replicas=1, max_replicas=4, target_backlog_per_replica=200,
+                       scale_down=ScalingRules(2.0))
+    busy = [(t * 0.3, 2000) for t in range(10)]                    # t = 0 .. 2.7: 4 wanted
+    after_gap = [(6.0 + t * 0.3, 150) for t in range(9)]           # 3.3 s later: 1 wanted
+    replicas = run_at(busy + after_gap, rules, current=1)
+    assert replicas[:10] == [4] * 10
+    # 6.0 is the first low sample; it must have stood for 2 s (until t >= 8.0) before scaling in
+    assert replicas[10:] == [4, 4, 4, 4, 4, 4, 4, 1, 1], replicas[10:]
 
 
 def test_wake_from_zero_within_two_cycles():
@@ -249,3 +278,35 @@ def test_spec_from_custom_resource(raw, expected):
 def test_spec_rejects_invalid(raw):
     with pytest.raises(ValueError):
         PolicySpec.from_spec(raw)
+
+
+@pytest.mark.parametrize(
+    ('floor', 'current', 'rules', 'desired', 'reason', 'limited_by'),
+    [
+        # issue 9 item 6: one stream unreadable, the readable ones need 5 -> scale up on them
+        (450, 1, spec(), 5, 'ScaleUp', (p.BACKLOG_UNKNOWN,)),
+        (450, 0, spec(), 5, 'ScaleUp', (p.BACKLOG_UNKNOWN,)),
+        (5000, 2, spec(), 10, 'ScaleUp', (p.MAX_REPLICAS, p.BACKLOG_UNKNOWN)),
+        # ...but never down on a lower bound, not even to the minimum or from above the maximum
+        (0, 4, spec(), 4, 'Hold', (p.BACKLOG_UNKNOWN,)),
+        (100, 4, spec(min_replicas=1), 4, 'Hold', (p.BACKLOG_UNKNOWN,)),
+        (0, 12, spec(), 12, 'Hold', (p.BACKLOG_UNKNOWN,)),
+        (0, 0, spec(min_replicas=2), 2, 'ScaleUp', (p.MIN_REPLICAS, p.BACKLOG_UNKNOWN)),
+    ],
+)
+def test_a_partly_unknown_backlog_scales_up_on_what_is_known_never_down(floor, current, rules, desired, reason, limited_by):
+    decision = decide(Observation(None, backlog_floor=floor), current, rules, History(), NOW)
+    assert (decision.desired, decision.reason, decision.limited_by) == (desired, reason, limited_by)
+    assert decision.recommended is None  # a lower bound is no recommendation: the history keeps `desired`
+
+
+def test_partly_unknown_then_read_again_waits_a_whole_window_before_scaling_in():
+    rules = PolicySpec(min_replicas=0, max_replicas=10, target_backlog_per_replica=100, scale_down=ScalingRules(30))
+    history, current, seen = History(), 1, []
+    for now, observation in [(0, Observation(None, backlog_floor=500)), (10, Observation(None, backlog_floor=0)),
+                             (20, Observation(0)), (30, Observation(0)), (40, Observation(0)), (50, Observation(0))]:
+        decision = decide(observation, current, rules, history, float(now))
+        history = history.recorded(decision, float(now), rules, applied=True)
+        current = decision.desired
+        seen.append(current)
+    assert seen == [5, 5, 5, 5, 5, 0]  # the 5 kept at t=10 stands until t=20; 0 from t=20 + 30 s
