@@ -994,10 +994,14 @@ def details(result: dict) -> str:
         by = Counter(f"{u['role']} rc {u['rc']}" for u in result["unexpected_exits"])
         out.append(f"UNEXPECTED process exits (restarted): {dict(by)}")
     ro = result["chaos"]["rollouts"]
-    hung = [r for r in ro if r["sigkilled"] or r["rc"] != 0]
+    # rc -15: SIGTERM's default action, i.e. it came before the process installed its handlers
+    # (still importing, nothing read yet); as harmless as in Kubernetes, but shown apart.
+    early = [r for r in ro if not r["sigkilled"] and r["rc"] == -signal.SIGTERM]
+    hung = [r for r in ro if r["sigkilled"] or r["rc"] not in (0, -signal.SIGTERM)]
     out.append(f"graceful replacements (SIGTERM, drain deadline {result['plan']['drain_timeout_s']} s): {len(ro)}, "
-               f"slowest exit {max((r['seconds'] for r in ro), default=0)} s, failed (SIGKILLed or non-zero exit): {len(hung)}"
-               + (f" {hung}" if hung else ""))
+               f"slowest exit {max((r['seconds'] for r in ro), default=0)} s, ended by SIGTERM during start-up "
+               f"(before its handlers were installed): {len(early)}, failed (SIGKILLed or another non-zero exit): "
+               f"{len(hung)}" + (f" {hung}" if hung else ""))
     out.append(f"bursts: {len(result['chaos']['bursts'])} of {result['plan']['burst_size']} orders")
     slow = [s for s in result["stops"] if s["killed"] or (s["rc"] not in (0, None) and s["was_running"])]
     if slow:
