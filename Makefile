@@ -4,7 +4,7 @@ VENV   ?= .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed-$(shell cat pyproject.toml | cksum | cut -d' ' -f1)
 
-.PHONY: up test test-e2e bench venv clean
+.PHONY: up test test-e2e bench soak venv clean
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -29,6 +29,13 @@ test-e2e: $(STAMP)
 
 bench: $(STAMP)
 	$(PY) bench/run.py
+
+## Chaos soak (soak/README.md): SOAK_S seconds of load, consumer SIGKILLs, Redis restarts and
+## poison entries, then the table; exit 0 only when every target holds. `make soak SOAK_S=60` is the
+## short form the test suite runs; SOAK_ARGS passes more flags (e.g. '--json soak.json').
+SOAK_S ?= 600
+soak: $(STAMP)
+	$(PY) -m soak.run --seconds $(SOAK_S) $(SOAK_ARGS)
 
 clean:
 	rm -rf $(VENV) .local-data

@@ -1,0 +1,1 @@
+"""The chaos soak of issue 9 (``make soak``): see soak/README.md."""
