@@ -33,3 +33,4 @@ bench: $(STAMP)
 clean:
 	rm -rf $(VENV) .local-data
 include mk/kind.mk
+include mk/cluster.mk
