@@ -1,7 +1,10 @@
-# syntax=docker/dockerfile:1
 # One image for every orderstream component; the command picks the component:
 #   python -m producer | python -m consumer | python -m reclaimer | python -m autoscaler
 # Build:  docker build -t orderstream:dev .
+# Here (no registry, Debian's docker.io): `make image` (k8s/local/image.sh) builds it with
+#   PYTHON_IMAGE=<a local Debian base made by debootstrap>, APT_BUILD_PACKAGES= (nothing to
+#   compile) and PIP_INSTALL_ARGS="--no-index --find-links=/wheels" (a wheelhouse made on the host).
+# The Dockerfile needs no BuildKit feature, so the classic builder (DOCKER_BUILDKIT=0) builds it.
 # The final stage holds only the Python runtime and a prebuilt virtualenv: no compiler,
 # no pip cache, no source tree, and it runs as the numeric non-root UID 10001 so that
 # Kubernetes can verify `runAsNonRoot` without resolving a user name.
@@ -14,10 +17,16 @@ ARG PYTHON_IMAGE=python:3.11-slim
 FROM ${PYTHON_IMAGE} AS builder
 
 # Compilers live only in this stage; they are needed when a dependency has no wheel for
-# the target platform (e.g. hiredis on an unusual architecture).
-RUN apt-get update \
-    && apt-get install -y --no-install-recommends build-essential \
-    && rm -rf /var/lib/apt/lists/*
+# the target platform (e.g. hiredis on an unusual architecture). Empty: install none (a
+# wheelhouse build has nothing to compile).
+ARG APT_BUILD_PACKAGES=build-essential
+RUN if [ -n "$APT_BUILD_PACKAGES" ]; then \
+        apt-get update \
+        && apt-get install -y --no-install-recommends $APT_BUILD_PACKAGES \
+        && rm -rf /var/lib/apt/lists/*; \
+    fi
+# Extra pip arguments, e.g. "--no-index --find-links=/wheels" to install from the wheelhouse only.
+ARG PIP_INSTALL_ARGS=
 
 ENV PIP_NO_CACHE_DIR=1 \
     PIP_DISABLE_PIP_VERSION_CHECK=1 \
@@ -33,13 +42,14 @@ WORKDIR /src
 # Dependencies first, from pyproject.toml alone, so that a source-only change reuses
 # this (slow) layer from the build cache.
 COPY pyproject.toml README.md ./
-RUN python - <<'PY' > /tmp/requirements.txt
-import tomllib
-with open("pyproject.toml", "rb") as f:
-    print("\n".join(tomllib.load(f)["project"]["dependencies"]))
-PY
-RUN pip install --upgrade pip \
-    && pip install -r /tmp/requirements.txt
+# build/wheelhouse (made by `make image`, admitted by .dockerignore) lands in /wheels when it
+# exists; the wildcard keeps a plain `docker build .` without it working (pyproject.toml always
+# matches, so the instruction never copies nothing).
+COPY pyproject.toml build/wheelhous[e] /wheels/
+RUN python -c 'import tomllib; print("\n".join(tomllib.load(open("pyproject.toml", "rb"))["project"]["dependencies"]))' \
+        > /tmp/requirements.txt \
+    && if [ -z "$PIP_INSTALL_ARGS" ]; then pip install --upgrade pip; fi \
+    && pip install $PIP_INSTALL_ARGS -r /tmp/requirements.txt
 
 # Then the project itself, without touching the dependencies installed above.
 COPY streamcore ./streamcore
@@ -47,7 +57,9 @@ COPY producer ./producer
 COPY consumer ./consumer
 COPY reclaimer ./reclaimer
 COPY autoscaler ./autoscaler
-RUN pip install --no-deps . \
+# pip and setuptools are only needed to build the venv (about 23 MB): the runtime never installs.
+RUN pip install $PIP_INSTALL_ARGS --no-deps . \
+    && pip uninstall --yes --quiet pip setuptools \
     && python -m compileall -q /opt/venv
 
 ########################################################################################

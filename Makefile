@@ -40,3 +40,4 @@ soak: $(STAMP)
 clean:
 	rm -rf $(VENV) .local-data
 include mk/kind.mk
+include mk/cluster.mk

@@ -173,7 +173,8 @@ def test_commands_choose_the_component(default_objects: list[Obj]) -> None:
 
 def test_image_tag_is_the_app_version_and_one_image_serves_all(default_objects: list[Obj], chart: Any) -> None:
     images = {c["image"] for w, t in _pods(default_objects) if w["kind"] != "StatefulSet" for c in t["spec"]["containers"]}
-    assert images == {f"ghcr.io/orderstream/orderstream:{chart.metadata['appVersion']}"}
+    # The image that `make image` builds locally (k8s/local/image.sh), tagged with the appVersion.
+    assert images == {f"orderstream:{chart.metadata['appVersion']}"}
 
 
 def test_reclaimer_cronjob(default_objects: list[Obj]) -> None:
