@@ -48,6 +48,7 @@ from prometheus_client import CollectorRegistry
 from reclaimer.settings import ReclaimerSettings
 from streamcore.claiming import (ClaimedEntry, ClaimScripts, ceiling_ms, claim_due, dead_letter_pending,
                                  delete_consumer_if_dead, iter_autoclaim, renew_leases)
+from streamcore.connection import is_transient
 from streamcore.envelope import Envelope
 from streamcore.handling import DEAD_LETTERED, GONE, OK, EntryRunner, HandlerContext, load_handler
 from streamcore.metrics import stream_metrics
@@ -115,7 +116,8 @@ class Reclaimer:
         self.runner = EntryRunner(r, self.keys, handler or load_handler(settings.handler), scripts=self.scripts,
                                   metrics=self.metrics, component=COMPONENT, max_deliveries=settings.max_deliveries,
                                   failure_rate=settings.failure_rate, processed_ttl_s=settings.processed_ttl_seconds,
-                                  handler_timeout_s=settings.handler_timeout_seconds)
+                                  handler_timeout_s=settings.handler_timeout_seconds,
+                                  delete_source=settings.dead_letter_xdel)
 
     async def run_once(self) -> Summary:
         """One pass (see the module docstring).
@@ -152,7 +154,8 @@ class Reclaimer:
         while s.claimed < limit and start is not None and scanned < self.backoff_scan_rows:
             due = await claim_due(self.r, self.keys, self.name, scripts=self.scripts, base_ms=self.settings.claim_idle_ms,
                                   max_deliveries=self.settings.max_deliveries, limit=min(page, limit - s.claimed),
-                                  scan_limit=self.backoff_scan_rows - scanned, component=COMPONENT, start=start)
+                                  scan_limit=self.backoff_scan_rows - scanned, component=COMPONENT, start=start,
+                                  delete_source=self.settings.dead_letter_xdel)
             scanned += due.scanned
             start = due.resume
             dead_lettered += len(due.dead_lettered)
@@ -182,7 +185,8 @@ class Reclaimer:
                     self.metrics.claimed.labels(COMPONENT).inc()
                     res = await dead_letter_pending(self.r, self.keys, entry.entry_id, scripts=self.scripts,
                                                     consumer=self.name, deliveries=entry.deliveries - 1,
-                                                    error=f"gave up after {entry.deliveries - 1} deliveries")
+                                                    error=f"gave up after {entry.deliveries - 1} deliveries",
+                                                    delete_source=self.settings.dead_letter_xdel)
                     dead_lettered += res.status == "dead_lettered"
                     s.dead_lettered += res.status == "dead_lettered"
                     s.gone += res.status == "gone"
@@ -232,12 +236,28 @@ class Reclaimer:
             raise errors[0]
 
     async def _renew_while(self, in_flight: set[str]) -> None:
-        """Renew the leases of orders still being handled every ``CLAIM_IDLE_MS/3``."""
+        """Renew the leases of orders still being handled every ``CLAIM_IDLE_MS/3``.
+
+        A transient Redis error (:func:`streamcore.connection.is_transient`) skips one renewal
+        and is reported to the runner's :class:`~streamcore.lifecycle.RedisHealth`; anything else
+        is logged with its traceback and ends renewal for this page (the entries stay owned by
+        this pass and are handled; at worst a consumer's XAUTOCLAIM takes one over once it
+        is idle past the ceiling, which at-least-once allows).
+        """
         interval = max(self.settings.claim_idle_ms / 3000.0, 0.05)
         while True:
             await asyncio.sleep(interval)
-            if in_flight:
+            if not in_flight:
+                continue
+            try:
                 await renew_leases(self.r, self.keys, self.name, list(in_flight), scripts=self.claim_scripts)
+            except Exception as exc:
+                if not is_transient(exc):
+                    logger.exception("lease renewal stopped for this page")
+                    return
+                self.runner.redis_health.failed("renew", exc)
+            else:
+                self.runner.redis_health.ok()
 
     async def _remove_dead_consumers(self) -> int:
         removed = 0

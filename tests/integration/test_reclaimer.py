@@ -8,6 +8,8 @@ import signal
 import sys
 import time
 
+import pytest
+
 from streamcore import envelope
 from streamcore.claiming import autoclaim_sweep, ceiling_ms
 from streamcore.ids import next_id
@@ -226,3 +228,27 @@ async def test_sweep_reads_delivery_counts_per_page_around_its_own_entries(r, na
     dlq = {f["source_id"]: f["deliveries"] for _, f in await r.xrange(keys.dlq)}
     assert dlq == {ids[1]: "5", ids[3]: "5", ids[6]: "5"}
     assert await pending_rows(r, keys) == {ids[2]: ("reclaimer", 4), ids[5]: ("reclaimer", 4)}
+
+
+@pytest.mark.parametrize("path", ["back-off claim", "sweep"])
+async def test_dead_letter_xdel_removes_what_the_reclaimer_dead_letters_from_the_stream(r, names, path):
+    """DEAD_LETTER_XDEL=true holds for the reclaimer's three ways to dead-letter: an entry at
+    MAX_DELIVERIES (step 1's claim_due, or step 2's sweep after XAUTOCLAIM counted one more) and
+    a poison entry its runner quarantines. Good entries stay in the stream, the PEL empties."""
+    keys = keys_for(names)
+    ids = await dead_consumer_pel(r, keys, 3)
+    poison = await r.xadd(keys.stream, {"data": b"\xff\xfe not utf-8"})
+    await r.xreadgroup(keys.group, "pod-gone", {keys.stream: ">"})
+    await r.xclaim(keys.stream, keys.group, "pod-gone", 0, [ids[1]], retrycount=2)
+    await wait_all_idle(r, keys, poison, ceiling_ms(100))
+    rec = reclaimer_for(r, names, claim_idle_ms=100, max_deliveries=2, dead_letter_xdel=True)
+    if path == "sweep":
+        rec.backoff_scan_rows = 0
+    summary = await rec.run_once()
+    # claim_due dead-letters an entry at the limit without claiming it; the sweep claimed it first.
+    claimed = 3 if path == "back-off claim" else 4
+    assert (summary.claimed, summary.processed, summary.dead_lettered) == (claimed, 2, 2)
+    reasons = {f["source_id"]: f["reason"] for _, f in await r.xrange(keys.dlq)}
+    assert reasons == {poison: "not_utf8", ids[1]: "max_deliveries"}
+    assert [i for i, _ in await r.xrange(keys.stream)] == [ids[0], ids[2]]
+    assert await pending_rows(r, keys) == {}
