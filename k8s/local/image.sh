@@ -19,9 +19,9 @@ HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 REPO="$(cd "$HERE/../.." && pwd)"
 # shellcheck source=versions.env
 source "$HERE/versions.env"
+# shellcheck source=lib.sh
+source "$HERE/lib.sh"
 
-CACHE="${ORDERSTREAM_CACHE:-$HOME/.cache/orderstream}"
-SUITE="$DEBIAN_SUITE"
 # What the base holds beyond Debian's minbase: the Python that both Dockerfile stages use
 # (`python` and `python -m venv` must work, as in python:3.11-slim).
 BASE_PACKAGES="python3,python3-venv,python-is-python3,ca-certificates"
@@ -35,41 +35,8 @@ PYTHON="${PYTHON:-python3}"
 
 say() { echo "image.sh: $*" >&2; }
 
-# Debian mirror of the host's own apt configuration (deb822 or one-line format), so that no host
-# name is written here.
-debian_mirror() {
-    local uri
-    uri="$(awk -v s="$SUITE" '
-        /^URIs:/ {u=$2} /^Suites:/ {for (i=2;i<=NF;i++) if ($i==s) {print u; exit}}
-        /^deb / && $3==s {print $2; exit}' /etc/apt/sources.list.d/*.sources /etc/apt/sources.list 2>/dev/null || true)"
-    [ -n "$uri" ] || { say "no Debian mirror for $SUITE in the host's apt sources"; exit 1; }
-    echo "$uri"
-}
-
 base() {
-    if [ ! -f "$BASE_TARBALL" ]; then
-        command -v debootstrap >/dev/null || {
-            DEBIAN_FRONTEND=noninteractive apt-get install -y -qq debootstrap >/dev/null; }
-        local root="$CACHE/debootstrap-$SUITE.tmp" t0=$(date +%s)
-        rm -rf "$root"; mkdir -p "$CACHE"
-        say "debootstrap $SUITE (minbase + $BASE_PACKAGES) into $root"
-        nice -n 19 debootstrap --variant=minbase --include="$BASE_PACKAGES" "$SUITE" "$root" "$(debian_mirror)"
-        # Nothing the image needs: package lists and caches, docs, man pages, non-English locales.
-        rm -rf "$root"/var/lib/apt/lists/* "$root"/var/cache/apt/*.bin "$root"/var/cache/apt/archives/*.deb \
-               "$root"/usr/share/doc/* "$root"/usr/share/man/* "$root"/usr/share/info/* \
-               "$root"/var/log/*.log "$root"/var/log/apt/* "$root"/tmp/* "$root"/var/cache/debconf/*-old
-        find "$root"/usr/share/locale -mindepth 1 -maxdepth 1 ! -name 'en*' ! -name locale.alias -exec rm -rf {} +
-        tar --numeric-owner -C "$root" -cf "$BASE_TARBALL.tmp" .
-        mv "$BASE_TARBALL.tmp" "$BASE_TARBALL"
-        rm -rf "$root"
-        say "base tarball $BASE_TARBALL ($(du -h "$BASE_TARBALL" | cut -f1)) in $(( $(date +%s) - t0 ))s"
-    fi
-    if ! docker image inspect "$BASE_IMAGE" >/dev/null 2>&1; then
-        say "docker import $BASE_TARBALL as $BASE_IMAGE"
-        docker import --change 'ENV PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin' \
-            --change 'CMD ["/bin/bash"]' "$BASE_TARBALL" "$BASE_IMAGE" >/dev/null
-    fi
-    echo "$BASE_IMAGE"
+    debootstrap_image "$BASE_TARBALL" "$BASE_IMAGE" "$BASE_PACKAGES" 'CMD ["/bin/bash"]'
 }
 
 # The image interpreter's marker environment (PEP 508), as JSON.
