@@ -1,0 +1,134 @@
+"""Defects found by trying to break issue 9's promises (hostile entries, faults) — both servers.
+
+Each test names what was seen on main before the fix:
+
+* An entry written by another tool whose ``data`` is JSON only to Python's lenient parser
+  (``NaN``, ``Infinity``, a number that overflows to infinity such as ``1e400`` — what Python's own
+  ``json.dumps`` writes for ``float("nan")``) was taken as an order: consumers applied it, and
+  ``/orders/history``, ``/orders/{orderId}`` and ``/stream/info`` then answered 200 with a body
+  holding bare ``NaN``/``Infinity``, which is not JSON (RFC 8259): every strict client (browsers'
+  ``JSON.parse``, Go, jq) failed on the whole page.
+* An entry whose ``data`` holds a lone UTF-16 surrogate escape (``"orderId": "\\ud800"``: valid
+  UTF-8 bytes, so it passed the UTF-8 check) was taken as an order too: every handler call failed
+  with UnicodeEncodeError (the orderId cannot be sent to Redis), so the entry used up all
+  ``MAX_DELIVERIES`` deliveries with back-off instead of being quarantined at once, and then the
+  worker's dead-lettering raised UnicodeEncodeError as well (the dead-letter index key holds the
+  orderId): "Task exception was never retrieved", the entry left pending for yet another delivery.
+  The API showed the lone surrogate as a ``\\ud800`` escape, which strict parsers refuse.
+
+Both are poison by the producer's own rule (``producer.validation.parse_json`` refuses such a
+body): :func:`streamcore.envelope.decode`, the one judge, now quarantines them with ``not_json``.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import pytest
+import redis.asyncio as aioredis
+
+from streamcore.streams import ensure_group
+from tests.handlers import applied_key
+from tests.integration.consumer_support import keys_for, post, running, wait_for
+from tests.integration.producer_support import api, keys, make_api  # noqa: F401 (fixtures)
+
+#: (kind, raw fields as written by another tool). Each ``data`` parses with Python's lenient
+#: ``json.loads`` but is not JSON text every reader can carry: every one must be dead-lettered at
+#: once with ``reason=not_json``.
+LENIENT_JSON = [
+    ("NaN", {b"data": b'{"orderId": "nan-1", "product": "p", "quantity": 1, "userId": 1, "price": NaN}',
+             b"order_id": b"nan-1"}),
+    ("Infinity", {b"data": b'{"orderId": "inf-1", "product": "p", "quantity": 1, "userId": 1, "price": -Infinity}',
+                  b"order_id": b"inf-1"}),
+    ("overflow", {b"data": b'{"orderId": "big-1", "product": "p", "quantity": 1, "userId": 1, "price": 1e400}',
+                  b"order_id": b"big-1"}),
+    # No order_id field (another tool's writer): the orderId comes from the JSON, a lone surrogate.
+    ("lone surrogate orderId", {b"data": b'{"orderId": "\\ud800", "product": "p", "quantity": 1, "userId": 1}'}),
+    ("lone surrogate value", {b"data": b'{"orderId": "sur-2", "product": "\\udfff", "quantity": 1, "userId": 1}',
+                              b"order_id": b"sur-2"}),
+]
+
+
+@pytest.fixture
+async def raw(redis_url):
+    """A bytes client (no decoding), the way another tool writes."""
+    client = aioredis.Redis.from_url(redis_url, socket_timeout=15)
+    yield client
+    await client.aclose()
+
+
+def _refuse(name: str) -> Any:
+    raise ValueError(f"{name} is not JSON")
+
+
+def strict_json(text: str) -> Any:
+    """Parse ``text`` as RFC 8259 JSON: no NaN/Infinity, no lone surrogate escape."""
+    value = json.loads(text, parse_constant=_refuse)
+    json.dumps(value, ensure_ascii=False).encode("utf-8")  # raises on a lone surrogate
+    return value
+
+
+async def strict_answer(resp) -> tuple[int, Any]:
+    text = (await resp.read()).decode("utf-8")
+    try:
+        return resp.status, strict_json(text)
+    except (ValueError, UnicodeEncodeError) as exc:
+        raise AssertionError(f"{resp.method} {resp.url.path_qs} answered {resp.status} with a body that is not JSON "
+                             f"({exc}): {text[:500]}") from None
+
+
+async def test_entries_that_are_json_only_to_python_are_quarantined_at_once(r, raw, redis_url, names):
+    keys = keys_for(names)
+    await ensure_group(r, keys)
+    injected = {}
+    for kind, fields in LENIENT_JSON:
+        injected[(await raw.xadd(keys.stream, fields)).decode()] = (kind, fields)
+    await post(r, keys, 1)
+    async with running(redis_url, names, "pod-a", max_deliveries=3) as (w,):
+        await wait_for(lambda: r.get(applied_key(keys.stream, 1)), timeout=15, what="the good order applied")
+        await wait_for(lambda: _dlq_at_least(r, keys, len(LENIENT_JSON)), timeout=20,
+                       what="every lenient-JSON entry dead-lettered")
+        await wait_for(lambda: _no_pending(r, keys), timeout=20, what="everything acknowledged")
+        assert not w.task.done(), "the worker stopped"
+    dead = {f[b"source_id"].decode(): f for _, f in await raw.xrange(keys.dlq)}
+    assert set(dead) == set(injected)
+    for entry_id, (kind, fields) in injected.items():
+        for name, value in fields.items():
+            assert dead[entry_id][name] == value, f"{kind}: field {name!r} not byte-exact"
+        assert (kind, dead[entry_id][b"reason"]) == (kind, b"not_json")
+        assert (kind, dead[entry_id][b"deliveries"]) == (kind, b"1"), f"{kind}: not quarantined at once"
+    for order_id in ("nan-1", "inf-1", "big-1", "sur-2"):
+        assert await r.exists(keys.processed(order_id)) == 0, f"{order_id} was applied"
+
+
+async def test_read_endpoints_answer_strict_json_over_lenient_json_entries(api, raw, r, keys):  # noqa: F811
+    await ensure_group(r, keys)
+    entry_ids = [(await raw.xadd(keys.stream, fields)).decode() for _, fields in LENIENT_JSON]
+    # The same entries as dead letters (a dead letter keeps the original fields first).
+    for entry_id, (_, fields) in zip(entry_ids, LENIENT_JSON, strict=True):
+        await raw.xadd(keys.dlq, {**fields, b"source_id": entry_id.encode(), b"reason": b"max_deliveries",
+                                  b"deliveries": b"5"})
+    status, history = await strict_answer(await api.get("/orders/history"))
+    assert status == 200 and history["count"] == len(LENIENT_JSON)
+    for item in history["orders"]:
+        assert item["order"] is None and item["reason"] == "not_json", item
+    status, info = await strict_answer(await api.get("/stream/info"))
+    assert status == 200 and info["lastEntry"]["order"] is None
+    status, dead = await strict_answer(await api.get("/dead-letters"))
+    assert status == 200 and [d["order"] for d in dead["deadLetters"]] == [None] * len(LENIENT_JSON)
+    for order_id in ("nan-1", "inf-1", "big-1"):
+        await r.set(keys.order_index(order_id), entry_ids[["nan-1", "inf-1", "big-1"].index(order_id)])
+        status, body = await strict_answer(await api.get(f"/orders/{order_id}"))
+        assert status == 200 and "order" not in body, body
+    resp = await api.post(f"/dead-letters/{(await r.xrange(keys.dlq, count=1))[0][0]}/redrive")
+    status, body = await strict_answer(resp)
+    assert status == 409 and "dlqId" in body["fields"]
+
+
+async def _dlq_at_least(r, keys, n):
+    return await r.xlen(keys.dlq) >= n
+
+
+async def _no_pending(r, keys):
+    return (await r.xpending(keys.stream, keys.group))["pending"] == 0
