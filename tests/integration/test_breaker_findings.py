@@ -22,6 +22,7 @@ body): :func:`streamcore.envelope.decode`, the one judge, now quarantines them w
 
 from __future__ import annotations
 
+import asyncio
 import json
 from typing import Any
 
@@ -132,3 +133,93 @@ async def _dlq_at_least(r, keys, n):
 
 async def _no_pending(r, keys):
     return (await r.xpending(keys.stream, keys.group))["pending"] == 0
+
+
+# ---- defects found and left for the lead (strict xfail: each fails on main today) -------------
+
+
+@pytest.mark.xfail(strict=True, reason=(
+    "an entry whose data object has no orderId (or null) is decoded as an order with order_id 'None'; "
+    "every such entry shares one processed marker, so the second one is acked as 'already processed' "
+    "without being applied or dead-lettered (silent loss); fixing it needs a poison reason for it"))
+async def test_entries_without_an_order_id_are_never_acked_unapplied(r, raw, redis_url, names):
+    keys = keys_for(names)
+    await ensure_group(r, keys)
+    first = (await raw.xadd(keys.stream, {b"data": b'{"product": "lamp", "quantity": 1}'})).decode()
+    second = (await raw.xadd(keys.stream, {b"data": b'{"orderId": null, "product": "desk", "quantity": 2}'})).decode()
+    async with running(redis_url, names, "pod-a", max_deliveries=2):
+        await wait_for(lambda: _all_handled(r, keys), timeout=15, what="both entries read and handled")
+    dead = {f[b"source_id"].decode() for _, f in await raw.xrange(keys.dlq)}
+    applied = await r.get(applied_key(keys.stream, "None"))
+    # Each entry must end either applied on its own or in the dead-letter stream: two entries,
+    # two outcomes. On main: one marker "None" applied once, the other entry acked and dropped.
+    outcomes = len(dead & {first, second}) + int(applied or 0)
+    assert outcomes == 2, f"dead-lettered {sorted(dead)}, applied under orderId 'None' {applied} time(s)"
+
+
+@pytest.mark.xfail(strict=True, reason=(
+    "with the group positioned at the largest ID (XGROUP SETID ... 18446744073709551615-18446744073709551615) "
+    "the producer keeps answering 201 for orders no consumer will ever read, and GET /orders/{orderId} "
+    "reports them 'acknowledged' (delivered and acked) while /stream/info says groupState 'ok'"))
+async def test_an_order_behind_a_group_at_the_largest_id_is_not_reported_acknowledged(api, r, keys):  # noqa: F811
+    await r.xgroup_setid(keys.stream, keys.group, "18446744073709551615-18446744073709551615")
+    resp = await api.post("/orders", json={"orderId": "never-read", "product": "p", "quantity": 1, "userId": 1})
+    assert resp.status == 201
+    status, body = await strict_answer(await api.get("/orders/never-read"))
+    assert status == 200
+    assert body["status"] != "acknowledged", "never delivered to any consumer, yet reported delivered and acked"
+
+
+@pytest.mark.xfail(strict=True, reason=(
+    "aiohttp refuses a body with Content-Encoding br/zstd (codec not installed), an over-long header or a "
+    "control character in a header before the app sees it: 400 with a text/plain body, not the API's JSON "
+    "error naming the header, and an ERROR traceback 'Error handling request' in the producer log"))
+async def test_an_unsupported_content_encoding_gets_a_json_400_naming_the_header(api):  # noqa: F811
+    resp = await api.post("/orders", data=b'{"orderId": "br-1", "product": "p", "quantity": 1, "userId": 1}',
+                          headers={"Content-Type": "application/json", "Content-Encoding": "br"})
+    assert 400 <= resp.status < 500
+    assert resp.content_type == "application/json", (resp.status, await resp.text())
+    status, body = await strict_answer(resp)
+    assert "Content-Encoding" in body["fields"]
+
+
+@pytest.mark.xfail(strict=True, reason=(
+    "an OOM error reply (maxmemory reached, noeviction) is not treated as a transient Redis fault: the "
+    "handler's write fails, the delivery counts as failed, and once Redis has memory again the claim "
+    "pass dead-letters the good order (reason max_deliveries) instead of handling it"))
+async def test_redis_out_of_memory_does_not_count_against_a_good_order(own_redis_server, names):
+    url = own_redis_server.url
+    keys = keys_for(names)
+    admin = aioredis.Redis.from_url(url, decode_responses=True, socket_timeout=15)
+    try:
+        await ensure_group(admin, keys)
+        await admin.config_set("maxmemory-policy", "noeviction")
+        async with running(url, names, "pod-a", max_deliveries=1, claim_idle_ms=200) as (w,):
+            # The handler records the call, sleeps, then writes its marker: the write meets the OOM.
+            await post(admin, keys, 1, sleep_s=0.5)
+            await wait_for(lambda: _delivered(admin, keys), timeout=10, what="the order delivered")
+            await admin.config_set("maxmemory", "1")  # every write that needs memory gets an OOM reply
+            await wait_for(lambda: _handler_failed_or_done(admin, keys, w), timeout=10,
+                           what="the handler's write refused (or the order done)")
+            await asyncio.sleep(0.5)  # Redis stays out of memory a little longer
+            await admin.config_set("maxmemory", "0")
+            await wait_for(lambda: _all_handled(admin, keys), timeout=15, what="the order handled once Redis has memory")
+        assert await admin.get(applied_key(keys.stream, 1)) == "1", (
+            f"not applied; dead letters: {await admin.xrange(keys.dlq)}")
+    finally:
+        await admin.aclose()
+
+
+async def _all_handled(r, keys):
+    group = next(g for g in await r.xinfo_groups(keys.stream) if g["name"] == keys.group)
+    return group["lag"] == 0 and group["pending"] == 0
+
+
+async def _handler_failed_or_done(r, keys, w):
+    failed = w.worker.metrics.failed.labels("consumer")._value.get()
+    return failed >= 1 or await r.get(applied_key(keys.stream, 1))
+
+
+async def _delivered(r, keys):
+    rows = await r.xpending_range(keys.stream, keys.group, "-", "+", 10)
+    return bool(rows) and rows[0]["times_delivered"] >= 1
