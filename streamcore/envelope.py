@@ -23,6 +23,8 @@ A dead-letter entry carries the original entry's fields byte-exact (normally ``d
 from __future__ import annotations
 
 import json
+import math
+import re
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -46,6 +48,26 @@ class EnvelopeError(ValueError):
 #: Why an entry is poison (:attr:`EnvelopeError.reason`): it can never succeed, so it is
 #: dead-lettered at once instead of after ``MAX_DELIVERIES`` failed deliveries.
 POISON_REASONS = ("not_utf8", "no_data", "not_json", "not_object")
+
+
+#: A ``\uD800``-``\uDFFF`` escape: only then can parsed JSON text hold a lone surrogate (a cheap
+#: pre-check before encoding the parsed order, as in :func:`producer.validation.parse_json`).
+_SURROGATE_ESCAPE = re.compile(r"\\u[dD][89a-fA-F]")
+
+
+class _NotJson(ValueError):
+    """``data`` parses only with Python's lenient extensions (see :func:`decode`)."""
+
+
+def _refuse_constant(name: str) -> Any:
+    raise _NotJson(f"{name} is not allowed in JSON")
+
+
+def _finite_float(text: str) -> float:
+    value = float(text)
+    if not math.isfinite(value):
+        raise _NotJson(f"the number {text[:40]} is out of range")
+    return value
 
 
 def is_clean_text(value: str) -> bool:
@@ -117,8 +139,10 @@ def decode(entry_id: str, fields: dict[str, str] | None) -> Envelope:
     Raises:
         EnvelopeError: with ``reason`` ``not_utf8`` (a field name or value is not valid UTF-8),
             ``no_data`` (no ``data`` field, including a body-less entry), ``not_json`` (``data``
-            does not parse, or nests deeper than the parser allows) or ``not_object`` (``data``
-            is JSON but not an object).
+            does not parse, nests deeper than the parser allows, or is JSON only to Python's
+            lenient parser: ``NaN``/``Infinity``, a number that overflows to infinity, a lone UTF-16
+            surrogate escape — no JSON answer or Redis key could carry such an order, and the
+            producer refuses such a body) or ``not_object`` (``data`` is JSON but not an object).
     """
     if not fields or "data" not in fields:
         if fields and not all(is_clean_text(k) for k in fields):
@@ -127,12 +151,21 @@ def decode(entry_id: str, fields: dict[str, str] | None) -> Envelope:
     for name, value in fields.items():
         if not (is_clean_text(name) and is_clean_text(value)):
             raise EnvelopeError(f"entry {entry_id} field {name!r} is not valid UTF-8", "not_utf8")
+    data = fields["data"]
     try:
-        order = json.loads(fields["data"])
+        order = json.loads(data, parse_constant=_refuse_constant, parse_float=_finite_float)
     except RecursionError:
         raise EnvelopeError(f"entry {entry_id} data is nested too deeply to parse", "not_json") from None
     except ValueError as exc:
         raise EnvelopeError(f"entry {entry_id} data is not JSON: {exc}", "not_json") from exc
+    if _SURROGATE_ESCAPE.search(data):
+        # A paired escape (an emoji) was combined by the parser; a lone one stays a surrogate,
+        # which cannot be encoded: every Redis call naming the orderId failed, dead-lettering too.
+        try:
+            json.dumps(order, ensure_ascii=False).encode("utf-8")
+        except UnicodeEncodeError:
+            raise EnvelopeError(f"entry {entry_id} data is not JSON text: it holds a lone UTF-16 surrogate escape "
+                                "(\\uD800-\\uDFFF)", "not_json") from None
     if not isinstance(order, dict):
         raise EnvelopeError(f"entry {entry_id} data is not a JSON object", "not_object")
     return Envelope(entry_id=entry_id, order=order, fields=dict(fields))
