@@ -22,7 +22,7 @@ import redis.asyncio as aioredis
 from redis.asyncio.retry import Retry
 from redis.backoff import ExponentialBackoff
 from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import ResponseError
+from redis.exceptions import BusyLoadingError, OutOfMemoryError, ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 logger = logging.getLogger(__name__)
@@ -144,6 +144,9 @@ async def server_info(r: aioredis.Redis) -> ServerInfo:
 #: Error replies that say "not now" rather than "never": a script or module is running (BUSY),
 #: the dataset is loading after a restart (LOADING), a failover is under way (MASTERDOWN,
 #: READONLY on a demoted primary, TRYAGAIN/CLUSTERDOWN in a cluster).
+#: Error replies that mean "not now" rather than "never". OOM (Redis at ``maxmemory`` with
+#: ``noeviction``, refusing writes until memory is freed) and LOADING arrive as redis-py's
+#: OutOfMemoryError and BusyLoadingError, checked by class in :func:`is_transient`.
 _TRANSIENT_REPLIES = ("BUSY ", "LOADING", "MASTERDOWN", "READONLY", "TRYAGAIN", "CLUSTERDOWN")
 
 
@@ -157,6 +160,6 @@ def is_transient(exc: BaseException) -> bool:
     exceptions count: a handler's ``OSError`` or ``TimeoutError`` from another service is a
     real failure of that delivery.
     """
-    if isinstance(exc, (RedisConnectionError, RedisTimeoutError)):
-        return True
+    if isinstance(exc, (RedisConnectionError, RedisTimeoutError, OutOfMemoryError, BusyLoadingError)):
+        return True  # redis-py strips the OOM/LOADING code from these replies' text
     return isinstance(exc, ResponseError) and str(exc).startswith(_TRANSIENT_REPLIES)

@@ -47,7 +47,7 @@ class EnvelopeError(ValueError):
 
 #: Why an entry is poison (:attr:`EnvelopeError.reason`): it can never succeed, so it is
 #: dead-lettered at once instead of after ``MAX_DELIVERIES`` failed deliveries.
-POISON_REASONS = ("not_utf8", "no_data", "not_json", "not_object")
+POISON_REASONS = ("not_utf8", "no_data", "not_json", "not_object", "no_order_id")
 
 
 #: A ``\uD800``-``\uDFFF`` escape: only then can parsed JSON text hold a lone surrogate (a cheap
@@ -142,7 +142,9 @@ def decode(entry_id: str, fields: dict[str, str] | None) -> Envelope:
             does not parse, nests deeper than the parser allows, or is JSON only to Python's
             lenient parser: ``NaN``/``Infinity``, a number that overflows to infinity, a lone UTF-16
             surrogate escape — no JSON answer or Redis key could carry such an order, and the
-            producer refuses such a body) or ``not_object`` (``data`` is JSON but not an object).
+            producer refuses such a body), ``not_object`` (``data`` is JSON but not an object) or
+            ``no_order_id`` (the object's ``orderId`` is missing, null, a boolean, an empty string
+            or not an integer or string).
     """
     if not fields or "data" not in fields:
         if fields and not all(is_clean_text(k) for k in fields):
@@ -168,4 +170,10 @@ def decode(entry_id: str, fields: dict[str, str] | None) -> Envelope:
                                 "(\\uD800-\\uDFFF)", "not_json") from None
     if not isinstance(order, dict):
         raise EnvelopeError(f"entry {entry_id} data is not a JSON object", "not_object")
+    order_id = order.get("orderId")
+    if isinstance(order_id, bool) or not isinstance(order_id, (int, str)) or order_id == "":
+        # The orderId names the processed marker: without one, every such entry would share the
+        # marker "None" and all but the first would be acked as already processed, unapplied.
+        raise EnvelopeError(f"entry {entry_id} data has no usable orderId (an integer or a non-empty string; "
+                            f"got {type(order_id).__name__})", "no_order_id")
     return Envelope(entry_id=entry_id, order=order, fields=dict(fields))
