@@ -1,6 +1,11 @@
-# Local Kubernetes without a registry (issue 10): the groundwork. Included from the Makefile.
-# Nothing here runs in `make test` or CI yet; see docs/cluster.md for what works and what remains.
+# Local Kubernetes without a registry (issue 10). Included from the Makefile; docs/cluster.md
+# says what each step does and what could not be built here.
 #
+#   make cluster-up        everything below, then a one-node kind cluster (Kubernetes from
+#                          versions.env) with the images loaded; writes .local-cluster/
+#   make cluster-down      delete it
+#   make kind-node-image   the kind node image, assembled offline from the components
+#   make test-cluster      the cluster tier (tests/cluster) against that cluster
 #   make dockerd           install Debian's docker.io and start dockerd (root) with the runtime wrapper
 #   make image             the project's image on a debootstrapped Debian base, from a host wheelhouse
 #   make cluster-tools     build every pinned component from the Go module proxy (slow the first time)
@@ -9,7 +14,7 @@
 # Components to build; empty means all (e.g. `make cluster-tools CLUSTER_TOOLS="kind helm"`).
 CLUSTER_TOOLS ?=
 
-.PHONY: dockerd image cluster-tools cluster-versions
+.PHONY: dockerd image cluster-tools cluster-versions kind-node-image cluster-up cluster-down test-cluster
 
 ## Install docker.io if missing and start dockerd in the background (idempotent; needs root).
 dockerd:
@@ -26,3 +31,19 @@ cluster-tools:
 ## Print the pinned versions of every component.
 cluster-versions:
 	@grep -E '^[A-Z_]+=' k8s/local/versions.env
+
+## Build the kind node image (and the local Redis image) from the components; skipped when built.
+kind-node-image: dockerd cluster-tools
+	k8s/local/node-image.sh all
+
+## Create the local cluster (builds what is missing first); prints the versions and how to use it.
+cluster-up:
+	k8s/local/cluster.sh up
+
+## Delete the local cluster; no node container is left.
+cluster-down:
+	k8s/local/cluster.sh down
+
+## The cluster tier alone (it creates the cluster when it is not up).
+test-cluster: venv
+	ORDERSTREAM_CLUSTER=1 $(VENV)/bin/python -m pytest -q -m cluster tests/cluster

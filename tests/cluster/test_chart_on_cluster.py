@@ -1,0 +1,209 @@
+"""The chart installed for real (issue 10): helm install --wait, orders through the API, kubectl
+scale, the reclaimer CronJob, the CRD's schema on the real API server, the operator's RBAC,
+helm upgrade / rollback / uninstall. The tests of this module share one release, in order."""
+
+from __future__ import annotations
+
+import json
+import socket
+import subprocess
+import time
+import urllib.request
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.cluster.conftest import LOCAL, ROOT, Kube
+
+CHART = ROOT / "charts" / "orderstream"
+RELEASE = "orderstream"
+
+
+def _redis_image() -> tuple[str, str]:
+    out = subprocess.run([str(LOCAL / "node-image.sh"), "redis-image"], capture_output=True, text=True, check=True)
+    repo, tag = out.stdout.strip().rsplit(":", 1)
+    return repo, tag
+
+
+def install_args(namespace: str) -> list[str]:
+    repo, tag = _redis_image()
+    return ["-n", namespace, "--set", "image.pullPolicy=Never", "--set", f"redis.image.repository={repo}",
+            "--set", f"redis.image.tag={tag}", "--set", "redis.image.pullPolicy=Never"]
+
+
+@pytest.fixture(scope="module")
+def release(kube: Kube) -> Iterator[str]:
+    """A release of the chart with its built-in Redis in a namespace of its own; yields the namespace."""
+    namespace = f"os-{uuid.uuid4().hex[:8]}"
+    kube.helm("install", RELEASE, str(CHART), "--create-namespace", "--wait", "--timeout", "5m",
+              *install_args(namespace), timeout=400)
+    try:
+        yield namespace
+    finally:
+        kube.helm("uninstall", RELEASE, "-n", namespace, "--wait", "--timeout", "3m", check=False, timeout=240)
+        kube.kubectl("delete", "namespace", namespace, "--wait=false", check=False)
+
+
+def pods(kube: Kube, namespace: str, component: str) -> list[dict]:
+    return kube.json("-n", namespace, "get", "pods", "-l", f"app.kubernetes.io/component={component}")["items"]
+
+
+def ready(pod: dict) -> bool:
+    return pod["status"].get("phase") == "Running" and any(
+        c["type"] == "Ready" and c["status"] == "True" for c in pod["status"].get("conditions", []))
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def http(method: str, url: str, body: dict | None = None) -> tuple[int, dict]:
+    data = json.dumps(body).encode() if body is not None else None
+    req = urllib.request.Request(url, data=data, method=method, headers={"Content-Type": "application/json"})
+    try:
+        with urllib.request.urlopen(req, timeout=10) as resp:
+            return resp.status, json.loads(resp.read())
+    except urllib.error.HTTPError as exc:
+        return exc.code, json.loads(exc.read() or b"{}")
+
+
+def test_helm_install_wait_makes_every_pod_ready(kube: Kube, release: str):
+    items = kube.json("-n", release, "get", "pods")["items"]
+    running = [p for p in items if p["status"].get("phase") != "Succeeded"]  # reclaimer Jobs complete
+    by_component = sorted(p["metadata"]["labels"]["app.kubernetes.io/component"] for p in running)
+    assert by_component == ["autoscaler", "consumer", "consumer", "producer", "producer", "redis"]
+    assert [p["metadata"]["name"] for p in running if not ready(p)] == []
+    pvc = kube.json("-n", release, "get", "pvc")["items"]
+    assert [(c["status"]["phase"], c["spec"]["storageClassName"]) for c in pvc] == [("Bound", "standard")]
+
+
+def test_an_order_posted_through_the_service_is_processed_by_a_consumer_pod(kube: Kube, release: str):
+    port = free_port()
+    forward = subprocess.Popen([kube.env["PATH"].split(":")[0] + "/kubectl", "-n", release, "port-forward",
+                                f"svc/{RELEASE}-producer", f"{port}:http"], env=kube.env,
+                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        base = f"http://127.0.0.1:{port}"
+        kube.wait_until(lambda: _answers(f"{base}/readyz"), timeout=30, what="the port-forward", interval=0.2)
+        status, body = http("POST", f"{base}/orders", {"orderId": 1001, "product": "Laptop", "quantity": 2,
+                                                       "userId": 42})
+        assert status == 201, body
+        done = kube.wait_until(lambda: _processed(f"{base}/orders/1001"), timeout=30, what="order 1001 processed")
+        consumers = {p["metadata"]["name"] for p in pods(kube, release, "consumer")}
+        assert done["processed"]["consumer"] in consumers  # the consumer name is the pod name
+        status, info = http("GET", f"{base}/stream/info")
+        group = info["groups"][0]
+        assert (status, group["pending"], group["lag"], info["deadLetters"]["length"]) == (200, 0, 0, 0)
+    finally:
+        forward.terminate()
+        forward.wait(10)
+
+
+def _answers(url: str) -> bool:
+    try:
+        return http("GET", url)[0] == 200
+    except OSError:
+        return False
+
+
+def _processed(url: str) -> dict | None:
+    status, body = http("GET", url)
+    return body if status == 200 and body.get("status") == "processed" else None
+
+
+def test_kubectl_scale_gives_three_ready_consumer_pods(kube: Kube, release: str):
+    kube.kubectl("-n", release, "scale", f"deployment/{RELEASE}-consumer", "--replicas=3")
+    kube.kubectl("-n", release, "rollout", "status", f"deployment/{RELEASE}-consumer", "--timeout=180s", timeout=200)
+    kube.wait_until(lambda: sum(ready(p) for p in pods(kube, release, "consumer")) == 3, timeout=60,
+                    what="3 Ready consumer pods")
+    scale = kube.json("-n", release, "get", f"deployment/{RELEASE}-consumer", "--subresource=scale")
+    assert (scale["spec"]["replicas"], scale["status"]["replicas"]) == (3, 3)
+
+
+def test_a_job_made_from_the_reclaimer_cronjob_completes(kube: Kube, release: str):
+    job = f"reclaim-now-{uuid.uuid4().hex[:6]}"
+    kube.kubectl("-n", release, "create", "job", job, f"--from=cronjob/{RELEASE}-reclaimer")
+    kube.kubectl("-n", release, "wait", "--for=condition=complete", f"job/{job}", "--timeout=180s", timeout=200)
+    log = kube.kubectl("-n", release, "logs", f"job/{job}").stdout
+    assert "reclaim: claimed=" in log, log
+
+
+def test_the_api_server_enforces_the_streamautoscaler_schema(kube: Kube, release: str):
+    example = (ROOT / "k8s" / "examples" / "streamautoscaler.yaml").read_text()
+    accepted = kube.kubectl("-n", release, "apply", "--dry-run=server", "-f", "-",
+                            input=example.replace("namespace: orderstream", f"namespace: {release}"))
+    assert "created (server dry run)" in accepted.stdout
+    bad = example.replace("namespace: orderstream", f"namespace: {release}").replace(
+        "maxReplicas: 10", "maxReplicas: -3").replace("targetBacklogPerReplica: 100", "targetBacklogPerReplica: many")
+    refused = kube.kubectl("-n", release, "apply", "--dry-run=server", "-f", "-", input=bad, check=False)
+    assert refused.returncode != 0
+    assert "spec.maxReplicas" in refused.stderr and "spec.targetBacklogPerReplica" in refused.stderr, refused.stderr
+
+
+def _can(kube: Kube, namespace: str, verb: str, resource: str) -> str:
+    """``kubectl auth can-i`` as the operator's ServiceAccount; ``resource`` is
+    ``plural[.group][/subresource]``."""
+    sa = f"system:serviceaccount:{namespace}:{RELEASE}-autoscaler"
+    resource, _, sub = resource.partition("/")
+    extra = [f"--subresource={sub}"] if sub else []
+    out = kube.kubectl("auth", "can-i", verb, resource, *extra, "-n", namespace, f"--as={sa}", check=False)
+    return out.stdout.strip()
+
+
+def test_the_operator_service_account_has_what_it_needs_and_no_more(kube: Kube, release: str):
+    role = kube.json("-n", release, "get", f"role/{RELEASE}-autoscaler")
+    granted = [(verb, res.split("/")[0] + (f".{g}" if g else "") + ("/" + res.split("/")[1] if "/" in res else ""))
+               for rule in role["rules"] for g in rule.get("apiGroups", [""])
+               for res in rule["resources"] for verb in rule["verbs"]]
+    assert granted, role
+    assert {(v, r): _can(kube, release, v, r) for v, r in granted} == {vr: "yes" for vr in granted}
+    # What the operator never does: read Secrets other than through its Role, touch Pods, delete
+    # Deployments, act in another namespace.
+    refused = [("delete", "deployments.apps"), ("create", "pods"), ("list", "secrets"),
+               ("update", "roles.rbac.authorization.k8s.io")]
+    assert {vr: _can(kube, release, *vr) for vr in refused} == {vr: "no" for vr in refused}
+    assert _can(kube, "kube-system", "patch", "deployments.apps/scale") == "no"
+
+
+def _consumer_concurrency(kube: Kube, namespace: str) -> tuple[str, str]:
+    dep = kube.json("-n", namespace, "get", f"deployment/{RELEASE}-consumer")
+    env = {e["name"]: e.get("value") for e in dep["spec"]["template"]["spec"]["containers"][0].get("env", [])}
+    config = kube.json("-n", namespace, "get", f"configmap/{RELEASE}-config")["data"]
+    return dep["metadata"]["annotations"]["deployment.kubernetes.io/revision"], env.get(
+        "CONCURRENCY") or config.get("CONCURRENCY")
+
+
+def test_helm_upgrade_rolls_the_consumers_and_rollback_restores_them(kube: Kube, release: str):
+    revision, concurrency = _consumer_concurrency(kube, release)
+    assert concurrency == "16"
+    kube.helm("upgrade", RELEASE, str(CHART), "--reuse-values", "--set", "consumer.concurrency=24", "--wait",
+              "--timeout", "5m", "-n", release, timeout=400)
+    new_revision, concurrency = _consumer_concurrency(kube, release)
+    assert (concurrency, int(new_revision)) == ("24", int(revision) + 1)  # a new ReplicaSet: pods rolled
+    assert all(ready(p) for p in pods(kube, release, "consumer"))
+    kube.helm("rollback", RELEASE, "1", "--wait", "--timeout", "5m", "-n", release, timeout=400)
+    back_revision, concurrency = _consumer_concurrency(kube, release)
+    assert (concurrency, int(back_revision)) == ("16", int(revision) + 2)
+    history = json.loads(kube.helm("history", RELEASE, "-n", release, "-o", "json").stdout)
+    assert [h["status"] for h in history] == ["superseded", "superseded", "deployed"]
+
+
+def test_helm_uninstall_leaves_nothing_behind(kube: Kube, release: str):
+    started = time.monotonic()
+    kube.helm("uninstall", RELEASE, "-n", release, "--wait", "--timeout", "3m", timeout=240)
+    assert time.monotonic() - started < 180  # no finalizer holds it
+    kinds = "all,configmaps,secrets,serviceaccounts,roles,rolebindings,persistentvolumeclaims,streamautoscalers"
+
+    def left() -> list[str]:
+        names = kube.kubectl("-n", release, "get", kinds, "-o", "name").stdout.split()
+        # Kubernetes' own per-namespace objects are not the release's.
+        return [n for n in names if n not in ("configmap/kube-root-ca.crt", "serviceaccount/default")]
+
+    # Pods of the deleted controllers end after their grace period (garbage collection).
+    remaining = left()
+    kube.wait_until(lambda: not (remaining := left()) or None, timeout=120, what="the namespace emptied")
+    assert left() == [], remaining
