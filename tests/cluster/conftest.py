@@ -14,6 +14,7 @@ import os
 import shutil
 import subprocess
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -90,7 +91,9 @@ class Kube:
     def json(self, *args: str) -> dict:
         return json.loads(self.kubectl(*args, "-o", "json").stdout)
 
-    def wait_until(self, check, *, timeout: float, what: str, interval: float = 1.0):
+    def wait_until(self, check, *, timeout: float, what: str | Callable[[], str], interval: float = 1.0):
+        """Call ``check`` every ``interval`` s until it returns something true, and return that;
+        AssertionError after ``timeout`` s naming ``what`` (called then, when it is callable)."""
         deadline = time.monotonic() + timeout
         last = None
         while time.monotonic() < deadline:
@@ -98,7 +101,8 @@ class Kube:
             if last:
                 return last
             time.sleep(interval)
-        raise AssertionError(f"timed out after {timeout}s waiting for {what} (last: {last!r})")
+        described = what() if callable(what) else what
+        raise AssertionError(f"timed out after {timeout}s waiting for {described} (last: {last!r})")
 
 
 @pytest.fixture(scope="session")
