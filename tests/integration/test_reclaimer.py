@@ -17,7 +17,7 @@ from streamcore.streams import ensure_group
 from tests.handlers import applied_key
 from tests.integration.consumer_support import (HANDLER, ROOT, keys_for, pending_ids, pending_rows, post, reclaimer_for,
                                                 wait_for, wait_idle)
-from tests.servers import free_port
+from tests.servers import RedisServer, free_port, server_binary
 
 #: The largest entry ID (spelled out: older code has no name for it).
 MAX_ID = "18446744073709551615-18446744073709551615"
@@ -58,12 +58,47 @@ async def test_missing_stream_is_a_successful_empty_pass(redis_url, names):
     assert out.strip() == "reclaim: claimed=0 processed=0 failed=0 dead_lettered=0 gone=0 consumers_removed=0 trimmed=0 lost=0"
 
 
-async def test_unreachable_redis_exits_non_zero(names):
-    code, out, err = await run_reclaimer({"REDIS_URL": f"redis://127.0.0.1:{free_port()}/0",
-                                          "REDIS_SOCKET_TIMEOUT_S": "2", **names.env()})
-    assert code == 1
-    assert out == ""
-    assert "reclaim pass failed" in err
+async def test_unreachable_redis_is_retried_for_reclaim_retry_seconds_then_exits_non_zero(names):
+    started = time.monotonic()
+    code, out, err = await run_reclaimer({"REDIS_URL": f"redis://127.0.0.1:{free_port()}/0", "LOG_FORMAT": "text",
+                                          "REDIS_SOCKET_TIMEOUT_S": "2", "RECLAIM_RETRY_SECONDS": "1.2", **names.env()})
+    elapsed = time.monotonic() - started
+    assert (code, out) == (1, "")
+    retries = [line for line in err.splitlines() if "reclaim: Redis unavailable (ConnectionError" in line]
+    # The client's own connection retries take part of the 1.2 s; at least one back-off of ours.
+    assert 1 <= len(retries) <= 3, err
+    failed = [line for line in err.splitlines() if "reclaim pass failed" in line]
+    assert len(failed) == 1 and "Redis unavailable for 1 s (RECLAIM_RETRY_SECONDS)" in failed[0], err
+    assert "Traceback" not in err  # an outage is not a crash
+    assert elapsed >= 1.2
+
+
+async def test_a_pass_that_starts_before_redis_completes_once_redis_is_up(names, tmp_path):
+    """The CronJob's Job may start while Redis (re)starts, e.g. right after helm install: it
+    retries instead of failing its pod."""
+    binary = server_binary("redis")
+    if binary is None:
+        pytest.skip("redis-server not on PATH")
+    server = RedisServer("redis", binary, tmp_path / "late")
+    env = {**os.environ, "HANDLER": HANDLER, "REDIS_URL": server.url, "LOG_FORMAT": "text",
+           "RECLAIM_RETRY_SECONDS": "20", **names.env()}
+    proc = await asyncio.create_subprocess_exec(sys.executable, "-m", "reclaimer", cwd=ROOT, env=env,
+                                                stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
+    try:
+        seen = []
+        while not any("reclaim: Redis unavailable" in line for line in seen):
+            line = await asyncio.wait_for(proc.stderr.readline(), 15)
+            assert line, "the reclaimer ended without retrying: " + "".join(seen)
+            seen.append(line.decode())
+        server.start()  # while the reclaimer backs off
+        out, err = await asyncio.wait_for(proc.communicate(), 30)
+        assert proc.returncode == 0, "".join(seen) + err.decode()
+        assert out.decode().startswith("reclaim: claimed=0 "), out
+    finally:
+        if proc.returncode is None:
+            proc.kill()
+            await proc.wait()
+        server.stop(kill=True)
 
 
 async def test_loop_mode_runs_passes_until_sigterm(redis_url, names):
