@@ -4,7 +4,7 @@ VENV   ?= .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed-$(shell cat pyproject.toml | cksum | cut -d' ' -f1)
 
-.PHONY: up test test-e2e bench soak venv clean
+.PHONY: up test bench soak venv clean
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -23,10 +23,6 @@ up: $(STAMP)
 test: $(STAMP)
 	$(PY) -m pytest
 
-## Opt-in kind end-to-end tier (needs docker, kind, helm).
-test-e2e: $(STAMP)
-	ORDERSTREAM_E2E=1 $(PY) -m pytest tests/e2e -m e2e
-
 bench: $(STAMP)
 	$(PY) bench/run.py
 
@@ -39,5 +35,4 @@ soak: $(STAMP)
 
 clean:
 	rm -rf $(VENV) .local-data
-include mk/kind.mk
 include mk/cluster.mk

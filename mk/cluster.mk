@@ -10,11 +10,12 @@
 #   make image             the project's image on a debootstrapped Debian base, from a host wheelhouse
 #   make cluster-tools     build every pinned component from the Go module proxy (slow the first time)
 #   make cluster-versions  print the pinned versions (k8s/local/versions.env)
+#   make k8s-base          regenerate k8s/base/ (and its CRD copy) from the chart (see k8s/README.md)
 #
 # Components to build; empty means all (e.g. `make cluster-tools CLUSTER_TOOLS="kind helm"`).
 CLUSTER_TOOLS ?=
 
-.PHONY: dockerd image cluster-tools cluster-versions kind-node-image cluster-up cluster-down test-cluster
+.PHONY: dockerd image cluster-tools cluster-versions kind-node-image cluster-up cluster-down test-cluster k8s-base
 
 ## Install docker.io if missing and start dockerd in the background (idempotent; needs root).
 dockerd:
@@ -47,3 +48,7 @@ cluster-down:
 ## The cluster tier alone (it creates the cluster when it is not up).
 test-cluster: venv
 	ORDERSTREAM_CLUSTER=1 $(VENV)/bin/python -m pytest -q -m cluster tests/cluster
+
+## Regenerate the kustomize base from the chart, CRD copy included (tests fail while they differ).
+k8s-base: venv
+	$(VENV)/bin/python k8s/render_base.py

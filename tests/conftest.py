@@ -18,7 +18,7 @@ import redis.asyncio as aioredis
 from tests.servers import RedisServer, ci_requires_servers, server_binary
 
 SERVER_KINDS = ("redis", "valkey")
-_TIERS = ("unit", "integration", "operator", "chart", "e2e")
+_TIERS = ("unit", "integration", "operator", "chart", "cluster")
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:

@@ -51,7 +51,9 @@ up() {
         "$BIN/kind" create cluster --name "$CLUSTER" --image "$node_image" --config "$OUT/kind-config.yaml" \
             --kubeconfig "$KUBECONFIG" --wait 120s
     fi
-    "$BIN/kind" load docker-image --name "$CLUSTER" "$ORDERSTREAM_IMAGE_REPOSITORY:$app_version" "$redis_image"
+    # The same image under the tag that k8s/overlays/kind names (ORDERSTREAM_IMAGE_TAG).
+    "$BIN/kind" load docker-image --name "$CLUSTER" "$ORDERSTREAM_IMAGE_REPOSITORY:$app_version" \
+        "$ORDERSTREAM_IMAGE_REPOSITORY:$ORDERSTREAM_IMAGE_TAG" "$redis_image"
     "$BIN/kubectl" wait --for=condition=Ready node --all --timeout=120s >/dev/null
     "$BIN/kubectl" -n kube-system rollout status deployment/coredns --timeout=120s >/dev/null
     say "cluster $CLUSTER is up in $(( $(date +%s) - t0 ))s: Kubernetes $KUBERNETES_VERSION"

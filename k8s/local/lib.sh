@@ -25,7 +25,7 @@ debootstrap_image() {
     shift 3
     if [ ! -f "$tarball" ]; then
         command -v debootstrap >/dev/null || {
-            DEBIAN_FRONTEND=noninteractive apt-get install -y -qq debootstrap >/dev/null; }
+            apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq debootstrap >/dev/null; }
         local root="$tarball.root.tmp" t0
         t0=$(date +%s)
         rm -rf "$root"; mkdir -p "$(dirname "$tarball")"

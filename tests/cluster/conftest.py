@@ -9,14 +9,19 @@ unset (a cold build takes tens of minutes; ``make test-cluster`` sets it and bui
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
+import socket
 import subprocess
 import time
-from collections.abc import Callable
+import urllib.error
+import urllib.request
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -114,3 +119,85 @@ def kube() -> Kube:
                              f"{proc.stderr[-6000:]}")
     env = {**os.environ, "KUBECONFIG": str(OUT / "kubeconfig"), "PATH": f"{OUT / 'bin'}:{os.environ['PATH']}"}
     return Kube(env)
+
+
+def free_port() -> int:
+    """A free TCP port on 127.0.0.1."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def ready(pod: dict) -> bool:
+    """The pod is Running with condition Ready=True (from ``status.conditions``)."""
+    return pod["status"].get("phase") == "Running" and any(
+        c["type"] == "Ready" and c["status"] == "True" for c in pod["status"].get("conditions", []))
+
+
+def pods(kube: Kube, namespace: str, component: str) -> list[dict]:
+    """The pods labelled ``app.kubernetes.io/component=<component>`` in ``namespace``."""
+    return kube.json("-n", namespace, "get", "pods", "-l", f"app.kubernetes.io/component={component}")["items"]
+
+
+class Api:
+    """The producer's HTTP API at ``base`` (a ``kubectl port-forward`` to its Service)."""
+
+    def __init__(self, base: str) -> None:
+        self.base = base
+
+    def request(self, method: str, path: str, body: Any = None) -> tuple[int, Any]:
+        """One request; ``(HTTP status, decoded JSON body or None)``. OSError when nothing answers."""
+        data = None if body is None else json.dumps(body).encode()
+        req = urllib.request.Request(self.base + path, data=data, method=method,
+                                     headers={"Content-Type": "application/json", "Connection": "close"})
+        try:
+            with urllib.request.urlopen(req, timeout=10) as resp:
+                raw = resp.read()
+                return resp.status, json.loads(raw) if raw else None
+        except urllib.error.HTTPError as exc:
+            raw = exc.read()
+            return exc.code, json.loads(raw) if raw else None
+
+    def answers(self) -> bool:
+        """GET /readyz answers 200."""
+        try:
+            return self.request("GET", "/readyz")[0] == 200
+        except OSError:
+            return False
+
+    def post_order(self, order_id: str | int) -> str:
+        """POST /orders with a valid order; returns the stream entry ID (asserts 201)."""
+        status, body = self.request("POST", "/orders", {"orderId": order_id, "product": "Laptop", "quantity": 1,
+                                                        "userId": 42})
+        assert status == 201, (status, body)
+        return str(body["id"])
+
+    def order(self, order_id: str | int) -> dict[str, Any]:
+        """GET /orders/{orderId}: ``{"status", "processed": {"consumer"}, "pending": {"consumer"}, ...}``."""
+        status, body = self.request("GET", f"/orders/{order_id}")
+        assert status == 200, (status, body)
+        return dict(body)
+
+    def group(self, name: str = "order-processors") -> dict[str, Any]:
+        """The group's entry of GET /stream/info (``consumers[].name`` are pod names)."""
+        status, body = self.request("GET", "/stream/info")
+        assert status == 200, (status, body)
+        groups = [g for g in body["groups"] if g["name"] == name]
+        assert groups, body
+        return dict(groups[0])
+
+
+@contextlib.contextmanager
+def producer_api(kube: Kube, namespace: str, service: str) -> Iterator[Api]:
+    """``kubectl port-forward svc/<service>`` on a free loopback port, ready; stopped on exit."""
+    port = free_port()
+    forward = subprocess.Popen([str(OUT / "bin" / "kubectl"), "-n", namespace, "port-forward", f"svc/{service}",
+                                f"{port}:http"], env=kube.env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        api = Api(f"http://127.0.0.1:{port}")
+        kube.wait_until(api.answers, timeout=60, what=f"the producer through a port-forward to {service}",
+                        interval=0.2)
+        yield api
+    finally:
+        forward.terminate()
+        forward.wait(10)

@@ -5,17 +5,15 @@ helm upgrade / rollback / uninstall. The tests of this module share one release,
 from __future__ import annotations
 
 import json
-import socket
 import subprocess
 import time
-import urllib.request
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from tests.cluster.conftest import LOCAL, ROOT, Kube
+from tests.cluster.conftest import LOCAL, ROOT, Kube, pods, producer_api, ready
 
 CHART = ROOT / "charts" / "orderstream"
 RELEASE = "orderstream"
@@ -46,31 +44,6 @@ def release(kube: Kube) -> Iterator[str]:
         kube.kubectl("delete", "namespace", namespace, "--wait=false", check=False)
 
 
-def pods(kube: Kube, namespace: str, component: str) -> list[dict]:
-    return kube.json("-n", namespace, "get", "pods", "-l", f"app.kubernetes.io/component={component}")["items"]
-
-
-def ready(pod: dict) -> bool:
-    return pod["status"].get("phase") == "Running" and any(
-        c["type"] == "Ready" and c["status"] == "True" for c in pod["status"].get("conditions", []))
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def http(method: str, url: str, body: dict | None = None) -> tuple[int, dict]:
-    data = json.dumps(body).encode() if body is not None else None
-    req = urllib.request.Request(url, data=data, method=method, headers={"Content-Type": "application/json"})
-    try:
-        with urllib.request.urlopen(req, timeout=10) as resp:
-            return resp.status, json.loads(resp.read())
-    except urllib.error.HTTPError as exc:
-        return exc.code, json.loads(exc.read() or b"{}")
-
-
 def test_helm_install_wait_makes_every_pod_ready(kube: Kube, release: str):
     items = kube.json("-n", release, "get", "pods")["items"]
     # The reclaimer CronJob may have started a Job by now: its pods run to completion, never Ready.
@@ -85,37 +58,15 @@ def test_helm_install_wait_makes_every_pod_ready(kube: Kube, release: str):
 
 
 def test_an_order_posted_through_the_service_is_processed_by_a_consumer_pod(kube: Kube, release: str):
-    port = free_port()
-    forward = subprocess.Popen([kube.env["PATH"].split(":")[0] + "/kubectl", "-n", release, "port-forward",
-                                f"svc/{RELEASE}-producer", f"{port}:http"], env=kube.env,
-                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    try:
-        base = f"http://127.0.0.1:{port}"
-        kube.wait_until(lambda: _answers(f"{base}/readyz"), timeout=30, what="the port-forward", interval=0.2)
-        status, body = http("POST", f"{base}/orders", {"orderId": 1001, "product": "Laptop", "quantity": 2,
-                                                       "userId": 42})
-        assert status == 201, body
-        done = kube.wait_until(lambda: _processed(f"{base}/orders/1001"), timeout=30, what="order 1001 processed")
+    with producer_api(kube, release, f"{RELEASE}-producer") as api:
+        api.post_order(1001)
+        done = kube.wait_until(lambda: (o := api.order(1001))["status"] == "processed" and o, timeout=30,
+                               what="order 1001 processed")
         consumers = {p["metadata"]["name"] for p in pods(kube, release, "consumer")}
         assert done["processed"]["consumer"] in consumers  # the consumer name is the pod name
-        status, info = http("GET", f"{base}/stream/info")
+        status, info = api.request("GET", "/stream/info")
         group = info["groups"][0]
         assert (status, group["pending"], group["lag"], info["deadLetters"]["length"]) == (200, 0, 0, 0)
-    finally:
-        forward.terminate()
-        forward.wait(10)
-
-
-def _answers(url: str) -> bool:
-    try:
-        return http("GET", url)[0] == 200
-    except OSError:
-        return False
-
-
-def _processed(url: str) -> dict | None:
-    status, body = http("GET", url)
-    return body if status == 200 and body.get("status") == "processed" else None
 
 
 def test_kubectl_scale_gives_three_ready_consumer_pods(kube: Kube, release: str):
@@ -170,6 +121,115 @@ def test_the_operator_service_account_has_what_it_needs_and_no_more(kube: Kube, 
                ("update", "roles.rbac.authorization.k8s.io")]
     assert {vr: _can(kube, release, *vr) for vr in refused} == {vr: "no" for vr in refused}
     assert _can(kube, "kube-system", "patch", "deployments.apps/scale") == "no"
+
+
+# Each rule of the operator's Role, by the resource it grants, and what the operator can no longer
+# do without it: (the 403 it meets, what a probe StreamAutoscaler shows). The probe asks for 2
+# replicas of a 1-replica Deployment (minReplicas 2, no lag), so with the whole Role it scales it.
+RULE_NEEDS = {
+    "streamautoscalers": 'cannot list resource "streamautoscalers"',
+    "streamautoscalers/status": 'cannot patch resource "streamautoscalers/status"',
+    "deployments": 'cannot get resource "deployments"',
+    "deployments/scale": 'cannot patch resource "deployments/scale"',
+    "pods": 'cannot list resource "pods"',
+    "events": 'cannot create resource "events"',
+    "secrets": 'cannot get resource "secrets"',
+}
+
+
+def _probe(kube: Kube, namespace: str, name: str) -> None:
+    """A 1-replica Deployment of the pause image (preloaded in the node) and a StreamAutoscaler
+    that wants it at 2 replicas, polled every second."""
+    deployment = {
+        "apiVersion": "apps/v1", "kind": "Deployment", "metadata": {"name": name},
+        "spec": {"replicas": 1, "selector": {"matchLabels": {"probe": name}}, "template": {
+            "metadata": {"labels": {"probe": name}},
+            "spec": {"automountServiceAccountToken": False, "containers": [{
+                "name": "pause", "image": "registry.k8s.io/pause:3.10.2", "imagePullPolicy": "Never",
+                "securityContext": {"runAsNonRoot": True, "runAsUser": 65535, "allowPrivilegeEscalation": False,
+                                    "capabilities": {"drop": ["ALL"]}, "seccompProfile": {"type": "RuntimeDefault"}},
+            }]}}}}
+    autoscaler = {
+        "apiVersion": "orderstream.dev/v1alpha1", "kind": "StreamAutoscaler", "metadata": {"name": name},
+        "spec": {"scaleTargetRef": {"apiVersion": "apps/v1", "kind": "Deployment", "name": name},
+                 "redis": {"urlSecretRef": {"name": f"{RELEASE}-redis-url", "key": "url"}},
+                 "streams": [{"stream": "orders", "group": "order-processors"}],
+                 "minReplicas": 2, "maxReplicas": 3, "targetBacklogPerReplica": 100, "pollIntervalSeconds": 1}}
+    kube.kubectl("-n", namespace, "apply", "-f", "-", input=json.dumps({"apiVersion": "v1", "kind": "List",
+                                                                          "items": [deployment, autoscaler]}))
+
+
+def _operator_said(kube: Kube, namespace: str, probe: str) -> str:
+    """Everything the operator said: its log, the probe's status and the probe's Events."""
+    log = kube.kubectl("-n", namespace, "logs", f"deployment/{RELEASE}-autoscaler", check=False).stdout
+    sa = kube.json("-n", namespace, "get", f"streamautoscaler/{probe}")
+    events = kube.json("-n", namespace, "get", "events", "--field-selector", f"involvedObject.name={probe}")
+    said = "\n".join([log, json.dumps(sa.get("status") or {}), *(e.get("message", "") for e in events["items"])])
+    return said.replace('\\"', '"')  # the log is JSON lines: unescape the quotes of the API's messages
+
+
+def _probe_outcome(kube: Kube, namespace: str, probe: str) -> tuple[int, str | None, list[str]]:
+    """(the probe Deployment's spec.replicas, the StreamAutoscaler's status.reason, its Event reasons)."""
+    replicas = kube.json("-n", namespace, "get", f"deployment/{probe}")["spec"]["replicas"]
+    reason = (kube.json("-n", namespace, "get", f"streamautoscaler/{probe}").get("status") or {}).get("reason")
+    events = kube.json("-n", namespace, "get", "events", "--field-selector",
+                       f"involvedObject.name={probe},involvedObject.kind=StreamAutoscaler")["items"]
+    return replicas, reason, sorted({e["reason"] for e in events})
+
+
+def _restart_operator(kube: Kube, namespace: str) -> None:
+    kube.kubectl("-n", namespace, "rollout", "restart", f"deployment/{RELEASE}-autoscaler")
+    kube.kubectl("-n", namespace, "rollout", "status", f"deployment/{RELEASE}-autoscaler", "--timeout=120s",
+                 timeout=150)
+
+
+@pytest.mark.parametrize("without", [None, *RULE_NEEDS])
+def test_each_rule_of_the_operator_role_is_needed(kube: Kube, release: str, without: str | None):
+    """The operator in the cluster, with its whole Role and with one rule taken out at a time:
+    the whole Role scales a probe; without any one rule the operator meets that 403 and the
+    probe shows what it could not do."""
+    role_name = f"role/{RELEASE}-autoscaler"
+    rules = kube.json("-n", release, "get", role_name)["rules"]
+    resources = [r["resources"][0] for r in rules]
+    assert sorted(resources) == sorted(RULE_NEEDS)  # a new rule needs its own case here
+    probe = f"probe-{(without or 'whole-role').replace('/', '-')}"
+    if without is not None:
+        kept = [r for r in rules if r["resources"][0] != without]
+        kube.kubectl("-n", release, "patch", role_name, "--type=json",
+                     "-p", json.dumps([{"op": "replace", "path": "/rules", "value": kept}]))
+    try:
+        _restart_operator(kube, release)
+        _probe(kube, release, probe)
+        if without is None:
+            # Scaled (ScaleUp), then steady at 2 on the next poll.
+            kube.wait_until(lambda: _probe_outcome(kube, release, probe) == (2, "Steady", ["Scaled"]), timeout=60,
+                            what=lambda: f"the probe scaled to 2: {_probe_outcome(kube, release, probe)}")
+            assert "forbidden" not in _operator_said(kube, release, probe).lower()
+            return
+        needle = RULE_NEEDS[without]
+        kube.wait_until(lambda: needle in _operator_said(kube, release, probe), timeout=60,
+                        what=lambda: f"{needle!r} in what the operator said:\n{_operator_said(kube, release, probe)[-3000:]}")
+        expected = {
+            # Never sees the StreamAutoscaler: nothing happens at all.
+            "streamautoscalers": (1, None, []),
+            # Scales, but can write no status: `kubectl get streamautoscaler` shows nothing.
+            "streamautoscalers/status": (2, None, ["Scaled"]),
+            "deployments": (1, "KubernetesError", ["KubernetesError"]),
+            "deployments/scale": (1, "ScaleUp", ["ScaleFailed"]),
+            # Scales, but cannot tell dead consumers' pending entries from live ones (logged).
+            "pods": (2, "Steady", ["Scaled"]),
+            # Scales, but nothing shows in `kubectl describe` / `kubectl get events`.
+            "events": (2, "Steady", []),
+            "secrets": (1, "RedisSecretUnavailable", ["RedisSecretUnavailable"]),
+        }[without]
+        kube.wait_until(lambda: _probe_outcome(kube, release, probe) == expected, timeout=30,
+                        what=lambda: f"{expected}, not {_probe_outcome(kube, release, probe)}")
+    finally:
+        kube.kubectl("-n", release, "delete", "streamautoscaler", probe, "--ignore-not-found", "--wait=false",
+                     check=False)
+        kube.kubectl("-n", release, "delete", "deployment", probe, "--ignore-not-found", "--wait=false", check=False)
+        kube.kubectl("-n", release, "patch", role_name, "--type=json",
+                     "-p", json.dumps([{"op": "replace", "path": "/rules", "value": rules}]))
 
 
 def _consumer_concurrency(kube: Kube, namespace: str) -> tuple[str, str]:
