@@ -16,12 +16,13 @@ HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 REPO="$(cd "$HERE/../.." && pwd)"
 # shellcheck source=versions.env
 source "$HERE/versions.env"
-CACHE="${ORDERSTREAM_CACHE:-$HOME/.cache/orderstream}"
+say() { echo "cluster.sh: $*" >&2; }
+# shellcheck source=lib.sh
+source "$HERE/lib.sh"  # CACHE, app_version
 CLUSTER="${CLUSTER_NAME:-orderstream}"
 OUT="$REPO/.local-cluster"
 BIN="$OUT/bin"
 export KUBECONFIG="$OUT/kubeconfig"
-say() { echo "cluster.sh: $*" >&2; }
 
 tools() {
     mkdir -p "$BIN"
@@ -42,7 +43,7 @@ up() {
     tools
     node_image="$("$HERE/node-image.sh" name)"
     redis_image="$("$HERE/node-image.sh" redis-image)"
-    app_version="$(sed -nE 's/^appVersion: *"?([^"]+)"?$/\1/p' "$REPO/charts/orderstream/Chart.yaml")"
+    app_version="$(app_version)"
     if exists; then
         say "cluster $CLUSTER exists"
         "$BIN/kind" export kubeconfig --name "$CLUSTER" --kubeconfig "$KUBECONFIG" >/dev/null

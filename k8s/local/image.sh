@@ -29,7 +29,7 @@ BASE_KEY="$(printf '%s %s' "$SUITE" "$BASE_PACKAGES" | cksum | cut -d' ' -f1)"
 BASE_TARBALL="$CACHE/debian-$SUITE-python3-$BASE_KEY.tar"
 BASE_IMAGE="orderstream-base/python:$SUITE-$BASE_KEY"
 WHEELHOUSE="$REPO/build/wheelhouse"
-APP_VERSION="$(sed -nE 's/^appVersion: *"?([^"]+)"?$/\1/p' "$REPO/charts/orderstream/Chart.yaml")"
+APP_VERSION="$(app_version)"
 IMAGE="$ORDERSTREAM_IMAGE_REPOSITORY:$APP_VERSION"
 PYTHON="${PYTHON:-python3}"
 

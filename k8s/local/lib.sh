@@ -1,9 +1,12 @@
-# Shared by k8s/local/image.sh and k8s/local/node-image.sh (sourced, not run): Debian base
+# Shared by k8s/local/image.sh, node-image.sh and cluster.sh (sourced, not run): Debian base
 # images made with debootstrap, since no registry can be reached to pull one (issue 10).
 # Expects versions.env to be sourced first (DEBIAN_SUITE) and a `say` function.
 
 CACHE="${ORDERSTREAM_CACHE:-$HOME/.cache/orderstream}"
 SUITE="$DEBIAN_SUITE"
+
+# The chart's appVersion, the tag of the project's image (needs REPO).
+app_version() { sed -nE 's/^appVersion: *"?([^"]+)"?$/\1/p' "$REPO/charts/orderstream/Chart.yaml"; }
 
 # Debian mirror of the host's own apt configuration (deb822 or one-line format), so that no host
 # name is written here.
