@@ -33,6 +33,24 @@ tools() {
 
 exists() { [ -x "$BIN/kind" ] && "$BIN/kind" get clusters 2>/dev/null | grep -qx "$CLUSTER"; }
 
+# Seconds an existing cluster's API server gets to answer /readyz before it is recreated.
+HEALTH_TIMEOUT="${CLUSTER_HEALTH_TIMEOUT:-60}"
+
+# The existing cluster's node container runs and its API server answers /readyz within
+# HEALTH_TIMEOUT. A node container from an earlier dockerd (a reboot, a restored disk: kind's
+# nodes do not survive a Docker restart on this cgroup v1 host) may run with an API server that
+# resets every connection; CI met exactly that.
+healthy() {
+    local deadline=$(( $(date +%s) + HEALTH_TIMEOUT )) state
+    state="$(docker inspect -f '{{.State.Status}}' "$CLUSTER-control-plane" 2>/dev/null || echo missing)"
+    [ "$state" = running ] || { say "node container $CLUSTER-control-plane is $state"; return 1; }
+    "$BIN/kind" export kubeconfig --name "$CLUSTER" --kubeconfig "$KUBECONFIG" >/dev/null 2>&1 || return 1
+    until "$BIN/kubectl" get --raw /readyz --request-timeout=5s >/dev/null 2>&1; do
+        [ "$(date +%s)" -lt "$deadline" ] || { say "API server did not answer /readyz within ${HEALTH_TIMEOUT}s"; return 1; }
+        sleep 2
+    done
+}
+
 up() {
     local t0 node_image redis_image app_version
     t0=$(date +%s)
@@ -44,9 +62,12 @@ up() {
     node_image="$("$HERE/node-image.sh" name)"
     redis_image="$("$HERE/node-image.sh" redis-image)"
     app_version="$(app_version)"
+    if exists && ! healthy; then
+        say "cluster $CLUSTER exists but is not healthy: deleting it to create it again"
+        "$BIN/kind" delete cluster --name "$CLUSTER" --kubeconfig "$KUBECONFIG"
+    fi
     if exists; then
-        say "cluster $CLUSTER exists"
-        "$BIN/kind" export kubeconfig --name "$CLUSTER" --kubeconfig "$KUBECONFIG" >/dev/null
+        say "cluster $CLUSTER exists and answers"
     else
         sed "s/@ETCD_TAG@/${ETCD_VERSION#v}-0/" "$HERE/kind-config.yaml" > "$OUT/kind-config.yaml"
         "$BIN/kind" create cluster --name "$CLUSTER" --image "$node_image" --config "$OUT/kind-config.yaml" \
