@@ -57,6 +57,7 @@ COPY producer ./producer
 COPY consumer ./consumer
 COPY reclaimer ./reclaimer
 COPY autoscaler ./autoscaler
+COPY soak ./soak
 # pip and setuptools are only needed to build the venv (about 23 MB): the runtime never installs.
 RUN pip install $PIP_INSTALL_ARGS --no-deps . \
     && pip uninstall --yes --quiet pip setuptools \

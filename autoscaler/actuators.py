@@ -142,6 +142,34 @@ class KubeApi:
                 names.add(pod['metadata']['name'])
         return names
 
+    async def release_finalizers(self, api_path: str, plural: str, namespace: str | None, finalizer: str) -> list[str]:
+        """Remove ``finalizer`` from every object of ``plural`` under ``api_path`` (e.g.
+        ``/apis/orderstream.dev/v1alpha1``, ``streamautoscalers``) in ``namespace`` (None: every
+        namespace) that carries it.
+
+        One JSON patch per object, ``test`` then ``remove`` of that list item, so an object whose
+        finalizers changed meanwhile is left alone (422) rather than losing another's finalizer.
+        Returns ``namespace/name`` of each object released; raises :class:`KubeError` when the
+        list fails, and skips objects whose patch fails (gone, or changed).
+        """
+        listing = f'{api_path}/namespaces/{namespace}/{plural}' if namespace else f'{api_path}/{plural}'
+        released = []
+        for item in (await self.request('GET', listing)).get('items') or ():
+            meta = item.get('metadata') or {}
+            finalizers = meta.get('finalizers') or []
+            if finalizer not in finalizers:
+                continue
+            index = finalizers.index(finalizer)
+            ops = [{'op': 'test', 'path': f'/metadata/finalizers/{index}', 'value': finalizer},
+                   {'op': 'remove', 'path': f'/metadata/finalizers/{index}'}]
+            try:
+                await self.request('PATCH', f"{api_path}/namespaces/{meta['namespace']}/{plural}/{meta['name']}",
+                                   body=ops, content_type='application/json-patch+json')
+            except KubeError:
+                continue
+            released.append(f"{meta['namespace']}/{meta['name']}")
+        return released
+
     async def read_secret_value(self, namespace: str, name: str, key: str) -> str:
         """The decoded value of ``data[key]`` of Secret ``name``. Raises ``KeyError`` if absent."""
         secret = await self.request('GET', f'/api/v1/namespaces/{namespace}/secrets/{name}')

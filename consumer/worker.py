@@ -2,7 +2,8 @@
 
 Shape of one worker (one per pod, consumer name = pod name):
 
-* **Start**: create the group (``XGROUP CREATE ... 0 MKSTREAM``, BUSYGROUP is fine). Then the own
+* **Start**: create the group (``XGROUP CREATE ... 0 MKSTREAM``, BUSYGROUP is fine) and the consumer
+  (``XGROUP CREATECONSUMER``, so that XINFO CONSUMERS lists an idle pod too). Then the own
   PEL: entries already delivered ``MAX_DELIVERIES`` times are dead-lettered without another
   delivery (``XPENDING`` with the consumer filter), the rest are re-read with ID ``0`` (which
   counts a delivery) page by page and handled before any new entry (case C06).
@@ -41,6 +42,10 @@ Shape of one worker (one per pod, consumer name = pod name):
   exits. Past the deadline the unfinished handlers are cancelled and their entries stay pending
   for reclaim. One log line says how many were finished and how many were left (C13, issue 9
   item 11). A second SIGTERM exits at once (:func:`streamcore.lifecycle.install_shutdown_handlers`).
+  Last, a consumer whose PEL is empty deletes itself from the group (``XGROUP DELCONSUMER``,
+  owner-checked in Lua: :func:`streamcore.claiming.leave_group`), so that after a scale-down or a
+  rollout XINFO CONSUMERS lists only the running pods; one that still owns entries stays a member
+  until the reclaimer has claimed them (issue 11 item 3).
 """
 
 from __future__ import annotations
@@ -55,7 +60,7 @@ from prometheus_client import CollectorRegistry
 from redis.exceptions import RedisError
 
 from consumer.settings import ConsumerSettings
-from streamcore.claiming import ClaimScripts, claim_due, dead_letter_pending, renew_leases, scan_pending
+from streamcore.claiming import ClaimScripts, claim_due, dead_letter_pending, leave_group, renew_leases, scan_pending
 from streamcore.connection import is_transient, server_info
 from streamcore.envelope import Envelope
 from streamcore.handling import FAILED, GONE, OK, EntryRunner, HandlerContext, load_handler
@@ -65,6 +70,12 @@ from streamcore.pacing import Backoff, RateLimitedLog
 from streamcore.streams import Scripts, ensure_group, is_nogroup
 
 logger = logging.getLogger(__name__)
+
+#: How the stop's log line tells the outcome of :meth:`Worker._leave_group`.
+_LEAVE_SAID = {"left": "deleted its consumer from the group (PEL empty)",
+               "pending": "its consumer stays in the group (it owns pending entries)",
+               "not_found": "its consumer was not in the group",
+               "error": "could not leave the group"}
 
 COMPONENT = "consumer"
 
@@ -133,6 +144,8 @@ class Worker:
         self.last_error = ""
         #: Entries finished and left by the last drain (for the log line and tests).
         self.drained: tuple[int, int] = (0, 0)
+        #: Outcome of leaving the group at the end of the last stop (``left``, ``pending``, ...).
+        self.left_group = ""
         self._error_log = RateLimitedLog(logger, 30.0)
         self._nogroup_log = RateLimitedLog(logger, 30.0)
 
@@ -163,9 +176,24 @@ class Worker:
             finally:
                 await self.supervisor.stop()
             self.drained = (finished, left)
+            self.left_group = await self._leave_group()
             self.state = "stopped"
-            logger.info("consumer %s stopped: drained %d orders read before shutdown, left %d pending for reclaim%s",
-                        self.name, finished, left, f", {unacked} processed but not acked" if unacked else "")
+            logger.info("consumer %s stopped: drained %d orders read before shutdown, left %d pending for reclaim%s; %s",
+                        self.name, finished, left, f", {unacked} processed but not acked" if unacked else "",
+                        _LEAVE_SAID.get(self.left_group, self.left_group))
+
+    async def _leave_group(self) -> str:
+        """At the end of a clean stop, delete this consumer from the group when its PEL is empty
+        (:func:`streamcore.claiming.leave_group`): a pod replaced by a scale-down or a rollout does
+        not stay listed in XINFO CONSUMERS under a name no pod has. Returns the outcome, or
+        ``error`` when Redis could not be asked (the reclaimer removes the consumer later)."""
+        try:
+            async with asyncio.timeout(2.0):
+                return await leave_group(self.r, self.keys, self.name, scripts=self.claim_scripts)
+        except (RedisError, OSError, TimeoutError) as exc:
+            logger.warning("could not leave the consumer group (%s); the reclaimer removes %s once it is idle", exc,
+                           self.name)
+            return "error"
 
     async def _take_up_cancelled_read(self, deadline: float) -> None:
         """Shutdown cancelled a blocked ``XREADGROUP``; if Redis had already delivered entries
@@ -250,6 +278,9 @@ class Worker:
                     checked_server = True
                 if not self._group_ok:
                     await ensure_group(self.r, self.keys, "0")
+                    # Listed in XINFO CONSUMERS from the start, not from its first entry (Redis
+                    # 7.0 adds a consumer on a read only when that read delivers something).
+                    await self.r.xgroup_createconsumer(self.keys.stream, self.keys.group, self.name)
                     self._group_ok = True
                 if not own_pel_done:
                     await self._read_own_pel(stop)

@@ -4,6 +4,8 @@
 #   make cluster-up        everything below, then a one-node kind cluster (Kubernetes from
 #                          versions.env) with the images loaded; writes .local-cluster/
 #   make cluster-down      delete it
+#   make cluster-demo      the chart with operator and StreamAutoscaler on it, left running; prints
+#                          PRODUCER_URL= and REDIS_URL= (make cluster-demo-down removes it)
 #   make kind-node-image   the kind node image, assembled offline from the components
 #   make test-cluster      the cluster tier (tests/cluster) against that cluster
 #   make dockerd           install Debian's docker.io and start dockerd (root) with the runtime wrapper
@@ -15,7 +17,7 @@
 # Components to build; empty means all (e.g. `make cluster-tools CLUSTER_TOOLS="kind helm"`).
 CLUSTER_TOOLS ?=
 
-.PHONY: dockerd image cluster-tools cluster-versions kind-node-image cluster-up cluster-down test-cluster k8s-base
+.PHONY: dockerd image cluster-tools cluster-versions kind-node-image cluster-up cluster-down cluster-demo cluster-demo-down test-cluster k8s-base
 
 ## Install docker.io if missing and start dockerd in the background (idempotent; needs root).
 dockerd:
@@ -52,3 +54,12 @@ test-cluster: venv
 ## Regenerate the kustomize base from the chart, CRD copy included (tests fail while they differ).
 k8s-base: venv
 	$(VENV)/bin/python k8s/render_base.py
+
+## The whole stack on the local cluster (operator and StreamAutoscaler included), left running;
+## prints PRODUCER_URL=... and REDIS_URL=... (k8s/local/demo.sh; DEMO_NAMESPACE to choose where).
+cluster-demo:
+	k8s/local/demo.sh up
+
+## Remove the demo release and its namespace (the cluster stays).
+cluster-demo-down:
+	k8s/local/demo.sh down

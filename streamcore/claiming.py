@@ -374,6 +374,21 @@ end
 return 0
 """
 
+# KEYS: stream, heartbeat key of the consumer. ARGV: group, consumer.
+# Returns 1 left (deleted), 0 not a member, -3 still owns pending entries (kept).
+_LEAVE = """
+local p = redis.call('XPENDING', KEYS[1], ARGV[1], '-', '+', 1, ARGV[2])
+if #p > 0 then return -3 end
+redis.call('DEL', KEYS[2])
+for _, c in ipairs(redis.call('XINFO', 'CONSUMERS', KEYS[1], ARGV[1])) do
+  if c[2] == ARGV[2] then
+    redis.call('XGROUP', 'DELCONSUMER', KEYS[1], ARGV[1], ARGV[2])
+    return 1
+  end
+end
+return 0
+"""
+
 
 class ClaimScripts:
     """Lua scripts of this module, registered once per client."""
@@ -381,6 +396,7 @@ class ClaimScripts:
     def __init__(self, r: aioredis.Redis) -> None:
         self.renew = r.register_script(_RENEW)
         self.delete_consumer = r.register_script(_DELETE_CONSUMER)
+        self.leave = r.register_script(_LEAVE)
 
 
 async def renew_leases(r: aioredis.Redis, keys: Keys, consumer: str, entry_ids: Collection[str], *,
@@ -397,6 +413,23 @@ async def renew_leases(r: aioredis.Redis, keys: Keys, consumer: str, entry_ids: 
         return set()
     renewed = await scripts.renew(keys=[keys.stream], args=[keys.group, consumer, *entry_ids], client=r)
     return set(renewed)
+
+
+async def leave_group(r: aioredis.Redis, keys: Keys, consumer: str, *, scripts: ClaimScripts) -> str:
+    """Delete ``consumer`` (the caller itself, at the end of a clean stop) from the group if its PEL is empty.
+
+    ``XPENDING <stream> <group> - + 1 <consumer>``, then ``DEL`` of its heartbeat key and
+    ``XGROUP DELCONSUMER``, in one Lua script: a consumer that still owns entries stays a member
+    so that they keep their owner and delivery counts until the reclaimer claims them (DELCONSUMER
+    would drop them from the PEL: case C08). Call it only once the consumer reads and claims no more.
+
+    Returns:
+        ``left`` (deleted), ``pending`` (kept: it owns entries) or ``not_found``.
+    Raises:
+        redis.exceptions.RedisError: the script failed (NOGROUP when the group is gone).
+    """
+    code = int(await scripts.leave(keys=[keys.stream, keys.heartbeat(consumer)], args=[keys.group, consumer], client=r))
+    return {1: "left", 0: "not_found", -3: "pending"}[code]
 
 
 #: Reasons :func:`delete_consumer_if_dead` gives for not deleting.

@@ -1,4 +1,5 @@
-"""``orderstream`` command line: ``orderstream up`` runs the whole stack locally in the foreground.
+"""``orderstream`` command line: ``orderstream up`` runs the whole stack locally in the foreground;
+``orderstream burst`` posts a burst of orders to a running producer (:mod:`streamcore.burst`).
 
 ``up`` starts, as child processes whose output is prefixed with their name:
 
@@ -353,7 +354,37 @@ def build_parser() -> argparse.ArgumentParser:
     p_up.add_argument("--consumer-health-port", type=int,
                       help="first consumer's HEALTH_PORT (CONSUMER_HEALTH_PORT, 8081); the next ones count up; 0: no consumer probe servers")
     p_up.add_argument("--grace", type=_positive_seconds, help=f"seconds each process gets to drain before SIGKILL ({DEFAULT_GRACE_S:g})")
+    p_burst = sub.add_parser(
+        "burst", help="post a burst of orders to a running producer (POST /orders/batch)",
+        description="Post --orders orders to the producer at --url in batches, as a sale would, and print how many "
+                    "were accepted and how fast; exit 1 if any batch was refused.")
+    p_burst.add_argument("--url", default="http://127.0.0.1:3000", help="the producer's base URL (http://127.0.0.1:3000)")
+    p_burst.add_argument("--orders", type=int, default=20000, help="orders to post (20000)")
+    p_burst.add_argument("--batch", type=int, default=100, help="orders per request (100)")
+    p_burst.add_argument("--concurrency", type=int, default=8, help="requests in flight (8)")
+    p_burst.add_argument("--prefix", default="", help="order IDs are <prefix>-<n> (default burst-<random>)")
+    p_burst.add_argument("--ids", help="write the accepted order IDs here, one per line")
     return parser
+
+
+def burst(args: argparse.Namespace) -> int:
+    """``orderstream burst``: 0 when every order was accepted, 1 otherwise (the refusals printed)."""
+    from streamcore.burst import post_burst
+
+    try:
+        result = asyncio.run(post_burst(args.url, args.orders, batch=args.batch, concurrency=args.concurrency,
+                                        prefix=args.prefix))
+    except ValueError as exc:
+        print(f"orderstream burst: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    if args.ids:
+        with open(args.ids, "w", encoding="utf-8") as fh:
+            fh.writelines(f"{order_id}\n" for order_id in result.accepted)
+    print(f"accepted {len(result.accepted)} of {args.orders} orders in {result.seconds:.1f}s "
+          f"({result.rate:.0f} orders/s)")
+    for status, body in result.rejected[:5]:
+        print(f"refused: {status} {body[:300]}", file=sys.stderr)
+    return 0 if len(result.accepted) == args.orders else 1
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -363,6 +394,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "up":
         settings = load_or_exit(lambda: UpSettings(**_flag_overrides(args)), prog="orderstream up", settings_cls=UpSettings)
         return asyncio.run(up(args, settings))
+    if args.command == "burst":
+        return burst(args)
     return EXIT_USAGE
 
 

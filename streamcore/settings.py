@@ -120,6 +120,19 @@ class HandlingSettings(CommonSettings):
         default=7 * 86400, ge=1, description="PROCESSED_TTL_SECONDS: lifetime of processed-order markers (s)."
     )
 
+    @field_validator("handler")
+    @classmethod
+    def _importable(cls, value: str) -> str:
+        # At start, with every other setting: a HANDLER that cannot be imported is a bad setting
+        # (exit 2, one line naming it), not a traceback and a crash loop once the worker starts.
+        from streamcore.handling import load_handler
+
+        try:
+            load_handler(value)
+        except (ImportError, AttributeError) as exc:
+            raise ValueError(f"cannot import {value!r}: {exc}") from None
+        return value
+
 
 # ---- command lines: --help and bad values ------------------------------------------------------
 

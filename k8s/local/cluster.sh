@@ -8,7 +8,8 @@
 #   k8s/local/cluster.sh env    print the exports that point kubectl/helm at it
 #
 # It writes .local-cluster/kubeconfig and copies the exact kind, kubectl and helm it used to
-# .local-cluster/bin/. The producer's NodePort 30080 is published on the host at 127.0.0.1:30080
+# .local-cluster/bin/. The producer's NodePort 30080 is published on the host at 127.0.0.1:30080,
+# and 30379 (the built-in Redis's development NodePort) at 127.0.0.1:30379
 # (k8s/local/kind-config.yaml); there is no ingress controller (docs/cluster.md says why).
 set -euo pipefail
 
@@ -62,17 +63,26 @@ up() {
     node_image="$("$HERE/node-image.sh" name)"
     redis_image="$("$HERE/node-image.sh" redis-image)"
     app_version="$(app_version)"
-    if exists && ! healthy; then
-        say "cluster $CLUSTER exists but is not healthy: deleting it to create it again"
-        "$BIN/kind" delete cluster --name "$CLUSTER" --kubeconfig "$KUBECONFIG"
+    # The config a cluster was made from is kept beside the kubeconfig: a cluster made from
+    # another one (a port mapping added since) is made again, as is one that does not answer.
+    sed "s/@ETCD_TAG@/${ETCD_VERSION#v}-0/" "$HERE/kind-config.yaml" > "$OUT/kind-config.wanted.yaml"
+    if exists; then
+        if ! cmp -s "$OUT/kind-config.wanted.yaml" "$OUT/kind-config.yaml"; then
+            say "cluster $CLUSTER was made from another k8s/local/kind-config.yaml: deleting it to create it again"
+            "$BIN/kind" delete cluster --name "$CLUSTER" --kubeconfig "$KUBECONFIG"
+        elif ! healthy; then
+            say "cluster $CLUSTER exists but is not healthy: deleting it to create it again"
+            "$BIN/kind" delete cluster --name "$CLUSTER" --kubeconfig "$KUBECONFIG"
+        fi
     fi
     if exists; then
         say "cluster $CLUSTER exists and answers"
     else
-        sed "s/@ETCD_TAG@/${ETCD_VERSION#v}-0/" "$HERE/kind-config.yaml" > "$OUT/kind-config.yaml"
+        mv "$OUT/kind-config.wanted.yaml" "$OUT/kind-config.yaml"
         "$BIN/kind" create cluster --name "$CLUSTER" --image "$node_image" --config "$OUT/kind-config.yaml" \
             --kubeconfig "$KUBECONFIG" --wait 120s
     fi
+    rm -f "$OUT/kind-config.wanted.yaml"
     # The same image under the tag that k8s/overlays/kind names (ORDERSTREAM_IMAGE_TAG).
     "$BIN/kind" load docker-image --name "$CLUSTER" "$ORDERSTREAM_IMAGE_REPOSITORY:$app_version" \
         "$ORDERSTREAM_IMAGE_REPOSITORY:$ORDERSTREAM_IMAGE_TAG" "$redis_image"

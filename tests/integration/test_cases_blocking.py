@@ -59,13 +59,18 @@ async def test_c13_sigterm_mid_handler_finishes_and_acks_then_exits_0(r, redis_u
         entry = await post(r, keys, 7, sleep_s=1.0)
         await wait_for(lambda: r.get(calls_key(keys.stream, 7)), timeout=15, what="handler started")
         code, took = await sigterm_and_wait(proc)
-        assert code == 0, proc.output()
+        output = proc.output()
+        assert code == 0, output
     finally:
         proc.close()
     assert took < 5
     assert await r.get(applied_key(keys.stream, 7)) == "1"
     assert await pending_rows(r, keys) == {}  # finished, then acked
     assert (await r.hgetall(keys.processed("7")))["entry_id"] == entry
+    # Its PEL empty, it deleted its consumer (and heartbeat) from the group: issue 11 item 3.
+    assert await r.xinfo_consumers(keys.stream, keys.group) == []
+    assert await r.exists(keys.heartbeat("pod-term")) == 0
+    assert "deleted its consumer from the group (PEL empty)" in output
 
 
 async def test_c13_sigterm_past_the_drain_deadline_leaves_the_order_pending_unacked(r, redis_url, names):
@@ -77,12 +82,16 @@ async def test_c13_sigterm_past_the_drain_deadline_leaves_the_order_pending_unac
         await wait_for(lambda: r.get(calls_key(keys.stream, 8)), timeout=15, what="slow handler started")
         await wait_for(lambda: r.get(applied_key(keys.stream, 9)), timeout=5, what="quick order done")
         code, took = await sigterm_and_wait(proc)
-        assert code == 0, proc.output()
+        output = proc.output()
+        assert code == 0, output
     finally:
         proc.close()
     assert took < 3
     assert await r.get(applied_key(keys.stream, 8)) is None  # never applied ...
     assert await pending_rows(r, keys) == {entry: ("pod-term", 1)}  # ... and never acked
+    # It owns an entry: it stays a member, so the entry keeps its owner until reclaimed (C08).
+    assert [(c["name"], c["pending"]) for c in await r.xinfo_consumers(keys.stream, keys.group)] == [("pod-term", 1)]
+    assert "its consumer stays in the group (it owns pending entries)" in output
 
 
 async def test_c13_sigterm_while_blocked_exits_promptly(r, redis_url, names):

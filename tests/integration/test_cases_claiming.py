@@ -124,12 +124,12 @@ async def test_c04_idle_alone_never_makes_a_live_consumer_dead(r, redis_url, nam
         rec = reclaimer_for(r, names, consumer_inactive_ttl_ms=300)
         summary = await rec.run_once()
         consumers = {c["name"] for c in await r.xinfo_consumers(keys.stream, keys.group)}
+        scripts = ClaimScripts(r)
+        # The live consumer keeps its heartbeat: never deleted, however quiet (TTL 0).
+        assert await delete_consumer_if_dead(r, keys, "pod-live", caller="reclaimer", inactive_ttl_ms=0,
+                                             scripts=scripts) == "heartbeat"
     assert summary.consumers_removed == 1
     assert "pod-dead" not in consumers and "pod-live" in consumers
-    scripts = ClaimScripts(r)
-    # The live consumer keeps its heartbeat: never deleted, however quiet (TTL 0).
-    assert await delete_consumer_if_dead(r, keys, "pod-live", caller="reclaimer", inactive_ttl_ms=0,
-                                         scripts=scripts) == "heartbeat"
     assert await delete_consumer_if_dead(r, keys, "reclaimer", caller="reclaimer", inactive_ttl_ms=0,
                                          scripts=scripts) == "self"
 
