@@ -21,7 +21,7 @@ import kopf
 import redis.asyncio as aioredis
 from prometheus_client import CollectorRegistry
 
-from autoscaler.actuators import KubeApi, KubeError
+from autoscaler.actuators import KubeApi
 from autoscaler.metrics import AutoscalerMetrics, autoscaler_metrics
 from autoscaler.reconcile import Outcome, ResourceState, reconcile
 from autoscaler.settings import AutoscalerSettings
@@ -106,28 +106,9 @@ async def login(memo: kopf.Memo, settings: kopf.OperatorSettings, **_: Any) -> k
     return info
 
 
-async def cleanup(memo: kopf.Memo, settings: kopf.OperatorSettings, **_: Any) -> None:
-    """On the way out: release the StreamAutoscalers, then close the shared clients.
-
-    kopf puts its finalizer on every object that has a timer, and only a running operator takes
-    it off. ``helm uninstall`` deletes the operator's Deployment and the StreamAutoscalers
-    together: a StreamAutoscaler deleted after the operator stopped would hang in Terminating
-    (and the uninstall with it). So a stopping operator removes its finalizer from the objects it
-    watches (:meth:`KubeApi.release_finalizers`); the next operator to start puts it back.
-    """
-    runtime: Runtime = memo.runtime
-    scopes = [None] if runtime.settings.all_namespaces else list(runtime.settings.namespaces)
-    for namespace in scopes:
-        try:
-            released = await runtime.api.release_finalizers(f'/apis/{GROUP}/{VERSION}', PLURAL, namespace,
-                                                            settings.persistence.finalizer)
-        except KubeError as e:
-            logger.warning('could not release the finalizers of StreamAutoscalers in %s: %s',
-                           namespace or 'all namespaces', e)
-            continue
-        if released:
-            logger.info('released the finalizer of %s until an operator runs again', ', '.join(released))
-    await runtime.close()
+async def cleanup(memo: kopf.Memo, **_: Any) -> None:
+    """Close the shared clients."""
+    await memo.runtime.close()
 
 
 async def poll(

@@ -100,8 +100,14 @@ def render_manifests(chart: Any, values: Obj, namespace: str = NAMESPACE) -> dic
     return chart.render(values, name=RELEASE, namespace=namespace, is_install=True)
 
 
-def render_objects(chart: Any, values: Obj, namespace: str = NAMESPACE) -> list[Obj]:
-    """Render ``chart`` and return every Kubernetes object, including the CRDs of ``crds/``.
+def is_hook(obj: Obj) -> bool:
+    """The object is a Helm hook (annotation ``helm.sh/hook``): run at its hook, not part of the release."""
+    return "helm.sh/hook" in ((obj.get("metadata") or {}).get("annotations") or {})
+
+
+def render_objects(chart: Any, values: Obj, namespace: str = NAMESPACE, *, hooks: bool = False) -> list[Obj]:
+    """Render ``chart`` and return the release's Kubernetes objects, including the CRDs of ``crds/``;
+    with ``hooks=True`` only its Helm hooks instead (e.g. the pre-delete uninstall Job).
 
     ``Chart.render`` omits ``crds/`` (Helm installs them separately), so they are added from
     ``chart.crds``. NOTES.txt is not an object and is left out.
@@ -113,6 +119,9 @@ def render_objects(chart: Any, values: Obj, namespace: str = NAMESPACE) -> list[
         if path.endswith((".yaml", ".yml"))
         for doc in parse_documents(text)
     ]
+    if hooks:
+        return [o for o in objects if is_hook(o)]
+    objects = [o for o in objects if not is_hook(o)]
     for crd in chart.crds:
         objects.extend(parse_documents(crd["data"]))
     return objects

@@ -408,3 +408,44 @@ def test_ingress_without_host_is_a_catch_all_rule(chart: Any, crds: list[Obj]) -
     assert "tls" not in ingress["spec"] and "ingressClassName" not in ingress["spec"]
     for version in KUBE_VERSIONS:
         validate_object(ingress, version, crds)
+
+
+# --- the pre-delete hook that releases the StreamAutoscaler ------------------------------------------
+
+
+def test_the_uninstall_hook_deletes_the_release_streamautoscalers_with_least_privilege(chart: Any, crds: list[Obj]) -> None:
+    hooks = render_objects(chart, SCENARIOS["everything-on"], hooks=True)
+    assert sorted((o["kind"], o["metadata"]["name"]) for o in hooks) == [
+        ("Job", "orderstream-autoscaler-uninstall"), ("Role", "orderstream-autoscaler-uninstall"),
+        ("RoleBinding", "orderstream-autoscaler-uninstall"), ("ServiceAccount", "orderstream-autoscaler-uninstall")]
+    for obj in hooks:
+        notes = obj["metadata"]["annotations"]
+        assert notes["helm.sh/hook"] == "pre-delete"
+        assert notes["helm.sh/hook-delete-policy"] == "before-hook-creation,hook-succeeded"
+        assert obj["metadata"]["namespace"] == NAMESPACE
+        for kube_version in KUBE_VERSIONS:
+            validate_object(obj, kube_version, crds)
+    # Its account, role and binding exist before the Job runs (lower weight).
+    weights = {o["kind"]: int(o["metadata"]["annotations"]["helm.sh/hook-weight"]) for o in hooks}
+    assert weights["Job"] > max(weights["ServiceAccount"], weights["Role"], weights["RoleBinding"])
+    role = one(hooks, "Role", "orderstream-autoscaler-uninstall")
+    assert role["rules"] == [{"apiGroups": ["orderstream.dev"], "resources": ["streamautoscalers"],
+                              "verbs": ["list", "delete", "patch"]}]
+    binding = one(hooks, "RoleBinding", "orderstream-autoscaler-uninstall")
+    assert binding["subjects"] == [{"kind": "ServiceAccount", "name": "orderstream-autoscaler-uninstall",
+                                    "namespace": NAMESPACE}]
+    job = one(hooks, "Job", "orderstream-autoscaler-uninstall")
+    spec = job["spec"]["template"]["spec"]
+    assert spec["serviceAccountName"] == "orderstream-autoscaler-uninstall" and spec["restartPolicy"] == "Never"
+    ctr = spec["containers"][0]
+    assert ctr["command"] == ["python", "-m", "autoscaler.uninstall", "--namespace", NAMESPACE, "--selector",
+                              f"app.kubernetes.io/name=orderstream,app.kubernetes.io/instance={RELEASE}"]
+    assert ctr["securityContext"]["readOnlyRootFilesystem"] and spec["securityContext"]["runAsNonRoot"]
+    # The selector picks exactly the release's StreamAutoscaler.
+    sas = one(render_objects(chart, SCENARIOS["everything-on"]), "StreamAutoscaler", "orderstream-consumer")
+    selector = dict(pair.split("=") for pair in ctr["command"][-1].split(","))
+    assert labels_match(selector, sas["metadata"]["labels"])
+
+
+def test_no_uninstall_hook_without_a_streamautoscaler(chart: Any) -> None:
+    assert render_objects(chart, SCENARIOS["defaults"], hooks=True) == []
