@@ -142,10 +142,11 @@ class KubeApi:
                 names.add(pod['metadata']['name'])
         return names
 
-    async def release_finalizers(self, api_path: str, plural: str, namespace: str | None, finalizer: str) -> list[str]:
+    async def release_finalizers(self, api_path: str, plural: str, namespace: str | None, finalizer: str,
+                                 selector: str = '') -> list[str]:
         """Remove ``finalizer`` from every object of ``plural`` under ``api_path`` (e.g.
         ``/apis/orderstream.dev/v1alpha1``, ``streamautoscalers``) in ``namespace`` (None: every
-        namespace) that carries it.
+        namespace) that carries it and matches the label ``selector`` (empty: every object).
 
         One JSON patch per object, ``test`` then ``remove`` of that list item, so an object whose
         finalizers changed meanwhile is left alone (422) rather than losing another's finalizer.
@@ -154,7 +155,8 @@ class KubeApi:
         """
         listing = f'{api_path}/namespaces/{namespace}/{plural}' if namespace else f'{api_path}/{plural}'
         released = []
-        for item in (await self.request('GET', listing)).get('items') or ():
+        params = {'labelSelector': selector} if selector else None
+        for item in (await self.request('GET', listing, params=params)).get('items') or ():
             meta = item.get('metadata') or {}
             finalizers = meta.get('finalizers') or []
             if finalizer not in finalizers:

@@ -59,7 +59,7 @@ async def delete_and_wait(api: KubeApi, namespace: str, selector: str, timeout_s
     while (left := await names()) and time.monotonic() < deadline:
         await asyncio.sleep(1.0)
     if left:
-        released = await api.release_finalizers(API, PLURAL, namespace, finalizer)
+        released = await api.release_finalizers(API, PLURAL, namespace, finalizer, selector)
         logger.warning("no operator released %s within %gs; removed its finalizer from %s", ", ".join(left),
                        timeout_s, ", ".join(released) or "none")
         await asyncio.sleep(1.0)
