@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import get_args
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
@@ -43,6 +43,22 @@ class ProducerMetrics:
     append_failed: Counter
     batch_size: Histogram
     group_state: Gauge
+    #: ``(route, method, status)`` → the labelled children of ``requests`` and ``latency``.
+    _request_children: dict[tuple[str, str, int], tuple[Counter, Histogram]] = field(default_factory=dict, repr=False, compare=False)
+
+    def observe_request(self, route: str, method: str, status: int, seconds: float) -> None:
+        """Count one answered request and its duration (``requests`` and ``latency``).
+
+        The labelled children are looked up once per ``(route, method, status)`` and kept:
+        ``labels()`` validates and locks on every call, which cost more than the counting itself
+        on the ingest path. Routes are templates and statuses few, so the cache stays small.
+        """
+        children = self._request_children.get((route, method, status))
+        if children is None:
+            children = (self.requests.labels(route, method, str(status)), self.latency.labels(route))
+            self._request_children[(route, method, status)] = children
+        children[0].inc()
+        children[1].observe(seconds)
 
     def show_group_states(self, groups: Iterable[tuple[str, str]] | None) -> None:
         """Replace the ``orderstream_group_state`` series with ``(group, state)`` pairs; None

@@ -14,12 +14,14 @@ import time
 from typing import Any
 from urllib.parse import quote
 
+import orjson
 from aiohttp import web
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from producer import deadletters, queries
+from producer.appender import AppendCall
 from producer.appkeys import APPENDER, IN_FLIGHT, LIFECYCLE, LIMITS, METRICS, REDIS, REGISTRY, SETTINGS
 from producer.openapi import openapi_document
 from producer.validation import (
@@ -125,9 +127,7 @@ async def errors_and_metrics(request: web.Request, handler) -> web.StreamRespons
     except Exception:
         logger.exception("%s %s failed", request.method, request.path)
         response = web.json_response({"error": "internal error", "fields": {}}, status=500)
-    route = _route_name(request)
-    metrics.requests.labels(route, request.method, str(response.status)).inc()
-    metrics.latency.labels(route).observe(time.perf_counter() - started)
+    metrics.observe_request(_route_name(request), request.method, response.status, time.perf_counter() - started)
     return response
 
 
@@ -221,6 +221,25 @@ def _accepted(entry_id: str, order: dict[str, Any]) -> dict[str, Any]:
     return {"id": entry_id, "orderId": order["orderId"]}
 
 
+#: The Content-Type ``web.json_response`` sets, kept for the answers built from bytes below.
+_JSON_CONTENT_TYPE = "application/json; charset=utf-8"
+
+
+def _created(answer: dict[str, Any], headers: dict[str, str]) -> web.Response:
+    """201 with ``answer`` as JSON, for the ingest routes.
+
+    orjson encodes it (several times faster than ``json.dumps`` and an aiohttp text body): the
+    answers here hold only entry IDs, validated orderIds (integers up to 2**53 - 1 or ASCII
+    text) and counts, which it encodes as the standard encoder does, apart from spacing.
+
+    Args:
+        answer: the JSON object to send.
+        headers: extra headers (changed: Content-Type is added).
+    """
+    headers["Content-Type"] = _JSON_CONTENT_TYPE
+    return web.Response(body=orjson.dumps(answer), status=201, headers=headers)
+
+
 # ---- orders --------------------------------------------------------------------------------------
 
 
@@ -256,7 +275,7 @@ async def post_order(request: web.Request) -> web.Response:
         headers["Idempotent-Replayed"] = "true"
     else:
         metrics.accepted.inc()
-    return web.json_response(_accepted(result.entry_id, order), status=201, headers=headers)
+    return _created(_accepted(result.entry_id, order), headers)
 
 
 async def post_orders_batch(request: web.Request) -> web.Response:
@@ -289,11 +308,9 @@ async def post_orders_batch(request: web.Request) -> web.Response:
     # different batch under the same key stops at item 0 (422) before anything is appended.
     batch_hash = canonical_hash(data) if key is not None else ""
 
-    async def one(index: int, order: dict[str, Any]):
+    def call(index: int, order: dict[str, Any]) -> AppendCall:
         item_key = f"{key}#{index}" if key is not None else None
-        return await appender.append(
-            envelope.encode(order, idempotency_key=item_key), str(order["orderId"]), idempotency_key=item_key, body_hash=batch_hash
-        )
+        return AppendCall(envelope.encode(order, idempotency_key=item_key), str(order["orderId"]), item_key, batch_hash)
 
     def conflict() -> ApiError:
         return ApiError(
@@ -305,13 +322,15 @@ async def post_orders_batch(request: web.Request) -> web.Response:
 
     try:
         if key is not None:
-            head = await one(0, data[0])
+            [head] = await appender.append_many([call(0, data[0])])
+            if isinstance(head, Exception):
+                raise head
             if not head.same_body:
                 raise conflict()
-            rest = await asyncio.gather(*(one(i, o) for i, o in enumerate(data) if i > 0), return_exceptions=True)
+            rest = await appender.append_many([call(i, o) for i, o in enumerate(data) if i > 0])
             outcomes = [head, *rest]
         else:
-            outcomes = await asyncio.gather(*(one(i, o) for i, o in enumerate(data)), return_exceptions=True)
+            outcomes = await appender.append_many([call(i, o) for i, o in enumerate(data)])
     except RedisError:
         metrics.append_failed.inc()
         raise
@@ -324,11 +343,7 @@ async def post_orders_batch(request: web.Request) -> web.Response:
     created = sum(1 for o in outcomes if o.created)
     metrics.accepted.inc(created)
     headers = {"Idempotent-Replayed": "true"} if key is not None and created == 0 else {}
-    return web.json_response(
-        {"orders": [_accepted(o.entry_id, d) for o, d in zip(outcomes, data, strict=True)], "count": len(data)},
-        status=201,
-        headers=headers,
-    )
+    return _created({"orders": [_accepted(o.entry_id, d) for o, d in zip(outcomes, data, strict=True)], "count": len(data)}, headers)
 
 
 async def get_history(request: web.Request) -> web.Response:
