@@ -7,11 +7,11 @@ naming the variable, before anything connects or listens.
 
 from __future__ import annotations
 
-import asyncio
 import sys
 
 from consumer.settings import ConsumerSettings
 from consumer.service import serve
+from streamcore import lifecycle
 from streamcore.logs import configure_logging
 from streamcore.settings import settings_from_command_line
 
@@ -24,7 +24,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     configure_logging(settings.log_level, settings.log_format)
     settings.log_effective("consumer")
-    return asyncio.run(serve(settings))
+    return lifecycle.run(serve(settings))
 
 
 if __name__ == "__main__":

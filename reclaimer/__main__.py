@@ -9,6 +9,7 @@ import sys
 from reclaimer.reclaim import Reclaimer, run_loop
 from reclaimer.settings import ReclaimerSettings
 from streamcore.connection import create_redis, is_transient, pool_size
+from streamcore import lifecycle
 from streamcore.lifecycle import install_shutdown_handlers
 from streamcore.logs import configure_logging
 from streamcore.settings import settings_from_command_line
@@ -76,7 +77,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     configure_logging(settings.log_level, settings.log_format)
     settings.log_effective("reclaimer")
-    return asyncio.run(amain(settings, args.loop))
+    return lifecycle.run(amain(settings, args.loop))
 
 
 if __name__ == "__main__":

@@ -28,6 +28,8 @@ import re
 from dataclasses import dataclass, field
 from typing import Any
 
+import orjson
+
 SCHEMA_VERSION = "1"
 
 
@@ -70,6 +72,34 @@ def _finite_float(text: str) -> float:
     return value
 
 
+#: The strict reference decoder (``json.loads`` with hooks would build a new one per call).
+_DECODER = json.JSONDecoder(parse_constant=_refuse_constant, parse_float=_finite_float)
+
+#: 19 digits in a row: a number orjson might read as a float (it keeps integers up to 64 bits),
+#: which would change the order; such data goes to the reference decoder.
+_LONG_DIGITS = re.compile(r"\d{19}")
+
+
+def _parse(data: str) -> Any:
+    """Parse ``data`` exactly as :data:`_DECODER` does, faster for ordinary orders.
+
+    orjson (about 5x faster here, bench/README.md) is tried first. It is stricter than the
+    reference decoder (no NaN or Infinity, no number that overflows, no lone surrogate, a depth
+    limit), so when it refuses, the reference decoder gives the verdict; when it accepts, its
+    result equals the reference's, except that an integer over 64 bits would become a float, so
+    data with 19 or more digits in a row skips it.
+
+    Raises:
+        ValueError (``json.JSONDecodeError``, ``_NotJson``) or RecursionError: as :data:`_DECODER`.
+    """
+    if _LONG_DIGITS.search(data) is None:
+        try:
+            return orjson.loads(data)
+        except orjson.JSONDecodeError:
+            pass
+    return _DECODER.decode(data)
+
+
 def is_clean_text(value: str) -> bool:
     """True when ``value`` came from valid UTF-8.
 
@@ -77,6 +107,8 @@ def is_clean_text(value: str) -> bool:
     byte of invalid UTF-8 into a lone surrogate; a lone surrogate cannot be encoded as UTF-8, so
     ``value.encode()`` fails exactly for values that were not valid UTF-8 on the wire.
     """
+    if value.isascii():  # O(1) in CPython (a flag of the string object): the common case
+        return True
     try:
         value.encode()
     except UnicodeEncodeError:
@@ -108,14 +140,15 @@ def encode(order: dict[str, Any], *, idempotency_key: str | None = None, redrive
     return fields
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Envelope:
-    """A decoded order entry.
+    """A decoded order entry (read-only by contract; not frozen, because one is built per
+    delivery on the consumer's hot path and a frozen dataclass builds at a third of the speed).
 
     Attributes:
         entry_id: the stream entry ID (``ms-seq``) from XREADGROUP/XRANGE/XCLAIM.
         order: the order object exactly as accepted.
-        fields: every raw field of the entry.
+        fields: every raw field of the entry (the client's reply dict, not copied: treat it as read-only).
     """
 
     entry_id: str
@@ -150,17 +183,18 @@ def decode(entry_id: str, fields: dict[str, str] | None) -> Envelope:
         if fields and not all(is_clean_text(k) for k in fields):
             raise EnvelopeError(f"entry {entry_id} has a field name that is not valid UTF-8", "not_utf8")
         raise EnvelopeError(f"entry {entry_id} has no data field", "no_data")
-    for name, value in fields.items():
-        if not (is_clean_text(name) and is_clean_text(value)):
-            raise EnvelopeError(f"entry {entry_id} field {name!r} is not valid UTF-8", "not_utf8")
+    if not ("".join(fields).isascii() and "".join(fields.values()).isascii()):  # else the field-by-field check
+        for name, value in fields.items():
+            if not (is_clean_text(name) and is_clean_text(value)):
+                raise EnvelopeError(f"entry {entry_id} field {name!r} is not valid UTF-8", "not_utf8")
     data = fields["data"]
     try:
-        order = json.loads(data, parse_constant=_refuse_constant, parse_float=_finite_float)
+        order = _parse(data)
     except RecursionError:
         raise EnvelopeError(f"entry {entry_id} data is nested too deeply to parse", "not_json") from None
     except ValueError as exc:
         raise EnvelopeError(f"entry {entry_id} data is not JSON: {exc}", "not_json") from exc
-    if _SURROGATE_ESCAPE.search(data):
+    if "\\u" in data and _SURROGATE_ESCAPE.search(data):
         # A paired escape (an emoji) was combined by the parser; a lone one stays a surrogate,
         # which cannot be encoded: every Redis call naming the orderId failed, dead-lettering too.
         try:
@@ -176,4 +210,4 @@ def decode(entry_id: str, fields: dict[str, str] | None) -> Envelope:
         # marker "None" and all but the first would be acked as already processed, unapplied.
         raise EnvelopeError(f"entry {entry_id} data has no usable orderId (an integer or a non-empty string; "
                             f"got {type(order_id).__name__})", "no_order_id")
-    return Envelope(entry_id=entry_id, order=order, fields=dict(fields))
+    return Envelope(entry_id=entry_id, order=order, fields=fields)
