@@ -7,11 +7,14 @@ Shape of one worker (one per pod, consumer name = pod name):
   PEL: entries already delivered ``MAX_DELIVERIES`` times are dead-lettered without another
   delivery (``XPENDING`` with the consumer filter), the rest are re-read with ID ``0`` (which
   counts a delivery) page by page and handled before any new entry (case C06).
-* **Read loop**: ``XREADGROUP ... COUNT n BLOCK BLOCK_MS >`` where ``n`` is the free capacity
-  (at most ``max(READ_COUNT, CONCURRENCY)`` entries are held at once). Never ``BLOCK 0``; the
-  client's socket timeout is longer than BLOCK, so an empty read returns normally (C12). When idle
-  that is one read per BLOCK interval (C22).
-* **Handlers** run as tasks, at most ``CONCURRENCY`` at once (a semaphore), through
+* **Read loop**: ``XREADGROUP ... COUNT n BLOCK BLOCK_MS >`` where ``n`` is the free capacity,
+  at most ``READ_COUNT``. At most ``max(READ_COUNT, CONCURRENCY) + READ_COUNT`` entries are held
+  at once (with a batch handler ``max(READ_COUNT, CONCURRENCY x READ_COUNT) + READ_COUNT``): what
+  the handlers can work on plus one read, so the next read is in flight while the last one is
+  handled. Never ``BLOCK 0``; the client's socket timeout is longer than BLOCK, so an empty read
+  returns normally (C12). When idle that is one read per BLOCK interval (C22).
+* **Handlers** run in *lanes*, at most ``CONCURRENCY`` tasks that each take queued entries one
+  after another (a batch handler's lane takes up to ``READ_COUNT`` at once, one call), through
   :class:`streamcore.handling.EntryRunner`. Successes are acked in batches (one ``XACK`` for up to
   ``ACK_BATCH`` IDs, pipelined, at most ``ACK_FLUSH_MS`` after the handler finished) — never
   before the handler finished. Failures stay pending; on delivery ``MAX_DELIVERIES`` they are
@@ -110,7 +113,10 @@ class Worker:
                                   handler_timeout_s=settings.handler_timeout_seconds,
                                   delete_source=settings.dead_letter_xdel, redis_health=self.redis_health)
         self.supervisor = Supervisor(COMPONENT, self.metrics.task_restarts)
-        self.capacity = max(2 * settings.read_count, settings.concurrency)
+        #: Most entries held at once (read, not yet finished): one read beyond what the lanes
+        #: can work on, so the next XREADGROUP is in flight while the last read is handled.
+        per_lane = settings.read_count if self.runner.batch else 1
+        self.capacity = max(settings.read_count, settings.concurrency * per_lane) + settings.read_count
         self.renew_interval_s = max(settings.claim_idle_ms / 3000.0, 0.05)
         self.claim_interval_s = (settings.claim_interval_ms / 1000.0 if settings.claim_interval_ms
                                  else max(1.0, settings.claim_idle_ms / 4000.0))
@@ -463,14 +469,21 @@ class Worker:
         cost about a third of the consumer's throughput with a no-op handler, bench/README.md).
         """
         lane = asyncio.current_task()
+        queue = self._queue
         try:
-            while self._queue:
-                entry_id, fields, deliveries = self._queue.popleft()
+            while queue:
+                if self.runner.batch:
+                    work = [queue.popleft() for _ in range(min(len(queue), self.settings.read_count))]
+                else:
+                    work = queue.popleft()
                 self._ready_lanes -= 1
-                if self._queue and self._ready_lanes == 0 and len(self._lanes) < self.settings.concurrency:
+                if queue and self._ready_lanes == 0 and len(self._lanes) < self.settings.concurrency:
                     self._start_lane()
                 try:
-                    await self._process(entry_id, fields, deliveries, lane)
+                    if self.runner.batch:
+                        await self._process_batch(work, lane)
+                    else:
+                        await self._process(*work, lane)
                 finally:
                     self._ready_lanes += 1
         finally:
@@ -486,21 +499,38 @@ class Worker:
             # Also during the drain: an entry read before shutdown is handled now, not left for a
             # reclaim that a replacement pod (new name) would wait 30 s or more for.
             outcome = await self.runner.run(entry_id, fields, deliveries, self.name, lane)
-            if outcome == OK:
-                self._queue_ack(entry_id)
-            elif outcome == GONE:
-                self.metrics.gone.labels(COMPONENT).inc()
-                logger.warning("entry %s was pending but its data is gone (trimmed or deleted); acking it", entry_id)
-                self._queue_ack(entry_id)
         except RedisError as exc:
             logger.error("entry %s: redis error while handling it, it stays pending: %s", entry_id, exc)
         finally:
-            if outcome == FAILED:
-                self.backing_off.add(entry_id)
-            self.held.pop(entry_id, None)
-            self.lost_lease.discard(entry_id)
-            self.last_progress = time.monotonic()
-            self._freed.set()
+            self._settle(entry_id, outcome)
+
+    async def _process_batch(self, work: list[tuple[str, dict[str, str] | None, int]], lane: asyncio.Task) -> None:
+        """Handle a batch handler's share of the queue in one call (:meth:`EntryRunner.run_batch`)."""
+        outcomes = [FAILED] * len(work)
+        try:
+            outcomes = await self.runner.run_batch(work, self.name, lane)
+        except RedisError as exc:
+            logger.error("entries %s..%s: redis error while handling them, they stay pending: %s", work[0][0],
+                         work[-1][0], exc)
+        finally:
+            for (entry_id, _, _), outcome in zip(work, outcomes):
+                self._settle(entry_id, outcome)
+
+    def _settle(self, entry_id: str, outcome: str) -> None:
+        """After an entry's handling: queue its XACK (``ok``, ``gone``), or remember it waits for its
+        back-off (``failed``); either way it is no longer held."""
+        if outcome == OK:
+            self._queue_ack(entry_id)
+        elif outcome == GONE:
+            self.metrics.gone.labels(COMPONENT).inc()
+            logger.warning("entry %s was pending but its data is gone (trimmed or deleted); acking it", entry_id)
+            self._queue_ack(entry_id)
+        elif outcome == FAILED:
+            self.backing_off.add(entry_id)
+        self.held.pop(entry_id, None)
+        self.lost_lease.discard(entry_id)
+        self.last_progress = time.monotonic()
+        self._freed.set()
 
     # ------------------------------------------------------------------ acks
 

@@ -32,7 +32,7 @@ import time
 import weakref
 
 from streamcore.envelope import Envelope
-from streamcore.handling import HandlerContext, HandlerFailure
+from streamcore.handling import BatchContext, HandlerContext, HandlerFailure, batch_handler
 
 
 def applied_key(stream: str) -> str:
@@ -81,3 +81,37 @@ async def apply(order: Envelope, ctx: HandlerContext) -> None:
     await script(keys=[ctx.keys.processed(order.order_id), applied_key(stream), calls_key(stream)],
                  args=[order.order_id, ctx.consumer, ctx.entry_id, int(time.time() * 1000), ctx.processed_ttl_s],
                  client=ctx.redis)
+
+
+@batch_handler
+async def apply_batch(orders: list[Envelope], ctx: BatchContext) -> dict[str, Exception] | None:
+    """The batch form of :func:`apply` (``HANDLER=soak.handler:apply_batch``): one sleep per call,
+    the simulated failure drawn per order, and the script of every other order in one pipeline.
+
+    Returns:
+        ``{entry ID: HandlerFailure}`` for the orders that failed on purpose, or None.
+
+    Raises:
+        redis.exceptions.RedisError: Redis failed; for each order nothing or everything of its
+            script happened (every order of the call is then retried).
+    """
+    if _MAX_SLEEP_S:
+        await asyncio.sleep(random.uniform(0.0, _MAX_SLEEP_S))
+    failed: dict[str, Exception] = {}
+    if ctx.failure_rate:
+        failed = {o.entry_id: HandlerFailure(f"simulated failure of order {o.order_id} "
+                                             f"(FAILURE_RATE={ctx.failure_rate})")
+                  for o in orders if random.random() < ctx.failure_rate}
+    script = _scripts.get(ctx.redis)
+    if script is None:
+        script = _scripts[ctx.redis] = ctx.redis.register_script(_APPLY)
+    stream = ctx.keys.stream
+    now_ms = int(time.time() * 1000)
+    async with ctx.redis.pipeline(transaction=False) as pipe:
+        for order in orders:
+            if order.entry_id not in failed:
+                await script(keys=[ctx.keys.processed(order.order_id), applied_key(stream), calls_key(stream)],
+                             args=[order.order_id, ctx.consumer, order.entry_id, now_ms, ctx.processed_ttl_s],
+                             client=pipe)
+        await pipe.execute()
+    return failed or None

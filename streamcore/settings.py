@@ -115,7 +115,7 @@ class HandlingSettings(CommonSettings):
             "same atomic step as the dead-letter XADD and the XACK); by default it stays there, readable in the history."
         ),
     )
-    concurrency: int = Field(default=16, ge=1, description="CONCURRENCY: handlers running at once.")
+    concurrency: int = Field(default=16, ge=1, description="CONCURRENCY: handler calls running at once (batch calls with a batch handler).")
     processed_ttl_seconds: int = Field(
         default=7 * 86400, ge=1, description="PROCESSED_TTL_SECONDS: lifetime of processed-order markers (s)."
     )
@@ -131,6 +131,10 @@ class HandlingSettings(CommonSettings):
             load_handler(value)
         except (ImportError, AttributeError) as exc:
             raise ValueError(f"cannot import {value!r}: {exc}") from None
+        except ValueError:
+            raise
+        except Exception as exc:  # the module raised while importing (SyntaxError, RuntimeError, ...)
+            raise ValueError(f"importing {value!r} failed: {type(exc).__name__}: {exc}") from None
         return value
 
 

@@ -21,7 +21,7 @@ import os
 
 from consumer.handler import mark_processed
 from streamcore.envelope import Envelope
-from streamcore.handling import HandlerContext
+from streamcore.handling import BatchContext, HandlerContext, batch_handler
 
 
 def calls_key(stream: str, order_id: object) -> str:
@@ -106,3 +106,52 @@ async def _apply_recording_delivery(order: Envelope, ctx: HandlerContext) -> Non
     stream, oid = ctx.keys.stream, order.order_id
     await ctx.redis.eval(_APPLY, 3, ctx.keys.processed(oid), applied_key(stream, oid), deliveries_key(stream),
                          ctx.consumer, ctx.entry_id, oid, ctx.deliveries)
+
+
+def batch_sizes_key(stream: str) -> str:
+    """List key: the number of orders of each call of :func:`scripted_batch`, in call order."""
+    return f"{stream}:batch_sizes"
+
+
+def batch_deliveries_key(stream: str) -> str:
+    """Hash key: orderId -> ``ctx.deliveries`` of its entry in the last call of :func:`scripted_batch`."""
+    return f"{stream}:batch_deliveries"
+
+
+@batch_handler
+async def scripted_batch(orders: list[Envelope], ctx: BatchContext):
+    """The batch form of :func:`scripted`: counts calls per order, records each call's size and
+    each order's delivery number, then fails the whole call while an order's ``raise_batch``
+    exceeds its call count, and fails single orders with ``fail_until`` or ``poison`` (returned
+    as a mapping); the rest are applied once (marker written with SET NX semantics)."""
+    stream = ctx.keys.stream
+    async with ctx.redis.pipeline(transaction=True) as pipe:
+        pipe.rpush(batch_sizes_key(stream), len(orders))
+        for o in orders:
+            pipe.incr(calls_key(stream, o.order_id))
+            pipe.rpush(call_log_key(stream), o.order_id)
+            pipe.hset(batch_deliveries_key(stream), o.order_id, ctx.deliveries[o.entry_id])
+        res = await pipe.execute()
+    calls = [int(n) for n in res[1::3]]
+    if any(n <= int(o.order.get("raise_batch", 0)) for o, n in zip(orders, calls)):
+        raise RuntimeError("the whole call fails")
+    failed: dict[str, object] = {}
+    for o, n in zip(orders, calls):
+        if o.order.get("poison"):
+            failed[o.entry_id] = RuntimeError(f"poison order {o.order_id}")
+        elif n <= int(o.order.get("fail_until", 0)):
+            failed[o.entry_id] = f"order {o.order_id} fails on call {n}"
+    for o in orders:
+        if o.entry_id in failed:
+            continue
+        new = await ctx.redis.hsetnx(ctx.keys.processed(o.order_id), "consumer", ctx.consumer)
+        if new:
+            await ctx.redis.hset(ctx.keys.processed(o.order_id), "entry_id", o.entry_id)
+            await ctx.redis.incr(applied_key(stream, o.order_id))
+        await ctx.redis.incr(done_key(stream, o.order_id))
+    return failed or None
+
+
+def sync_handler(order, ctx):
+    """Not a coroutine function: HANDLER must refuse it."""
+    return None
