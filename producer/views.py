@@ -291,9 +291,10 @@ async def post_orders_batch(request: web.Request) -> web.Response:
     if not data or len(data) > settings.batch_max_items:
         raise ApiError(400, f"a batch holds 1 to {settings.batch_max_items} orders, not {len(data)}", reason="invalid")
     bad: dict[str, str] = {}
+    limits = request.app[LIMITS]
     for index, item in enumerate(data):
         try:
-            validate_order(item, request.app[LIMITS])
+            validate_order(item, limits)
         except OrderInvalid as exc:
             if not exc.fields:
                 bad[str(index)] = exc.message
