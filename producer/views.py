@@ -23,6 +23,7 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 from producer import deadletters, queries
 from producer.appender import AppendCall
 from producer.appkeys import APPENDER, IN_FLIGHT, LIFECYCLE, LIMITS, METRICS, REDIS, REGISTRY, SETTINGS
+from producer.encoding import order_fields
 from producer.openapi import openapi_document
 from producer.validation import (
     BodyError,
@@ -32,7 +33,7 @@ from producer.validation import (
     parse_json,
     validate_order,
 )
-from streamcore import envelope, ids
+from streamcore import ids
 from streamcore.metrics import CONTENT_TYPE_LATEST, render
 
 logger = logging.getLogger(__name__)
@@ -257,7 +258,7 @@ async def post_order(request: web.Request) -> web.Response:
     metrics = request.app[METRICS]
     try:
         result = await request.app[APPENDER].append(
-            envelope.encode(order, idempotency_key=key), str(order["orderId"]), idempotency_key=key, body_hash=body_hash
+            order_fields(order, idempotency_key=key), str(order["orderId"]), idempotency_key=key, body_hash=body_hash
         )
     except RedisError:
         metrics.append_failed.inc()
@@ -311,7 +312,7 @@ async def post_orders_batch(request: web.Request) -> web.Response:
 
     def call(index: int, order: dict[str, Any]) -> AppendCall:
         item_key = f"{key}#{index}" if key is not None else None
-        return AppendCall(envelope.encode(order, idempotency_key=item_key), str(order["orderId"]), item_key, batch_hash)
+        return AppendCall(order_fields(order, idempotency_key=item_key), str(order["orderId"]), item_key, batch_hash)
 
     def conflict() -> ApiError:
         return ApiError(
