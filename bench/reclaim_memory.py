@@ -130,8 +130,9 @@ def build_pel(r, stream: str, n: int, *, group: str = GROUP, chunk: int = 10_000
     return time.perf_counter() - t0
 
 
-def run_child(url: str, stream: str, limit: int, code: Path, *, group: str = GROUP) -> dict:
-    """One reclaim pass in a child process against the checkout ``code``.
+def run_child(url: str, stream: str, limit: int, code: Path, *, group: str = GROUP, argv_prefix: list[str] = ()) -> dict:
+    """One reclaim pass in a child process against the checkout ``code`` (its command line after
+    ``argv_prefix``, e.g. ``["taskset", "-c", "1"]``).
 
     Returns:
         the child's JSON line: ``line`` (the summary line), ``claimed``, ``processed``,
@@ -141,7 +142,8 @@ def run_child(url: str, stream: str, limit: int, code: Path, *, group: str = GRO
     env = dict(os.environ, PYTHONPATH=str(code), REDIS_URL=url, STREAM_NAME=stream, GROUP_NAME=group,
                DLQ_STREAM=stream + ":dlq", RECLAIM_LIMIT=str(limit), CLAIM_IDLE_MS=str(CLAIM_IDLE_MS),
                HANDLER="bench.noop:handle", LOG_LEVEL="WARNING", REDIS_SOCKET_TIMEOUT_S="60")
-    proc = subprocess.Popen([PY, str(Path(__file__).resolve()), "--child"], cwd=code, env=env, stdout=subprocess.PIPE)
+    proc = subprocess.Popen([*argv_prefix, PY, str(Path(__file__).resolve()), "--child"], cwd=code, env=env,
+                            stdout=subprocess.PIPE)
     with proc.stdout:
         out = proc.stdout.read()
     _, status, usage = os.wait4(proc.pid, 0)
@@ -211,7 +213,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.child:
-        asyncio.run(child_pass())
+        try:  # the event loop `python -m reclaimer` runs on (uvloop), where the checkout has it
+            from streamcore.lifecycle import run as run_main
+        except ImportError:
+            run_main = asyncio.run
+        run_main(child_pass())
         return 0
     code = args.code.resolve()
     results: dict = {"code": str(code)}
