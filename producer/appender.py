@@ -60,7 +60,7 @@ class AppendCall:
     """The arguments of one :meth:`Appender.append`, for :meth:`Appender.append_many`.
 
     Attributes:
-        fields: from :func:`streamcore.envelope.encode`.
+        fields: from :func:`streamcore.envelope.encode` (or :func:`producer.encoding.order_fields`, the same).
         order_id: the orderId as text.
         idempotency_key: replay key (see :func:`streamcore.streams.append_order`), or None.
         body_hash: canonical body digest compared on replay.
@@ -183,7 +183,8 @@ class Appender:
             raise RedisConnectionError("the appender is not running")
 
     def _pending(self, call: AppendCall) -> _Pending:
-        """Build the queued form of one call (its EVALSHA arguments as bytes and a future).
+        """Build the queued form of one call: its ``EVALSHA`` command packed in the Redis
+        protocol (hiredis, once, here) and a future for its outcome.
 
         Raises:
             Unencodable: a key or value cannot be encoded as UTF-8.
