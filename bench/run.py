@@ -439,12 +439,18 @@ async def bench_e2e(url: str, sz: Sizes, peak_rps: float, cpu_sut: str, cpu_load
                              BENCH_LATENCY_FILE=lat_file)
         try:
             async with producer(url, cpu_sut, stream) as server:
-                # Pace: each connection waits `delay` ms before a request; calibrate once.
+                # Pace: each connection waits `delay` ms before a request, so the offered rate is
+                # about connections / (delay + latency); calibrated with short probes until it is
+                # within 10 % of the target (at most 4).
                 delay = max(1.0, 1000.0 * connections / target - 1.0)
-                probe = await asyncio.to_thread(wrk.run_wrk, server.url + "/orders", script=wrk.PACED_LUA,
-                                                duration_s=2, connections=connections, cpu=cpu_load,
-                                                script_args=[f"delay={delay:.2f}"])
-                delay = max(0.5, delay * probe["rps"] / target)
+                for _ in range(4):
+                    probe = await asyncio.to_thread(wrk.run_wrk, server.url + "/orders", script=wrk.PACED_LUA,
+                                                    duration_s=1, connections=connections, cpu=cpu_load,
+                                                    script_args=[f"delay={delay:.2f}"])
+                    if abs(probe["rps"] / target - 1) <= 0.1:
+                        break
+                    period_ms = 1000.0 * connections / probe["rps"]  # delay + latency, per connection
+                    delay = max(0.2, delay + 1000.0 * connections / target - period_ms)
                 run = await asyncio.to_thread(wrk.run_wrk, server.url + "/orders", script=wrk.PACED_LUA,
                                               duration_s=sz.e2e_s, connections=connections, cpu=cpu_load,
                                               script_args=[f"delay={delay:.2f}"])

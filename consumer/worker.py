@@ -137,6 +137,8 @@ class Worker:
         self._lanes: set[asyncio.Task] = set()
         self._ready_lanes = 0
         self._freed = asyncio.Event()
+        #: True while the read loop waits for capacity: only then must a finished entry set _freed.
+        self._capacity_wanted = False
         self._acks: list[str] = []
         self._ack_wanted = asyncio.Event()
         self._ack_full = asyncio.Event()
@@ -429,10 +431,14 @@ class Worker:
         while len(self.held) >= self.capacity and not stop.is_set():
             self.state = "waiting"
             self._freed.clear()
-            if self._stopper is None:
-                await self._until_stop(self._freed.wait(), stop)
-            else:
-                await self._freed.wait()  # set by a finished entry, or by stop (see run)
+            self._capacity_wanted = True
+            try:
+                if self._stopper is None:
+                    await self._until_stop(self._freed.wait(), stop)
+                else:
+                    await self._freed.wait()  # set by a finished entry, or by stop (see run)
+            finally:
+                self._capacity_wanted = False
         return not stop.is_set()
 
     async def _until_stop(self, aw: Awaitable, stop: asyncio.Event):
@@ -533,8 +539,13 @@ class Worker:
     def _settle(self, entry_id: str, outcome: str) -> None:
         """After an entry's handling: queue its XACK (``ok``, ``gone``), or remember it waits for its
         back-off (``failed``); either way it is no longer held."""
-        if outcome == OK:
-            self._queue_ack(entry_id)
+        if outcome == OK:  # the common case first: an append, and the acker woken when needed
+            acks = self._acks
+            acks.append(entry_id)
+            if len(acks) == 1:
+                self._ack_wanted.set()
+            if len(acks) >= self.settings.ack_batch:
+                self._ack_full.set()
         elif outcome == GONE:
             self.metrics.gone.labels(COMPONENT).inc()
             logger.warning("entry %s was pending but its data is gone (trimmed or deleted); acking it", entry_id)
@@ -542,9 +553,11 @@ class Worker:
         elif outcome == FAILED:
             self.backing_off.add(entry_id)
         self.held.pop(entry_id, None)
-        self.lost_lease.discard(entry_id)
+        if self.lost_lease:
+            self.lost_lease.discard(entry_id)
         self.last_progress = time.monotonic()
-        self._freed.set()
+        if self._capacity_wanted:
+            self._freed.set()
 
     # ------------------------------------------------------------------ acks
 

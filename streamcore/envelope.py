@@ -210,4 +210,4 @@ def decode(entry_id: str, fields: dict[str, str] | None) -> Envelope:
         # marker "None" and all but the first would be acked as already processed, unapplied.
         raise EnvelopeError(f"entry {entry_id} data has no usable orderId (an integer or a non-empty string; "
                             f"got {type(order_id).__name__})", "no_order_id")
-    return Envelope(entry_id=entry_id, order=order, fields=fields)
+    return Envelope(entry_id, order, fields)
