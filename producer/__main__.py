@@ -8,27 +8,18 @@ and then closes Redis.
 
 The event loop is uvloop's where it is installed (a dependency on every platform but Windows):
 the producer spends most of its time in the loop's transports (HTTP reads and writes, the Redis
-socket), which uvloop runs in C; asyncio's default loop is the fallback.
+socket), which uvloop runs in C; asyncio's default loop is the fallback, and ``ORDERSTREAM_LOOP=asyncio``
+chooses it (:func:`streamcore.lifecycle.new_event_loop`).
 """
-
-import asyncio
 
 from aiohttp import web
 from prometheus_client import REGISTRY
 
 from producer.app import create_app
 from producer.settings import ProducerSettings
+from streamcore.lifecycle import new_event_loop
 from streamcore.logs import configure_logging
 from streamcore.settings import settings_from_command_line
-
-
-def new_event_loop() -> asyncio.AbstractEventLoop:
-    """A new event loop for the producer: uvloop's when importable, else asyncio's default."""
-    try:
-        import uvloop
-    except ImportError:  # Windows, or an install without it
-        return asyncio.new_event_loop()
-    return uvloop.new_event_loop()
 
 
 def main(argv: list[str] | None = None) -> None:

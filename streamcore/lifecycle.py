@@ -41,16 +41,22 @@ def run(main: Coroutine[Any, Any, T]) -> T:
 
     Returns what ``main`` returns; raises what it raises.
     """
-    factory = None
+    with asyncio.Runner(loop_factory=new_event_loop) as runner:
+        return runner.run(main)
+
+
+def new_event_loop() -> asyncio.AbstractEventLoop:
+    """A new event loop for a component: uvloop's when it is installed and ``ORDERSTREAM_LOOP``
+    is not ``asyncio``, else asyncio's default (see :func:`run`; the producer passes it to
+    ``aiohttp.web.run_app``)."""
     if os.environ.get("ORDERSTREAM_LOOP", "uvloop") != "asyncio":
         try:
             import uvloop
-        except ImportError:
+        except ImportError:  # Windows, or an install without it
             pass
         else:
-            factory = uvloop.new_event_loop
-    with asyncio.Runner(loop_factory=factory) as runner:
-        return runner.run(main)
+            return uvloop.new_event_loop()
+    return asyncio.new_event_loop()
 
 
 def install_shutdown_handlers(stop: asyncio.Event, loop: asyncio.AbstractEventLoop | None = None) -> None:
