@@ -20,7 +20,7 @@ class ConsumerSettings(HandlingSettings):
     health_host: str = Field(default="0.0.0.0", description="HEALTH_HOST: interface of the probe server.")
     claim_interval_ms: int = Field(default=0, ge=0, description="CLAIM_INTERVAL_MS: how often (ms) the worker looks for due pending entries; 0 means max(1000, CLAIM_IDLE_MS/4).")
     block_ms: int = Field(default=5000, ge=1, description="BLOCK_MS: XREADGROUP BLOCK in ms; must stay below the socket timeout; never 0.")
-    read_count: int = Field(default=100, ge=1, description="READ_COUNT: XREADGROUP COUNT, and the most orders of one batch handler call; at most max(READ_COUNT, CONCURRENCY) + READ_COUNT entries are held at once (batch handler: max(READ_COUNT, CONCURRENCY x READ_COUNT) + READ_COUNT).")
+    read_count: int = Field(default=100, ge=1, description="READ_COUNT: XREADGROUP COUNT, and the most orders of one batch handler call; at most max(READ_COUNT, CONCURRENCY) + 2 x READ_COUNT entries are held at once (batch handler: max(READ_COUNT, CONCURRENCY x READ_COUNT) + 2 x READ_COUNT).")
     drain_timeout_seconds: float = Field(default=20.0, ge=0, description="DRAIN_TIMEOUT_SECONDS: how long in-flight orders may finish after SIGTERM (s).")
     ack_batch: int = Field(default=100, ge=1, description="ACK_BATCH: acks sent in one XACK once this many are waiting.")
     ack_flush_ms: int = Field(default=20, ge=1, description="ACK_FLUSH_MS: longest time (ms) a finished order waits for its XACK.")

@@ -8,11 +8,12 @@ Shape of one worker (one per pod, consumer name = pod name):
   delivery (``XPENDING`` with the consumer filter), the rest are re-read with ID ``0`` (which
   counts a delivery) page by page and handled before any new entry (case C06).
 * **Read loop**: ``XREADGROUP ... COUNT n BLOCK BLOCK_MS >`` where ``n`` is the free capacity,
-  at most ``READ_COUNT``. At most ``max(READ_COUNT, CONCURRENCY) + READ_COUNT`` entries are held
-  at once (with a batch handler ``max(READ_COUNT, CONCURRENCY x READ_COUNT) + READ_COUNT``): what
-  the handlers can work on plus one read, so the next read is in flight while the last one is
-  handled. Never ``BLOCK 0``; the client's socket timeout is longer than BLOCK, so an empty read
-  returns normally (C12). When idle that is one read per BLOCK interval (C22).
+  at most ``READ_COUNT``; a second read is in flight while the last one came back full (a
+  backlog), so its reply is there when the handlers finish (:meth:`Worker._issue_reads`). At most
+  ``max(READ_COUNT, CONCURRENCY) + 2 x READ_COUNT`` entries are held at once (with a batch
+  handler ``max(READ_COUNT, CONCURRENCY x READ_COUNT) + 2 x READ_COUNT``): what the handlers can
+  work on plus two reads. Never ``BLOCK 0``; the client's socket timeout is longer than BLOCK,
+  so an empty read returns normally (C12). When idle that is one read per BLOCK interval (C22).
 * **Handlers** run in *lanes*, at most ``CONCURRENCY`` tasks that each take queued entries one
   after another (a batch handler's lane takes up to ``READ_COUNT`` at once, one call), through
   :class:`streamcore.handling.EntryRunner`. Successes are acked in batches (one ``XACK`` for up to
@@ -113,10 +114,10 @@ class Worker:
                                   handler_timeout_s=settings.handler_timeout_seconds,
                                   delete_source=settings.dead_letter_xdel, redis_health=self.redis_health)
         self.supervisor = Supervisor(COMPONENT, self.metrics.task_restarts)
-        #: Most entries held at once (read, not yet finished): one read beyond what the lanes
-        #: can work on, so the next XREADGROUP is in flight while the last read is handled.
+        #: Most entries held at once (read, not yet finished): two reads beyond what the lanes
+        #: can work on, so the next XREADGROUPs are in flight while the last read is handled.
         per_lane = settings.read_count if self.runner.batch else 1
-        self.capacity = max(settings.read_count, settings.concurrency * per_lane) + settings.read_count
+        self.capacity = max(settings.read_count, settings.concurrency * per_lane) + 2 * settings.read_count
         self.renew_interval_s = max(settings.claim_idle_ms / 3000.0, 0.05)
         self.claim_interval_s = (settings.claim_interval_ms / 1000.0 if settings.claim_interval_ms
                                  else max(1.0, settings.claim_idle_ms / 4000.0))
@@ -137,6 +138,10 @@ class Worker:
         self._lanes: set[asyncio.Task] = set()
         self._ready_lanes = 0
         self._freed = asyncio.Event()
+        #: XREADGROUP calls in flight, oldest first, with the COUNT each asked for (see _issue_reads).
+        self._reads: deque[tuple[asyncio.Future, int]] = deque()
+        self._reserved = 0  # sum of those counts
+        self._backlog = False  # the last read came back full
         #: True while the read loop waits for capacity: only then must a finished entry set _freed.
         self._capacity_wanted = False
         self._acks: list[str] = []
@@ -296,6 +301,12 @@ class Worker:
         backoff = Backoff(0.05, 5.0)
         own_pel_done = False
         checked_server = False
+        try:
+            await self._read_until(stop, backoff, own_pel_done, checked_server)
+        finally:
+            await self._settle_reads()
+
+    async def _read_until(self, stop: asyncio.Event, backoff: Backoff, own_pel_done: bool, checked_server: bool) -> None:
         while not stop.is_set():
             try:
                 if not checked_server:
@@ -311,34 +322,82 @@ class Worker:
                     await self._read_own_pel(stop)
                     own_pel_done = self._own_pel_done = True
                     self._resync = False
-                if self._resync:
+                if self._resync and not self._reads:
                     await self._recover_lost_replies()
                     self._resync = False
-                if not await self._wait_capacity(stop):
+                if not self._reads and not await self._wait_capacity(stop):
                     break
                 self.state = "reading"
-                count = min(self.settings.read_count, self.capacity - len(self.held))
-                reply = await self._until_stop(
-                    self.r.xreadgroup(self.keys.group, self.name, {self.keys.stream: ">"}, count=count,
-                                      block=self.settings.block_ms), stop)
+                self._issue_reads()
+                head, count = self._reads[0]
+                reply = await self._until_stop(head, stop)
                 if reply is _STOPPED:
                     break
+                self._reads.popleft()
+                self._reserved -= count
                 self.reads += 1
                 self.last_progress = time.monotonic()
                 self.redis_health.ok()
                 backoff.reset()
+                got = 0
                 for _stream, entries in reply or ():
+                    got += len(entries)
                     for entry_id, fields in entries:
                         self._dispatch(entry_id, fields, 1)
+                self._backlog = got >= count
             except (RedisError, OSError) as exc:
+                await self._settle_reads()
                 await self._on_error(exc, backoff, stop)
             except Exception as exc:  # a bug or data we did not foresee: never a crash loop
+                await self._settle_reads()
                 self.state = "backoff"
                 self.last_error = f"{type(exc).__name__}: {exc}"
                 self._error_log.log(logging.ERROR, "unexpected error in the read loop, retrying with back-off: %s",
                                     self.last_error)
                 logger.debug("read loop error", exc_info=True)
                 await backoff.sleep(stop)
+
+    def _issue_reads(self) -> None:
+        """Keep one ``XREADGROUP ... >`` in flight, and a second one while the last read came back
+        full (a backlog), each for at most ``READ_COUNT`` entries and never more than the free
+        capacity (``held`` plus what the reads in flight may deliver stays within ``capacity``).
+
+        With one read at a time the consumer sat idle for the round trip after every read (a
+        quarter of its time with a no-op handler); the second read's reply is already there when
+        the lanes finish the first (bench/README.md). An idle consumer has one blocking read, as
+        before (C22).
+        """
+        depth = 2 if self._backlog else 1
+        while len(self._reads) < depth:
+            count = min(self.settings.read_count, self.capacity - len(self.held) - self._reserved)
+            if count <= 0:
+                return
+            read = asyncio.ensure_future(self.r.xreadgroup(self.keys.group, self.name, {self.keys.stream: ">"},
+                                                           count=count, block=self.settings.block_ms))
+            self._reads.append((read, count))
+            self._reserved += count
+
+    async def _settle_reads(self) -> None:
+        """After an error, and when the read loop ends: cancel the reads still in flight, and
+        dispatch what a finished one delivered (its entries are in our PEL). A read cancelled
+        before its reply may have delivered entries whose reply is lost: ``_resync`` (or the
+        stop's take-up) finds them in our PEL."""
+        reads, self._reads = self._reads, deque()
+        self._reserved = 0
+        self._backlog = False
+        if not reads:
+            return
+        for read, _ in reads:
+            if not read.done():
+                read.cancel()
+                self._resync = True
+        await asyncio.gather(*(read for read, _ in reads), return_exceptions=True)
+        for read, _ in reads:
+            if read.cancelled() or read.exception() is not None:
+                continue
+            for _stream, entries in read.result() or ():
+                for entry_id, fields in entries:
+                    self._dispatch(entry_id, fields, 1)
 
     async def _on_error(self, exc: BaseException, backoff: Backoff, stop: asyncio.Event) -> None:
         self.state = "backoff"
