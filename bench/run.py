@@ -431,7 +431,6 @@ async def bench_e2e(url: str, sz: Sizes, peak_rps: float, cpu_sut: str, cpu_load
     """Producer and consumer running together (both on ``cpu_sut``), wrk offering about half the
     producer's measured peak rate; latency per order from :mod:`bench.latency`."""
     target = 0.5 * peak_rps
-    connections = 16
     stream = "bench:e2e"
     with tempfile.TemporaryDirectory() as tmp:
         lat_file = Path(tmp) / "latency.txt"
@@ -439,28 +438,30 @@ async def bench_e2e(url: str, sz: Sizes, peak_rps: float, cpu_sut: str, cpu_load
                              BENCH_LATENCY_FILE=lat_file)
         try:
             async with producer(url, cpu_sut, stream) as server:
-                # Pace: each connection waits `delay` ms before a request, so the offered rate is
-                # about connections / (delay + latency); calibrated with short probes until it is
-                # within 10 % of the target (at most 4).
-                delay = max(1.0, 1000.0 * connections / target - 1.0)
+                # Pace: each connection waits DELAY ms before each request, so the offered rate is
+                # about connections / (DELAY + latency). wrk's timers have whole-millisecond
+                # resolution, so the rate is set with the number of connections, calibrated with
+                # short probes until it is within 10 % of the target (at most 4).
+                delay = 10
+                connections = max(1, round(target * (delay + 1) / 1000))
                 for _ in range(4):
                     probe = await asyncio.to_thread(wrk.run_wrk, server.url + "/orders", script=wrk.PACED_LUA,
                                                     duration_s=1, connections=connections, cpu=cpu_load,
-                                                    script_args=[f"delay={delay:.2f}"])
+                                                    script_args=[f"delay={delay}"])
                     if abs(probe["rps"] / target - 1) <= 0.1:
                         break
-                    period_ms = 1000.0 * connections / probe["rps"]  # delay + latency, per connection
-                    delay = max(0.2, delay + 1000.0 * connections / target - period_ms)
+                    connections = max(1, round(connections * target / max(probe["rps"], 1.0)))
                 run = await asyncio.to_thread(wrk.run_wrk, server.url + "/orders", script=wrk.PACED_LUA,
                                               duration_s=sz.e2e_s, connections=connections, cpu=cpu_load,
-                                              script_args=[f"delay={delay:.2f}"])
+                                              script_args=[f"delay={delay}"])
                 await _wait_acked(url, stream, "order-processors", timeout_s=30)
         finally:
             stop(cons)
         samples = sorted(float(x) for x in lat_file.read_text().split())
     if not samples:
         raise RuntimeError("the latency handler recorded nothing")
-    return {"target_rps": target, "offered_rps": run["rps"], "orders": len(samples), "delay_ms": round(delay, 2),
+    return {"target_rps": target, "offered_rps": run["rps"], "orders": len(samples), "delay_ms": delay,
+            "connections": connections,
             "p50_ms": _pct(samples, 50), "p90_ms": _pct(samples, 90), "p99_ms": _pct(samples, 99),
             "max_ms": samples[-1], "http_p50_ms": run["p50_ms"], "http_p99_ms": run["p99_ms"]}
 
