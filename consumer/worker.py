@@ -214,8 +214,8 @@ class Worker:
             async with asyncio.timeout(2.0):
                 return await leave_group(self.r, self.keys, self.name, scripts=self.claim_scripts)
         except (RedisError, OSError, TimeoutError) as exc:
-            logger.warning("could not leave the consumer group (%s); the reclaimer removes %s once it is idle", exc,
-                           self.name)
+            logger.warning("could not leave the consumer group (%s); the reclaimer removes %s once it is idle",
+                           f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__, self.name)
             return "error"
 
     async def _take_up_cancelled_read(self, deadline: float) -> None:
@@ -320,6 +320,10 @@ class Worker:
                     self._group_ok = True
                 if not own_pel_done:
                     await self._read_own_pel(stop)
+                    if stop.is_set():
+                        # Stopped part-way: what was dispatched is drained, the rest of the own
+                        # PEL stays pending for the next start (not taken up as "lost replies").
+                        break
                     own_pel_done = self._own_pel_done = True
                     self._resync = False
                 if self._resync and not self._reads:

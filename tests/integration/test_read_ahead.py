@@ -78,3 +78,22 @@ async def _drained(r, keys, n: int) -> bool:
 
 async def _applied_at_least(r, keys, n: int) -> bool:
     return await r.llen(call_log_key(keys.stream)) >= n
+
+
+async def test_a_stop_while_re_reading_the_own_pel_leaves_the_rest_pending(r, redis_url, names):
+    """A restart finds 500 orders in its own PEL and is stopped after a few: it drains what it
+    had taken, and leaves the rest pending for the next start instead of taking the whole PEL up
+    as lost replies during the drain (a breaker finding of issue 11)."""
+    keys = keys_for(names)
+    await r.xgroup_create(keys.stream, keys.group, id="0", mkstream=True)
+    for i in range(500):
+        await post(r, keys, i, sleep_s=0.01)
+    await r.xreadgroup(keys.group, "pod-a", {keys.stream: ">"}, count=500)  # the PEL of a pod that died
+    w = RunningWorker(settings_for(redis_url, names, "pod-a", concurrency=4, read_count=10, drain_timeout_seconds=10))
+    await wait_for(lambda: _applied_at_least(r, keys, 5), timeout=20, what="the re-read under way")
+    await w.stop()
+    handled = await r.llen(call_log_key(keys.stream))
+    assert handled <= 60, handled  # what it held when stopped (capacity 30), not the whole PEL
+    pending = await r.xpending(keys.stream, keys.group)
+    assert pending["pending"] == 500 - handled
+    assert w.worker.drained[1] == 0  # nothing cut short: everything it took was finished
