@@ -29,7 +29,9 @@ class BurstResult:
 
     Attributes:
         accepted: order ID -> stream entry ID, for every order the producer answered 201 for.
-        rejected: ``(HTTP status, body text)`` of each batch that was refused for good (4xx).
+        rejected: ``(HTTP status, body text)`` of each batch that was refused for good (4xx), or
+            ``(0, reason)`` for one that got no answer in ``attempts`` tries (the producer
+            unreachable, timing out, or answering 5xx).
         seconds: wall time of the burst (s).
     """
 
@@ -56,9 +58,11 @@ async def post_burst(url: str, orders: int, *, batch: int = 100, concurrency: in
     up to ``attempts`` times with the same ``Idempotency-Key``, 0.2 s, 0.4 s, ... apart; a 4xx is
     recorded in ``rejected`` and not retried.
 
+    A batch that still fails after ``attempts`` tries is recorded in ``rejected`` as
+    ``(0, reason)`` and the burst goes on: what was accepted is always returned.
+
     Raises:
-        ValueError: ``orders``, ``batch`` or ``concurrency`` below 1.
-        aiohttp.ClientError: a batch still failed on the wire after ``attempts`` tries.
+        ValueError: ``orders``, ``batch`` or ``concurrency`` below 1, or a URL aiohttp cannot use.
     """
     if orders < 1 or batch < 1 or concurrency < 1:
         raise ValueError("orders, batch and concurrency must be at least 1")
@@ -70,6 +74,7 @@ async def post_burst(url: str, orders: int, *, batch: int = 100, concurrency: in
     async def post(session: aiohttp.ClientSession, first: int) -> None:
         body = _orders(prefix, first, min(batch, orders - first + 1))
         headers = {"Idempotency-Key": f"{prefix}:{first}"}
+        failure = ""
         for attempt in range(attempts):
             try:
                 async with session.post(f"{url.rstrip('/')}/orders/batch", json=body, headers=headers) as resp:
@@ -81,16 +86,19 @@ async def post_burst(url: str, orders: int, *, batch: int = 100, concurrency: in
                     if resp.status < 500:
                         result.rejected.append((resp.status, text))
                         return
-            except (aiohttp.ClientConnectionError, asyncio.TimeoutError):
-                if attempt == attempts - 1:
-                    raise
-            await asyncio.sleep(0.2 * 2 ** attempt)
-        raise aiohttp.ClientError(f"batch from {prefix}-{first} still failing after {attempts} attempts")
+                    failure = f"HTTP {resp.status}: {text[:200]}"
+            except (aiohttp.ClientError, OSError, asyncio.TimeoutError) as exc:
+                failure = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
+            if attempt < attempts - 1:
+                await asyncio.sleep(0.2 * 2 ** attempt)
+        result.rejected.append((0, f"batch from {prefix}-{first}: no answer after {attempts} attempts ({failure})"))
 
     async def worker(session: aiohttp.ClientSession) -> None:
         for first in starts:  # one shared iterator: each batch is taken by exactly one worker
             await post(session, first)
 
+    if not url.startswith(("http://", "https://")):
+        raise ValueError(f"--url must start with http:// or https://, got {url!r}")
     timeout = aiohttp.ClientTimeout(total=timeout_s)
     async with aiohttp.ClientSession(timeout=timeout) as session:
         await asyncio.gather(*(worker(session) for _ in range(concurrency)))

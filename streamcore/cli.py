@@ -383,7 +383,9 @@ def burst(args: argparse.Namespace) -> int:
     print(f"accepted {len(result.accepted)} of {args.orders} orders in {result.seconds:.1f}s "
           f"({result.rate:.0f} orders/s)")
     for status, body in result.rejected[:5]:
-        print(f"refused: {status} {body[:300]}", file=sys.stderr)
+        print(f"refused: {status} {body[:300]}" if status else f"failed: {body[:300]}", file=sys.stderr)
+    if len(result.rejected) > 5:
+        print(f"... and {len(result.rejected) - 5} more batches refused or failed", file=sys.stderr)
     return 0 if len(result.accepted) == args.orders else 1
 
 

@@ -135,3 +135,27 @@ def test_up_stops_everything_with_exit_2_when_a_component_has_a_bad_setting(tmp_
     assert "not restarting it, stopping everything" in proc.stdout
     assert "restarting in" not in proc.stdout
     assert "Traceback" not in proc.stdout + proc.stderr
+
+
+def test_burst_against_no_producer_reports_the_failed_batches_without_a_traceback(tmp_path):
+    """``orderstream burst`` when nothing listens: exit 1, one ``failed:`` line per batch (up to
+    5) naming the error, the accepted count (0), and the --ids file written (empty)."""
+    ids = tmp_path / "ids.txt"
+    proc = subprocess.run(
+        [sys.executable, "-m", "streamcore.cli", "burst", "--url", f"http://127.0.0.1:{free_port()}", "--orders", "6",
+         "--batch", "3", "--ids", str(ids)],
+        cwd=ROOT, capture_output=True, text=True, timeout=TIMEOUT_S)
+    assert proc.returncode == 1, proc.stderr
+    assert "Traceback" not in proc.stderr, proc.stderr
+    assert proc.stdout.startswith("accepted 0 of 6 orders"), proc.stdout
+    failed = [line for line in proc.stderr.splitlines() if line.startswith("failed: batch from ")]
+    assert len(failed) == 2 and all("no answer after 5 attempts (ClientConnectorError" in f for f in failed), proc.stderr
+    assert ids.read_text() == ""
+
+
+def test_burst_with_a_url_that_is_not_http_exits_2_with_one_line(tmp_path):
+    proc = subprocess.run([sys.executable, "-m", "streamcore.cli", "burst", "--url", "127.0.0.1:3000", "--orders", "1"],
+                          cwd=ROOT, capture_output=True, text=True, timeout=TIMEOUT_S)
+    assert proc.returncode == 2
+    assert proc.stderr.strip().splitlines() == ["orderstream burst: --url must start with http:// or https://, got "
+                                                "'127.0.0.1:3000'"]
