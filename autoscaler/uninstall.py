@@ -13,8 +13,10 @@ This hook runs first, in a Job of the chart (``templates/autoscaler/uninstall-ho
 3. past that (no operator running), remove kopf's finalizer itself
    (:meth:`autoscaler.actuators.KubeApi.release_finalizers`) so that nothing is left behind.
 
-Credentials are the Job's ServiceAccount token (``kopf.login_with_service_account``). Exit 0 when
-none is left, 1 otherwise (Helm then reports the hook as failed and stops the uninstall).
+Credentials are the Job's ServiceAccount token (``kopf.login_with_service_account``). An
+unreachable or failing API server (no answer, 429, 5xx) is retried :data:`ATTEMPTS` times. Exit 0
+when none is left, 1 otherwise, with one log line naming the error (Helm then reports the hook as
+failed and stops the uninstall).
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ import logging
 import sys
 import time
 
+import aiohttp
 import kopf
 
 from autoscaler.actuators import KubeApi, KubeError
@@ -33,6 +36,11 @@ from autoscaler.handlers import GROUP, PLURAL, VERSION
 logger = logging.getLogger("autoscaler.uninstall")
 
 API = f"/apis/{GROUP}/{VERSION}"
+
+#: Tries of the whole delete-and-wait when the API server is unreachable, throttles (429) or
+#: fails (5xx), 2 s, 4 s apart; then the Job fails (Helm reports the hook) and its backoffLimit
+#: gives it one more pod.
+ATTEMPTS = 3
 
 
 async def delete_and_wait(api: KubeApi, namespace: str, selector: str, timeout_s: float,
@@ -67,6 +75,29 @@ async def delete_and_wait(api: KubeApi, namespace: str, selector: str, timeout_s
     return left
 
 
+async def delete_with_retries(api: KubeApi, namespace: str, selector: str, timeout_s: float, finalizer: str, *,
+                              pause_s: float = 2.0) -> list[str] | None:
+    """:func:`delete_and_wait`, tried again (``pause_s``, then twice that, apart) when the API
+    server gave no answer, throttled (429) or failed (5xx), at most :data:`ATTEMPTS` times.
+
+    Returns what :func:`delete_and_wait` returns, or None after a refusal (4xx other than 404 and
+    429) or the last failed try, each logged on one line.
+    """
+    for attempt in range(1, ATTEMPTS + 1):
+        try:
+            return await delete_and_wait(api, namespace, selector, timeout_s, finalizer)
+        except (KubeError, aiohttp.ClientError, OSError, TimeoutError) as e:
+            transient = not isinstance(e, KubeError) or e.status in (0, 429) or e.status >= 500
+            text = str(e) if isinstance(e, KubeError) else f"{type(e).__name__}: {e}"
+            if not transient or attempt == ATTEMPTS:
+                logger.error("could not delete the StreamAutoscalers: %s", text)
+                return None
+            logger.warning("API server unavailable (%s); retrying in %g s (attempt %d of %d)", text,
+                           pause_s * attempt, attempt, ATTEMPTS)
+            await asyncio.sleep(pause_s * attempt)
+    return None
+
+
 async def main_async(args: argparse.Namespace) -> int:
     settings = kopf.OperatorSettings()
     info = kopf.login_with_service_account(settings=settings)
@@ -76,12 +107,12 @@ async def main_async(args: argparse.Namespace) -> int:
     api = KubeApi()
     await api.connect(info)
     try:
-        left = await delete_and_wait(api, args.namespace, args.selector, args.timeout, settings.persistence.finalizer)
-    except KubeError as e:
-        logger.error("could not delete the StreamAutoscalers: %s", e)
-        return 1
+        left = await delete_with_retries(api, args.namespace, args.selector, args.timeout,
+                                         settings.persistence.finalizer)
     finally:
         await api.close()
+    if left is None:
+        return 1
     if left:
         logger.error("StreamAutoscalers still present: %s", ", ".join(left))
         return 1
