@@ -87,7 +87,8 @@ def batch_handler(func: Callable[[list[Envelope], BatchContext], Awaitable[Mappi
     A batch handler is ``async def handle(orders: list[Envelope], ctx: BatchContext)`` and
     returns ``None`` when every order succeeded, or a mapping ``{entry ID: error}`` (an
     exception or a message) of the orders that failed; the others succeeded. Raising fails every
-    order of the call. Each order is acknowledged only after the call returned and only if it
+    order of the call, and so does a mapping keyed by anything but the call's entry IDs
+    (``order.entry_id``; an orderId there would otherwise ack the order as done). Each order is acknowledged only after the call returned and only if it
     succeeded; a failed order stays pending, is retried after its back-off, and is
     dead-lettered on delivery ``MAX_DELIVERIES`` exactly as with a per-order handler. Poison and
     body-less entries never reach it. It must be idempotent per order, as a per-order handler
@@ -114,6 +115,7 @@ def _batch_failures(result: Any, where: Mapping[str, int]) -> dict[str, Any]:
 
     Raises:
         TypeError: the result is neither None nor a mapping (every order of the call fails).
+        ValueError: the mapping names a key that is not an entry ID of the call (every order fails).
     """
     if result is None:
         return {}
@@ -121,9 +123,11 @@ def _batch_failures(result: Any, where: Mapping[str, int]) -> dict[str, Any]:
         raise TypeError(f"a batch handler returns None or a mapping {{entry ID: error}}, not {type(result).__name__}")
     unknown = [k for k in result if k not in where]
     if unknown:
-        logger.warning("batch handler named %d entry IDs that were not in its call (ignored): %s", len(unknown),
-                       ", ".join(map(str, unknown[:5])))
-    return {k: (v if v is not None else "failed") for k, v in result.items() if k in where}
+        # An order ID, or an ID of another call: ignoring it would ack as done an order the
+        # handler meant to fail, so nothing of the call is trusted.
+        raise ValueError(f"the batch handler named {len(unknown)} keys that are not entry IDs of its call "
+                         f"(e.g. {', '.join(map(repr, unknown[:3]))}); failures are keyed by order.entry_id")
+    return {k: (v if v is not None else "failed") for k, v in result.items()}
 
 
 class Handler(Protocol):
@@ -312,7 +316,8 @@ class EntryRunner:
         self.in_flight += len(orders)
         started = time.monotonic()
         try:
-            result = await self._call(orders, ctx, task, f"{orders[0].entry_id} (+{len(orders) - 1})")
+            # A copy: the handler may consume or reorder its list; the outcomes follow ``orders``.
+            result = await self._call(list(orders), ctx, task, f"{orders[0].entry_id} (+{len(orders) - 1})")
             failures = _batch_failures(result, where)
         except asyncio.CancelledError:
             raise

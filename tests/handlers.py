@@ -155,3 +155,26 @@ async def scripted_batch(orders: list[Envelope], ctx: BatchContext):
 def sync_handler(order, ctx):
     """Not a coroutine function: HANDLER must refuse it."""
     return None
+
+
+@batch_handler
+async def keyed_by_order_id(orders: list[Envelope], ctx: BatchContext):
+    """A buggy batch handler: it names its failures by orderId, not entry ID (first call of each
+    order only). The call must count as failed as a whole, never as a success."""
+    stream = ctx.keys.stream
+    calls = [await ctx.redis.incr(calls_key(stream, o.order_id)) for o in orders]
+    if any(n == 1 for n in calls):
+        return {o.order_id: "failed" for o in orders}
+    for o in orders:
+        await ctx.redis.incr(applied_key(stream, o.order_id))
+    return None
+
+
+@batch_handler
+async def consuming_batch(orders: list[Envelope], ctx: BatchContext):
+    """A batch handler that empties the list it was given while applying every order."""
+    while orders:
+        o = orders.pop()
+        await ctx.redis.incr(calls_key(ctx.keys.stream, o.order_id))
+        await ctx.redis.incr(applied_key(ctx.keys.stream, o.order_id))
+    return None

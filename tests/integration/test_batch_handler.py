@@ -12,7 +12,8 @@ import pytest
 from redis.exceptions import ResponseError
 
 from streamcore.settings import HandlingSettings
-from tests.handlers import applied_key, batch_deliveries_key, batch_sizes_key, calls_key, done_key, scripted_batch
+from tests.handlers import (applied_key, batch_deliveries_key, batch_sizes_key, calls_key, consuming_batch, done_key,
+                            keyed_by_order_id, scripted_batch)
 from tests.integration.consumer_support import keys_for, pending_ids, post, reclaimer_for, running, wait_for
 
 BATCH = "tests.handlers:scripted_batch"
@@ -122,3 +123,32 @@ async def _idle_at_least(r, keys, ms: int) -> bool:
 def test_handler_setting_refuses_what_cannot_be_awaited(spec, says):
     with pytest.raises(ValueError, match=says):
         HandlingSettings(handler=spec)
+
+
+async def test_failures_keyed_by_order_id_fail_the_whole_call_instead_of_acking_it(r, redis_url, names):
+    """Breaker finding: ``{orderId: error}`` used to be ignored (unknown keys) and every order acked
+    as done, unapplied. Now the call fails: each order is delivered again and applied."""
+    keys = keys_for(names)
+    for i in range(5):
+        await post(r, keys, i)
+    async with running(redis_url, names, "pod-a", handler=keyed_by_order_id, claim_idle_ms=200,
+                       claim_interval_ms=100):
+        async def applied():
+            return await _pending(r, keys) == 0 and [await r.get(applied_key(keys.stream, i)) for i in range(5)]
+        assert await wait_for(applied, timeout=20, what="all applied after the failed call") == ["1"] * 5
+    assert [await r.get(calls_key(keys.stream, i)) for i in range(5)] == ["2"] * 5
+    assert await r.xlen(keys.dlq) == 0
+
+
+async def test_a_handler_that_empties_its_list_still_gets_every_order_acked(r, redis_url, names):
+    """Breaker finding: the outcomes followed the handler's own list, so emptying it made every
+    order of the call a failure (retried, then dead-lettered although applied)."""
+    keys = keys_for(names)
+    for i in range(20):
+        await post(r, keys, i)
+    async with running(redis_url, names, "pod-a", handler=consuming_batch, max_deliveries=2):
+        async def done():
+            return await _pending(r, keys) == 0 and [await r.get(applied_key(keys.stream, i)) for i in range(20)]
+        assert await wait_for(done, timeout=20, what="20 orders applied and acked") == ["1"] * 20
+    assert [await r.get(calls_key(keys.stream, i)) for i in range(20)] == ["1"] * 20
+    assert await r.xlen(keys.dlq) == 0
