@@ -159,6 +159,8 @@ class Worker:
         self.state = "starting"  # starting | reading | waiting | backoff | draining | stopped
         self.last_progress = time.monotonic()
         self.reads = 0
+        #: Entries whose handling ended (any outcome but cancelled), since start.
+        self.finished = 0
         self.nogroup_incidents = 0
         self.last_error = ""
         #: Entries finished and left by the last drain (for the log line and tests).
@@ -235,6 +237,7 @@ class Worker:
         read = len(self.held)
         if not read:
             return 0, 0
+        finished_before = self.finished
         logger.info("draining %d orders read before shutdown (deadline %.1fs)", read,
                     max(deadline - time.monotonic(), 0.0))
         if self._queue and not self._lanes:
@@ -248,10 +251,13 @@ class Worker:
                 lane.cancel()
             # Bounded: a handler that swallows cancellation must not keep the process alive.
             await asyncio.wait(lanes, timeout=1.0)
-        left = len(self.held)
+        # Entries cancelled at the deadline leave ``held`` too (they stay pending): count the
+        # finished ones, not the ones no longer held.
+        done = self.finished - finished_before
+        left = read - done
         if left:
             logger.warning("%d orders did not finish within the drain deadline; they stay pending for reclaim", left)
-        return read - left, left
+        return done, left
 
     async def _final_flush(self, deadline: float) -> int:
         """Send the queued acks, retrying until ``deadline`` (monotonic s). Returns how many stay
@@ -584,6 +590,9 @@ class Worker:
             outcome = await self.runner.run(entry_id, fields, deliveries, self.name, lane)
         except RedisError as exc:
             logger.error("entry %s: redis error while handling it, it stays pending: %s", entry_id, exc)
+        except asyncio.CancelledError:
+            outcome = _CANCELLED
+            raise
         finally:
             self._settle(entry_id, outcome)
 
@@ -595,6 +604,9 @@ class Worker:
         except RedisError as exc:
             logger.error("entries %s..%s: redis error while handling them, they stay pending: %s", work[0][0],
                          work[-1][0], exc)
+        except asyncio.CancelledError:
+            outcomes = [_CANCELLED] * len(work)
+            raise
         finally:
             for (entry_id, _, _), outcome in zip(work, outcomes):
                 self._settle(entry_id, outcome)
@@ -615,6 +627,8 @@ class Worker:
             self._queue_ack(entry_id)
         elif outcome == FAILED:
             self.backing_off.add(entry_id)
+        if outcome is not _CANCELLED:
+            self.finished += 1
         self.held.pop(entry_id, None)
         if self.lost_lease:
             self.lost_lease.discard(entry_id)
@@ -746,6 +760,8 @@ class Worker:
 
 
 _STOPPED = object()
+#: The outcome of an entry whose handling was cancelled (drain deadline): it stays pending.
+_CANCELLED = "cancelled"
 
 
 def group_lost(exc: BaseException) -> bool:

@@ -97,3 +97,17 @@ async def test_a_stop_while_re_reading_the_own_pel_leaves_the_rest_pending(r, re
     pending = await r.xpending(keys.stream, keys.group)
     assert pending["pending"] == 500 - handled
     assert w.worker.drained[1] == 0  # nothing cut short: everything it took was finished
+
+
+async def test_the_drain_counts_orders_cut_at_its_deadline_as_left_not_drained(r, redis_url, names):
+    """Breaker finding: orders cancelled at the drain deadline left ``held`` and were counted as
+    drained. Ten slow orders, a 0.5 s drain: 0 drained, 10 left, all 10 still pending."""
+    keys = keys_for(names)
+    for i in range(10):
+        await post(r, keys, i, sleep_s=30)
+    w = RunningWorker(settings_for(redis_url, names, "pod-a", concurrency=10, read_count=10,
+                                   drain_timeout_seconds=0.5))
+    await wait_for(lambda: _applied_at_least(r, keys, 10), timeout=20, what="10 handler calls started")
+    await w.stop()
+    assert w.worker.drained == (0, 10)
+    assert (await r.xpending(keys.stream, keys.group))["pending"] == 10
