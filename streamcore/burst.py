@@ -51,15 +51,18 @@ def _orders(prefix: str, first: int, count: int) -> list[dict]:
 
 
 async def post_burst(url: str, orders: int, *, batch: int = 100, concurrency: int = 8, prefix: str = "",
-                     attempts: int = 5, timeout_s: float = 30.0) -> BurstResult:
+                     attempts: int = 5, timeout_s: float = 10.0) -> BurstResult:
     """Post ``orders`` orders to ``url`` (the producer's base URL, e.g. ``http://127.0.0.1:30080``).
 
     A batch that meets a connection error, a timeout or a 5xx (503 when Redis is away) is retried
     up to ``attempts`` times with the same ``Idempotency-Key``, 0.2 s, 0.4 s, ... apart; a 4xx is
     recorded in ``rejected`` and not retried.
 
-    A batch that still fails after ``attempts`` tries is recorded in ``rejected`` as
-    ``(0, reason)`` and the burst goes on: what was accepted is always returned.
+    A batch that still fails after ``attempts`` tries (each bounded by ``timeout_s`` seconds) is
+    recorded in ``rejected`` as ``(0, reason)``, and the batches not sent yet are given up (one
+    ``(0, ...)`` line says how many): a producer that does not answer five times in a row will
+    not answer the next batch either, and a burst must not hang for an hour. What was accepted
+    is always returned.
 
     Raises:
         ValueError: ``orders``, ``batch`` or ``concurrency`` below 1, or a URL aiohttp cannot use.
@@ -92,9 +95,17 @@ async def post_burst(url: str, orders: int, *, batch: int = 100, concurrency: in
             if attempt < attempts - 1:
                 await asyncio.sleep(0.2 * 2 ** attempt)
         result.rejected.append((0, f"batch from {prefix}-{first}: no answer after {attempts} attempts ({failure})"))
+        given_up.set()
+
+    given_up = asyncio.Event()
+    unsent = 0
 
     async def worker(session: aiohttp.ClientSession) -> None:
+        nonlocal unsent
         for first in starts:  # one shared iterator: each batch is taken by exactly one worker
+            if given_up.is_set():
+                unsent += 1
+                continue
             await post(session, first)
 
     if not url.startswith(("http://", "https://")):
@@ -102,5 +113,7 @@ async def post_burst(url: str, orders: int, *, batch: int = 100, concurrency: in
     timeout = aiohttp.ClientTimeout(total=timeout_s)
     async with aiohttp.ClientSession(timeout=timeout) as session:
         await asyncio.gather(*(worker(session) for _ in range(concurrency)))
+    if unsent:
+        result.rejected.insert(0, (0, f"{unsent} batches not sent: the producer stopped answering"))
     result.seconds = time.monotonic() - started
     return result
