@@ -24,6 +24,37 @@ def render(registry: CollectorRegistry) -> bytes:
     return generate_latest(registry)
 
 
+class _LoopMetric(Collector):
+    """What :class:`LoopHistogram` and :class:`LoopCounter` share: a name, labels, and one child
+    per label set, created on first use and registered in ``registry``."""
+
+    def __init__(self, name: str, documentation: str, labelnames: list[str],
+                 registry: CollectorRegistry | None) -> None:
+        self.name = name
+        self.documentation = documentation
+        self.labelnames = list(labelnames)
+        self._children: dict[tuple[str, ...], object] = {}
+        if registry is not None:
+            registry.register(self)
+
+    def _new_child(self):
+        raise NotImplementedError
+
+    def labels(self, *values: str):
+        """The child for these label values (created on first use).
+
+        Raises:
+            ValueError: not one value per label name.
+        """
+        key = tuple(str(v) for v in values)
+        if len(key) != len(self.labelnames):
+            raise ValueError(f"{self.name} takes labels {self.labelnames}, got {values!r}")
+        child = self._children.get(key)
+        if child is None:
+            child = self._children[key] = self._new_child()
+        return child
+
+
 class _LoopHistogramChild:
     """One label set of a :class:`LoopHistogram`: bucket counts and the sum, as plain numbers."""
 
@@ -42,17 +73,13 @@ class _LoopHistogramChild:
     def cumulative(self) -> list[tuple[str, int]]:
         """``[(le, count of values <= le), ...]`` ending with ``("+Inf", total)``."""
         out, total = [], 0
-        for bound, count in zip((*map(_le, self._bounds), "+Inf"), self._counts):
+        for bound, count in zip((*(repr(float(b)) for b in self._bounds), "+Inf"), self._counts):
             total += count
             out.append((bound, total))
         return out
 
 
-def _le(bound: float) -> str:
-    return repr(float(bound))
-
-
-class LoopHistogram(Collector):
+class LoopHistogram(_LoopMetric):
     """A histogram for the hot path of one event loop, exposed like
     :class:`prometheus_client.Histogram` (``_bucket{le}``, ``_count``, ``_sum``).
 
@@ -65,23 +92,11 @@ class LoopHistogram(Collector):
 
     def __init__(self, name: str, documentation: str, labelnames: list[str], *,
                  buckets: tuple[float, ...] = Histogram.DEFAULT_BUCKETS, registry: CollectorRegistry | None = None) -> None:
-        self.name = name
-        self.documentation = documentation
-        self.labelnames = list(labelnames)
         self.buckets = tuple(b for b in buckets if b != float("inf"))
-        self._children: dict[tuple[str, ...], _LoopHistogramChild] = {}
-        if registry is not None:
-            registry.register(self)
+        super().__init__(name, documentation, labelnames, registry)
 
-    def labels(self, *values: str) -> _LoopHistogramChild:
-        """The child for these label values (created on first use)."""
-        key = tuple(str(v) for v in values)
-        if len(key) != len(self.labelnames):
-            raise ValueError(f"{self.name} takes labels {self.labelnames}, got {values!r}")
-        child = self._children.get(key)
-        if child is None:
-            child = self._children[key] = _LoopHistogramChild(self.buckets)
-        return child
+    def _new_child(self) -> _LoopHistogramChild:
+        return _LoopHistogramChild(self.buckets)
 
     def describe(self) -> Iterator[HistogramMetricFamily]:
         yield HistogramMetricFamily(self.name, self.documentation, labels=self.labelnames)
@@ -108,32 +123,20 @@ class _LoopCounterChild:
         self.value += amount
 
 
-class LoopCounter(Collector):
+class LoopCounter(_LoopMetric):
     """A counter for the hot path of one event loop, exposed like
     :class:`prometheus_client.Counter` (``name_total{labels}``), at a third of its cost per
     ``inc`` (no lock). Not thread-safe: see :class:`LoopHistogram`.
 
-    ``name`` is given without ``_total``, as for ``prometheus_client.Counter``.
+    ``name`` may be given with or without ``_total``, as for ``prometheus_client.Counter``.
     """
 
     def __init__(self, name: str, documentation: str, labelnames: list[str], *,
                  registry: CollectorRegistry | None = None) -> None:
-        self.name = name.removesuffix("_total")
-        self.documentation = documentation
-        self.labelnames = list(labelnames)
-        self._children: dict[tuple[str, ...], _LoopCounterChild] = {}
-        if registry is not None:
-            registry.register(self)
+        super().__init__(name.removesuffix("_total"), documentation, labelnames, registry)
 
-    def labels(self, *values: str) -> _LoopCounterChild:
-        """The child for these label values (created on first use)."""
-        key = tuple(str(v) for v in values)
-        if len(key) != len(self.labelnames):
-            raise ValueError(f"{self.name} takes labels {self.labelnames}, got {values!r}")
-        child = self._children.get(key)
-        if child is None:
-            child = self._children[key] = _LoopCounterChild()
-        return child
+    def _new_child(self) -> _LoopCounterChild:
+        return _LoopCounterChild()
 
     def describe(self) -> Iterator[CounterMetricFamily]:
         yield CounterMetricFamily(self.name, self.documentation, labels=self.labelnames)
