@@ -340,7 +340,7 @@ class Worker:
                 self.state = "reading"
                 self._issue_reads()
                 head, count = self._reads[0]
-                reply = await self._until_stop(head, stop)
+                reply = await self._until_stop(head)
                 if reply is _STOPPED:
                     break
                 self._reads.popleft()
@@ -502,28 +502,17 @@ class Worker:
             self._freed.clear()
             self._capacity_wanted = True
             try:
-                if self._stopper is None:
-                    await self._until_stop(self._freed.wait(), stop)
-                else:
-                    await self._freed.wait()  # set by a finished entry, or by stop (see run)
+                await self._freed.wait()  # set by a finished entry, or by stop (see run)
             finally:
                 self._capacity_wanted = False
         return not stop.is_set()
 
-    async def _until_stop(self, aw: Awaitable, stop: asyncio.Event):
-        """Await ``aw`` unless ``stop`` is set first: then cancel it and return ``_STOPPED``.
+    async def _until_stop(self, aw: Awaitable):
+        """Await ``aw`` unless the run's ``stop`` is set first: then cancel it and return ``_STOPPED``.
 
-        Uses the run's long-lived waiter on ``stop`` (one per run, not one per read)."""
+        Waits on the run's long-lived waiter on ``stop`` (one per run, not one per read)."""
         task = asyncio.ensure_future(aw)
-        stopper = self._stopper
-        own = stopper is None
-        if own:
-            stopper = asyncio.ensure_future(stop.wait())
-        try:
-            await asyncio.wait({task, stopper}, return_when=asyncio.FIRST_COMPLETED)
-        finally:
-            if own:
-                stopper.cancel()
+        await asyncio.wait({task, self._stopper}, return_when=asyncio.FIRST_COMPLETED)
         if task.done():
             return task.result()
         task.cancel()
