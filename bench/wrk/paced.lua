@@ -1,88 +1,10 @@
--- POST /orders at a bounded rate: like order.lua, but each connection waits delay ms before each
--- request (wrk's delay()), so the offered rate is about connections / (delay + latency). Used for
--- the end-to-end latency at a fixed fraction of the peak rate. wrk measures latency from sending
--- a request to its answer; the wait is not part of it.
---
--- Body: {"orderId": "<prefix>-t<thread>-<n>", "product": "Item-<n>", "quantity": 1, "userId": 100}
--- with Content-Type: application/json. orderId is unique across threads and connections (a
--- per-thread id set in setup() plus a per-thread counter; all connections of a thread share one
--- Lua state) and across runs when each run passes its own prefix.
---
--- Script arguments (after "--", key=value): delay=<ms between requests on a connection>
--- (default 10), prefix=<run-unique prefix> (default "w<unix time>";
--- letters, digits, ".", "_", ":", "-"), count=0 to skip response() (then non-2xx is wrk's own
--- count of status > 399).
--- The URL's path is used when it is not "/", else /orders.
--- done() prints one line: ORDERSTREAM_WRK_JSON {requests, duration_us, errors{...}, non2xx,
--- status{"200": n, "201": n, ...}, p50_us, p90_us, p99_us, p999_us, max_us, mean_us, orders_per_request}.
-
-local threads = {}
-local next_tid = 0
-
-function setup(thread)
-  next_tid = next_tid + 1
-  thread:set("tid", next_tid)
-  thread:set("default_prefix", "w" .. os.time())
-  table.insert(threads, thread)
-end
-
-local prefix, counter, path = nil, 0, "/orders"
-wait_ms = 10 -- global: done() reads it with thread:get
-local body_fmt = '{"orderId":"%s-t%d-%d","product":"Item-%d","quantity":1,"userId":100}'
-local headers = {["Content-Type"] = "application/json"}
-non2xx, statuses = 0, {}
-
-local function parse_args(args)
-  local kv = {}
-  for _, a in ipairs(args or {}) do
-    local k, v = string.match(a, "^([%w_]+)=(.*)$")
-    if k then kv[k] = v end
-  end
-  return kv
-end
-
-function init(args)
-  local kv = parse_args(args)
-  prefix = kv.prefix or default_prefix
-  wait_ms = tonumber(kv.delay or "10") or 10
-  if wrk.path and wrk.path ~= "/" then path = wrk.path end
-  if kv.count == "0" then response = nil end
-end
+-- POST /orders at a bounded rate: like order.lua, but each connection waits delay ms (delay=,
+-- default 10; wrk's timers have whole-millisecond resolution) before each request, so the
+-- offered rate is about connections / (delay + latency). Used for the end-to-end latency at a
+-- fixed fraction of the peak rate; wrk measures latency from sending a request to its answer,
+-- the wait is not part of it. The rest is in common.lua.
+dofile((debug.getinfo(1, "S").source:match("^@(.*/)") or "./") .. "common.lua")
 
 function delay()
-  return wait_ms
-end
-
-function request()
-  counter = counter + 1
-  return wrk.format("POST", path, headers, string.format(body_fmt, prefix, tid, counter, counter))
-end
-
-function response(status, hdrs, body)
-  statuses[status] = (statuses[status] or 0) + 1
-  if status < 200 or status > 299 then non2xx = non2xx + 1 end
-end
-
-function done(summary, latency, requests)
-  local e = summary.errors
-  local n2, st, counted = 0, {}, false
-  for _, t in ipairs(threads) do
-    local s = t:get("statuses")
-    if s then
-      for code, c in pairs(s) do
-        counted = true
-        st[tostring(code)] = (st[tostring(code)] or 0) + c
-      end
-    end
-    n2 = n2 + (t:get("non2xx") or 0)
-  end
-  if not counted then n2 = e.status end
-  local parts = {}
-  for code, c in pairs(st) do table.insert(parts, string.format('"%s":%d', code, c)) end
-  io.write(string.format(
-    'ORDERSTREAM_WRK_JSON {"requests":%d,"duration_us":%d,"errors":{"connect":%d,"read":%d,"write":%d,"status":%d,"timeout":%d},' ..
-    '"non2xx":%d,"status":{%s},"p50_us":%d,"p90_us":%d,"p99_us":%d,"p999_us":%d,"max_us":%d,"mean_us":%.1f,"orders_per_request":1,"delay_ms":%g}\n',
-    summary.requests, summary.duration, e.connect, e.read, e.write, e.status, e.timeout,
-    n2, table.concat(parts, ","), latency:percentile(50), latency:percentile(90), latency:percentile(99),
-    latency:percentile(99.9), latency.max, latency.mean, threads[1]:get("wait_ms") or 0))
+  return wait_ms or 10
 end
