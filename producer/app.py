@@ -17,7 +17,6 @@ from producer.metrics import producer_metrics
 from producer.routes import setup_routes
 from producer.settings import ProducerSettings
 from producer.validation import Limits
-from producer.views import errors_and_metrics
 from streamcore.connection import create_redis, server_info
 from streamcore.keys import Keys
 from streamcore.pacing import Backoff, RateLimitedLog
@@ -111,7 +110,7 @@ def create_app(settings: ProducerSettings, *, registry: CollectorRegistry | None
     Returns:
         The application; request bodies above ``settings.max_body_bytes`` get a JSON 413.
     """
-    app = web.Application(client_max_size=settings.max_body_bytes, middlewares=[errors_and_metrics])
+    app = web.Application(client_max_size=settings.max_body_bytes)
     app[SETTINGS] = settings
     app[LIMITS] = Limits(
         max_id_length=settings.max_id_length,

@@ -10,6 +10,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 from producer.rendering import readable
 from streamcore.groups import GroupState
+from streamcore.metrics import LoopCounter, LoopHistogram
 
 #: Every value of the ``state`` label of ``orderstream_group_state``.
 GROUP_STATES: tuple[str, ...] = get_args(GroupState)
@@ -20,8 +21,12 @@ class ProducerMetrics:
     """Producer metrics.
 
     Attributes:
-        requests: HTTP requests by ``route`` (the route template, never a raw path), ``method``, ``status``.
-        latency: HTTP request duration in seconds by ``route``.
+        requests: HTTP requests by ``route`` (the route template, never a raw path; ``unmatched``
+            for the 404/405 of paths and methods the API does not have), ``method``, ``status``.
+            A :class:`streamcore.metrics.LoopCounter`: counted on the event loop's thread, without
+            prometheus_client's lock per call (the ingest hot path; exposed the same way).
+        latency: HTTP request duration in seconds by ``route`` (a
+            :class:`streamcore.metrics.LoopHistogram`, for the same reason).
         accepted: orders appended (new stream entries from POST /orders, /orders/batch and re-drives).
         replayed: POSTs answered from an Idempotency-Key record without appending.
         rejected: orders refused before Redis, by ``reason`` (``invalid``, ``not_json``, ``too_large``,
@@ -35,8 +40,8 @@ class ProducerMetrics:
             state and group of the stream (normally one group).
     """
 
-    requests: Counter
-    latency: Histogram
+    requests: LoopCounter
+    latency: LoopHistogram
     accepted: Counter
     replayed: Counter
     rejected: Counter
@@ -44,14 +49,14 @@ class ProducerMetrics:
     batch_size: Histogram
     group_state: Gauge
     #: ``(route, method, status)`` → the labelled children of ``requests`` and ``latency``.
-    _request_children: dict[tuple[str, str, int], tuple[Counter, Histogram]] = field(default_factory=dict, repr=False, compare=False)
+    _request_children: dict[tuple[str, str, int], tuple] = field(default_factory=dict, repr=False, compare=False)
 
     def observe_request(self, route: str, method: str, status: int, seconds: float) -> None:
         """Count one answered request and its duration (``requests`` and ``latency``).
 
-        The labelled children are looked up once per ``(route, method, status)`` and kept:
-        ``labels()`` validates and locks on every call, which cost more than the counting itself
-        on the ingest path. Routes are templates and statuses few, so the cache stays small.
+        The labelled children are looked up once per ``(route, method, status)`` and kept
+        (``labels()`` builds and checks a key on every call). Routes are templates and statuses
+        few, so the cache stays small. Call from the event loop's thread only.
         """
         children = self._request_children.get((route, method, status))
         if children is None:
@@ -73,8 +78,8 @@ class ProducerMetrics:
 def producer_metrics(registry: CollectorRegistry) -> ProducerMetrics:
     """Create the producer metrics in ``registry``."""
     return ProducerMetrics(
-        requests=Counter("orderstream_http_requests_total", "HTTP requests.", ["route", "method", "status"], registry=registry),
-        latency=Histogram(
+        requests=LoopCounter("orderstream_http_requests_total", "HTTP requests.", ["route", "method", "status"], registry=registry),
+        latency=LoopHistogram(
             "orderstream_http_request_duration_seconds",
             "HTTP request duration in seconds.",
             ["route"],

@@ -1,24 +1,57 @@
-"""URL table of the producer API."""
+"""URL table of the producer API.
+
+Each route's handler is wrapped by :func:`producer.views.api_handler` (JSON errors, request
+metrics under the route template). Requests no route takes reach one catch-all route, registered
+last, which asks a second router holding the same table (and nothing else) why: aiohttp's own
+answer, 404 or 405 with ``Allow`` listing every method the path takes, given as JSON. The API
+thus answers unmatched requests exactly as aiohttp's router does, without a middleware on every
+request (see :func:`producer.views.api_handler`).
+"""
 
 from __future__ import annotations
 
 from aiohttp import web
+from aiohttp.web_urldispatcher import MatchInfoError
 
 from producer import views
 
+#: ``(method, path template, handler)`` of every route. ``GET`` routes also take ``HEAD``.
+ROUTES: tuple[tuple[str, str, views.Handler], ...] = (
+    ("POST", "/orders", views.post_order),
+    ("POST", "/orders/batch", views.post_orders_batch),
+    ("GET", "/orders/history", views.get_history),
+    ("GET", "/orders/pending", views.get_pending),
+    ("GET", "/orders/{orderId}", views.get_order),
+    ("GET", "/stream/info", views.get_stream_info),
+    ("GET", "/dead-letters", views.get_dead_letters),
+    ("POST", "/dead-letters/redrive", views.post_redrive_all),
+    ("POST", "/dead-letters/{dlqId}/redrive", views.post_redrive_one),
+    ("GET", "/healthz", views.healthz),
+    ("GET", "/readyz", views.readyz),
+    ("GET", "/metrics", views.metrics),
+    ("GET", "/openapi.json", views.openapi),
+)
+
+
+def _add(router: web.UrlDispatcher, method: str, path: str, handler: views.Handler) -> None:
+    if method == "GET":
+        router.add_get(path, handler)  # and HEAD, as aiohttp does by default
+    else:
+        router.add_route(method, path, handler)
+
 
 def setup_routes(app: web.Application) -> None:
-    """Register every route of the API on ``app``."""
-    app.router.add_post("/orders", views.post_order)
-    app.router.add_post("/orders/batch", views.post_orders_batch)
-    app.router.add_get("/orders/history", views.get_history)
-    app.router.add_get("/orders/pending", views.get_pending)
-    app.router.add_get("/orders/{orderId}", views.get_order)
-    app.router.add_get("/stream/info", views.get_stream_info)
-    app.router.add_get("/dead-letters", views.get_dead_letters)
-    app.router.add_post("/dead-letters/redrive", views.post_redrive_all)
-    app.router.add_post("/dead-letters/{dlqId}/redrive", views.post_redrive_one)
-    app.router.add_get("/healthz", views.healthz)
-    app.router.add_get("/readyz", views.readyz)
-    app.router.add_get("/metrics", views.metrics)
-    app.router.add_get("/openapi.json", views.openapi)
+    """Register every route of :data:`ROUTES` on ``app`` (wrapped), then the catch-all."""
+    table = web.UrlDispatcher()
+    for method, path, handler in ROUTES:
+        _add(app.router, method, path, views.api_handler(path, handler))
+        _add(table, method, path, handler)
+
+    async def unmatched(request: web.Request) -> web.StreamResponse:
+        match = await table.resolve(request)
+        if isinstance(match, MatchInfoError):
+            raise match.http_exception
+        # Unreachable: a request the table matches was matched by the app's router first.
+        raise web.HTTPNotFound()
+
+    app.router.add_route("*", "/{path:.*}", views.api_handler(views.UNMATCHED, unmatched))

@@ -1,4 +1,4 @@
-"""HTTP handlers of the producer API and the middleware that maps errors to JSON.
+"""HTTP handlers of the producer API and the wrapper that maps their errors to JSON.
 
 Every error answer is JSON: ``{"error": "<sentence>", "fields": {"<name>": "<reason>"}}``
 (``fields`` names each bad body field, query parameter or header). Redis being unreachable or
@@ -11,6 +11,7 @@ import asyncio
 import logging
 import re
 import time
+from collections.abc import Awaitable, Callable
 from typing import Any
 from urllib.parse import quote
 
@@ -77,58 +78,82 @@ class ApiError(Exception):
         return web.json_response({"error": self.message, "fields": self.fields}, status=self.status, headers=self.headers)
 
 
-def _route_name(request: web.Request) -> str:
-    resource = request.match_info.route.resource
-    return resource.canonical if resource is not None else "unmatched"
+#: The ``route`` label of answers no route of the API matched (404, 405).
+UNMATCHED = "unmatched"
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
-@web.middleware
-async def errors_and_metrics(request: web.Request, handler) -> web.StreamResponse:
-    """Turn every error into a JSON answer and count requests by route template and status.
+def api_handler(route: str, handler: Handler) -> Handler:
+    """``handler`` wrapped so every error becomes a JSON answer and every answer is counted under
+    ``route`` (the route template, e.g. ``/orders/{orderId}``, or :data:`UNMATCHED`).
 
-    ``ApiError`` → its status; aiohttp's own HTTP errors (404, 405, 413 from ``client_max_size``)
-    → the same status with a JSON body; Redis unreachable or timing out → 503 with
+    ``ApiError`` → its status; aiohttp's own HTTP errors (413 from ``client_max_size``) → the
+    same status with a JSON body; Redis unreachable or timing out → 503 with
     :data:`UNAVAILABLE` and ``Retry-After: 1``; an error reply from Redis (OOM, READONLY,
     WRONGTYPE) → 503 naming it; any other exception → 500 ``{"error": "internal error"}`` (logged
-    with its trace, never sent).
+    with its trace, never sent). The in-flight bytes a request reserved (``_json_body``) are
+    given back when it ends.
+
+    Applied per route by :func:`producer.routes.setup_routes` instead of as an aiohttp
+    middleware: a middleware puts two more coroutine layers (its own and aiohttp's
+    ``_fix_request_current_app``) and a route lookup for the metric label on every request,
+    which on the ingest path was a tenth of the producer's time per POST (bench/README.md). The
+    404 and 405 answers come from a catch-all route wrapped the same way (see
+    :mod:`producer.routes`).
     """
-    metrics = request.app[METRICS]
-    started = time.perf_counter()
-    try:
+    metrics_key = METRICS
+    in_flight_key = IN_FLIGHT
+
+    async def handle(request: web.Request) -> web.StreamResponse:
+        app = request.app
+        started = time.perf_counter()
         try:
-            response = await handler(request)
-        finally:
-            request.app[IN_FLIGHT].release(request.get(_RESERVED, 0))
-    except ApiError as exc:
-        if exc.reason:
-            metrics.rejected.labels(exc.reason).inc()
-        response = exc.response()
-    except web.HTTPException as exc:
-        if exc.status < 400:
+            try:
+                response = await handler(request)
+            finally:
+                reserved = request.get(_RESERVED)
+                if reserved:
+                    app[in_flight_key].release(reserved)
+        except ApiError as exc:
+            if exc.reason:
+                app[metrics_key].rejected.labels(exc.reason).inc()
+            response = exc.response()
+        except web.HTTPException as exc:
+            if exc.status < 400:
+                raise
+            response = _http_error(app, exc)
+        except (RedisConnectionError, RedisTimeoutError, OSError, TimeoutError) as exc:
+            logger.warning("%s %s: Redis unavailable: %s", request.method, request.path, exc)
+            response = web.json_response({"error": UNAVAILABLE, "fields": {}}, status=503)
+            response.headers["Retry-After"] = "1"
+        except RedisError as exc:  # the server answered with an error (OOM, READONLY, WRONGTYPE, ...)
+            logger.warning("%s %s: Redis refused: %s", request.method, request.path, exc)
+            first_line = str(exc).splitlines()[0][:200] if str(exc) else type(exc).__name__
+            response = web.json_response({"error": f"Redis refused the request: {first_line}", "fields": {}}, status=503)
+            response.headers["Retry-After"] = "1"
+        except asyncio.CancelledError:
             raise
-        if isinstance(exc, web.HTTPRequestEntityTooLarge):
-            metrics.rejected.labels("too_large").inc()
-        # aiohttp's 413 text says both sizes; other texts just repeat the reason.
-        message = exc.text if isinstance(exc, web.HTTPRequestEntityTooLarge) and exc.text else exc.reason
-        response = web.json_response({"error": message, "fields": {}}, status=exc.status)
-        for name in ("Allow",):
-            if name in exc.headers:
-                response.headers[name] = exc.headers[name]
-    except (RedisConnectionError, RedisTimeoutError, OSError, TimeoutError) as exc:
-        logger.warning("%s %s: Redis unavailable: %s", request.method, request.path, exc)
-        response = web.json_response({"error": UNAVAILABLE, "fields": {}}, status=503)
-        response.headers["Retry-After"] = "1"
-    except RedisError as exc:  # the server answered with an error (OOM, READONLY, WRONGTYPE, ...)
-        logger.warning("%s %s: Redis refused: %s", request.method, request.path, exc)
-        first_line = str(exc).splitlines()[0][:200] if str(exc) else type(exc).__name__
-        response = web.json_response({"error": f"Redis refused the request: {first_line}", "fields": {}}, status=503)
-        response.headers["Retry-After"] = "1"
-    except asyncio.CancelledError:
-        raise
-    except Exception:
-        logger.exception("%s %s failed", request.method, request.path)
-        response = web.json_response({"error": "internal error", "fields": {}}, status=500)
-    metrics.observe_request(_route_name(request), request.method, response.status, time.perf_counter() - started)
+        except Exception:
+            logger.exception("%s %s failed", request.method, request.path)
+            response = web.json_response({"error": "internal error", "fields": {}}, status=500)
+        app[metrics_key].observe_request(route, request.method, response.status, time.perf_counter() - started)
+        return response
+
+    handle.__name__ = getattr(handler, "__name__", "handle")
+    handle.__doc__ = handler.__doc__
+    return handle
+
+
+def _http_error(app: web.Application, exc: web.HTTPException) -> web.Response:
+    """aiohttp's HTTP error ``exc`` as our JSON answer (same status; ``Allow`` kept on a 405)."""
+    if isinstance(exc, web.HTTPRequestEntityTooLarge):
+        app[METRICS].rejected.labels("too_large").inc()
+    # aiohttp's 413 text says both sizes; other texts just repeat the reason.
+    message = exc.text if isinstance(exc, web.HTTPRequestEntityTooLarge) and exc.text else exc.reason
+    response = web.json_response({"error": message, "fields": {}}, status=exc.status)
+    if "Allow" in exc.headers:
+        response.headers["Allow"] = exc.headers["Allow"]
     return response
 
 

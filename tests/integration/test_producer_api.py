@@ -348,6 +348,27 @@ async def test_health_readiness_metrics_openapi(api):
     assert (resp.status, resp.headers["Allow"], resp.content_type) == (405, "POST", "application/json")
 
 
+async def test_unmatched_requests_are_answered_as_aiohttps_router_would_in_json(api):
+    """The catch-all route (producer.routes) reproduces the router's own 404/405 decisions,
+    including a path one resource refuses by method while a dynamic one takes it."""
+    # POST-only /orders/batch does not hide GET /orders/{orderId} for orderId "batch".
+    resp = await api.get("/orders/batch")
+    assert (resp.status, (await resp.json())["fields"]) == (404, {"orderId": "not found"})
+    # Two resources match /orders/history by path; the Allow header is the union of their methods.
+    resp = await api.post("/orders/history", json={})
+    assert (resp.status, resp.headers["Allow"], resp.content_type) == (405, "GET,HEAD", "application/json")
+    assert (await resp.json())["error"] == "Method Not Allowed"
+    resp = await api.delete("/dead-letters/x-1/redrive")
+    assert (resp.status, resp.headers["Allow"]) == (405, "POST")
+    resp = await api.get("/orders/")
+    assert (resp.status, (await resp.json())["error"]) == (404, "Not Found")
+    text = await (await api.get("/metrics")).text()
+    values = {line.split(" ")[0]: float(line.split(" ")[1]) for line in text.splitlines() if line and not line.startswith("#")}
+    assert values['orderstream_http_requests_total{method="POST",route="unmatched",status="405"}'] == 1
+    assert values['orderstream_http_requests_total{method="GET",route="unmatched",status="404"}'] == 1
+    assert values['orderstream_http_requests_total{method="GET",route="/orders/{orderId}",status="404"}'] == 1
+
+
 async def test_openapi_document_covers_every_route(api):
     doc = await (await api.get("/openapi.json")).json()
     assert doc["openapi"].startswith("3.1")
@@ -355,8 +376,10 @@ async def test_openapi_document_covers_every_route(api):
     routes = {
         (route.method.lower(), route.resource.canonical)
         for route in app.router.routes()
-        if route.method != "HEAD"
+        if route.method not in ("HEAD", "*")
     }
+    # The one route of any method is the catch-all that answers 404/405 (producer.routes).
+    assert [r.resource.canonical for r in app.router.routes() if r.method == "*"] == ["/{path}"]
     documented = {(method, path) for path, item in doc["paths"].items() for method in item if method != "parameters"}
     assert routes == documented
     for path, item in doc["paths"].items():
