@@ -6,6 +6,7 @@ import asyncio
 import os
 import signal
 import sys
+import tempfile
 import time
 
 import pytest
@@ -28,11 +29,23 @@ def sample(registry, name: str) -> float | None:
 
 
 async def run_reclaimer(env: dict[str, str], *args: str) -> tuple[int, str, str]:
+    """``python -m reclaimer`` with ``env``; (exit code, stdout, stderr). A pass that has not
+    ended after 30 s is killed and the test fails with its log (written to a file, so a killed
+    pass still shows what it did)."""
     full = {**os.environ, "HANDLER": HANDLER, "LOG_LEVEL": "INFO", **env}
-    proc = await asyncio.create_subprocess_exec(sys.executable, "-m", "reclaimer", *args, cwd=ROOT, env=full,
-                                                stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
-    out, err = await asyncio.wait_for(proc.communicate(), 30)
-    return proc.returncode, out.decode(), err.decode()
+    with tempfile.TemporaryFile() as log:
+        proc = await asyncio.create_subprocess_exec(sys.executable, "-m", "reclaimer", *args, cwd=ROOT, env=full,
+                                                    stdout=asyncio.subprocess.PIPE, stderr=log)
+        try:
+            out, _ = await asyncio.wait_for(proc.communicate(), 30)
+        except asyncio.TimeoutError:
+            proc.kill()
+            await proc.wait()
+            log.seek(0)
+            raise AssertionError("the reclaimer pass did not end within 30 s; its log:\n"
+                                 + log.read().decode(errors="replace")[-8000:]) from None
+        log.seek(0)
+        return proc.returncode, out.decode(), log.read().decode()
 
 
 async def test_one_pass_processes_a_dead_consumers_orders_and_prints_one_summary_line(r, redis_url, names):
