@@ -84,11 +84,13 @@ async def ensure_group(r: aioredis.Redis, keys: Keys, start_id: str = "0") -> bo
     return True
 
 
-# KEYS: stream, idempotency key ("" for none), order index, trim floor
+# KEYS: stream, idempotency key (the stream key again for none), order index, trim floor
 # ARGV: body hash, idempotency TTL s, order index TTL s, then field/value pairs
+# "No idempotency key" is spelt as the stream key, not "": every key a script names must match
+# the ACL user's key patterns and (Redis Cluster) hash to the stream's slot.
 _APPEND = """
 local idem = KEYS[2]
-if idem ~= '' then
+if idem ~= KEYS[1] then
   local prior = redis.call('GET', idem)
   if prior then return {0, prior} end
 end
@@ -101,7 +103,7 @@ table.insert(args, '*')
 for i = 4, #ARGV do table.insert(args, ARGV[i]) end
 local id = redis.call(unpack(args))
 redis.call('SET', KEYS[3], id, 'EX', tonumber(ARGV[3]))
-if idem ~= '' then
+if idem ~= KEYS[1] then
   redis.call('SET', idem, id .. '|' .. ARGV[1], 'EX', tonumber(ARGV[2]))
 end
 return {1, id}
@@ -149,7 +151,7 @@ def append_call(
     flat: list[str] = []
     for k, v in fields.items():
         flat += [k, v]
-    idem = keys.idempotency(idempotency_key) if idempotency_key is not None else ""
+    idem = keys.idempotency(idempotency_key) if idempotency_key is not None else keys.stream
     return (
         [keys.stream, idem, keys.order_index(order_id), keys.trim_floor],
         [body_hash, idempotency_ttl_s, order_index_ttl_s, *flat],
