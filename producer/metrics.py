@@ -8,6 +8,7 @@ from typing import get_args
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
+from producer.backlog import Backlog
 from producer.rendering import readable
 from streamcore.groups import GroupState
 from streamcore.metrics import LoopCounter, LoopHistogram
@@ -38,6 +39,16 @@ class ProducerMetrics:
             ``ok``, ``abandoned``, ``missing``, ``no-stream``), set by :meth:`show_group_states`
             whenever ``/metrics`` or ``/stream/info`` is read. Low cardinality: one series per
             state and group of the stream (normally one group).
+        group_lag, group_pending, group_consumers, group_oldest_pending_age: per group of the
+            stream, ``orderstream_group_lag_entries`` (NaN when Redis cannot tell),
+            ``orderstream_group_pending_entries``, ``orderstream_group_consumers`` and
+            ``orderstream_group_oldest_pending_age_seconds`` (how long ago the oldest entry still
+            pending was appended; 0 with nothing pending), set by :meth:`show_backlog` at every
+            scrape (:mod:`producer.backlog`).
+        dead_letters: ``orderstream_dead_letter_entries{stream}``, entries in the dead-letter
+            stream (labelled with its name).
+        reclaimer_last_pass: ``orderstream_reclaimer_last_pass_timestamp_seconds{stream}``, when
+            the last reclaimer pass over the stream ended (absent until one has).
     """
 
     requests: LoopCounter
@@ -48,6 +59,12 @@ class ProducerMetrics:
     append_failed: Counter
     batch_size: Histogram
     group_state: Gauge
+    group_lag: Gauge
+    group_pending: Gauge
+    group_consumers: Gauge
+    group_oldest_pending_age: Gauge
+    dead_letters: Gauge
+    reclaimer_last_pass: Gauge
     #: ``(route, method, status)`` → the labelled children of ``requests`` and ``latency``.
     _request_children: dict[tuple[str, str, int], tuple] = field(default_factory=dict, repr=False, compare=False)
 
@@ -73,6 +90,26 @@ class ProducerMetrics:
         for name, state in groups or ():
             for candidate in GROUP_STATES:
                 self.group_state.labels(readable(name), candidate).set(1 if candidate == state else 0)
+
+
+    def show_backlog(self, backlog: Backlog | None, now_s: float) -> None:
+        """Replace the backlog series with ``backlog`` (:func:`producer.backlog.read_backlog`)
+        read at ``now_s`` (seconds since the epoch); None (Redis could not tell) removes them."""
+        per_group = (self.group_lag, self.group_pending, self.group_consumers, self.group_oldest_pending_age)
+        for gauge in (*per_group, self.dead_letters, self.reclaimer_last_pass):
+            gauge.clear()
+        if backlog is None:
+            return
+        for g in backlog.groups:
+            name = readable(g.name)
+            self.group_lag.labels(name).set(float("nan") if g.lag is None else g.lag)
+            self.group_pending.labels(name).set(g.pending)
+            self.group_consumers.labels(name).set(g.consumers)
+            age = 0.0 if g.oldest_pending_ms is None else max(now_s - g.oldest_pending_ms / 1000.0, 0.0)
+            self.group_oldest_pending_age.labels(name).set(age)
+        self.dead_letters.labels(readable(backlog.dlq)).set(backlog.dead_letters)
+        if backlog.reclaimer_last_pass_ms is not None:
+            self.reclaimer_last_pass.labels(readable(backlog.stream)).set(backlog.reclaimer_last_pass_ms / 1000.0)
 
 
 def producer_metrics(registry: CollectorRegistry) -> ProducerMetrics:
@@ -102,4 +139,17 @@ def producer_metrics(registry: CollectorRegistry) -> ProducerMetrics:
             ["group", "state"],
             registry=registry,
         ),
+        group_lag=Gauge("orderstream_group_lag_entries", "Entries not yet delivered to the group (XINFO GROUPS lag; "
+                        "NaN when Redis cannot tell).", ["group"], registry=registry),
+        group_pending=Gauge("orderstream_group_pending_entries", "Entries delivered to the group and not yet "
+                            "acknowledged (its PEL).", ["group"], registry=registry),
+        group_consumers=Gauge("orderstream_group_consumers", "Consumers the group lists, live or not.", ["group"],
+                              registry=registry),
+        group_oldest_pending_age=Gauge("orderstream_group_oldest_pending_age_seconds", "Seconds since the oldest entry "
+                                       "still pending in the group was appended (0 with nothing pending).", ["group"],
+                                       registry=registry),
+        dead_letters=Gauge("orderstream_dead_letter_entries", "Entries in the dead-letter stream.", ["stream"],
+                           registry=registry),
+        reclaimer_last_pass=Gauge("orderstream_reclaimer_last_pass_timestamp_seconds", "When the last reclaimer pass "
+                                  "over the stream ended (seconds since the epoch).", ["stream"], registry=registry),
     )

@@ -23,6 +23,7 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from producer import deadletters, queries
 from producer.appender import AppendCall
+from producer.backlog import read_backlog
 from producer.appkeys import APPENDER, IN_FLIGHT, LIFECYCLE, LIMITS, METRICS, REDIS, REGISTRY, SETTINGS
 from producer.encoding import order_fields
 from producer.openapi import openapi_document
@@ -522,19 +523,26 @@ GROUP_STATE_TIMEOUT_S = 2.0
 async def metrics(request: web.Request) -> web.Response:
     """GET /metrics → Prometheus text format of the app's registry.
 
-    The ``orderstream_group_state`` gauge is computed first (:func:`producer.queries.group_health`,
-    at most :data:`GROUP_STATE_TIMEOUT_S`); when Redis cannot tell, its series are left out rather
-    than shown stale, and the rest of the page is served as usual.
+    The ``orderstream_group_state`` gauge (:func:`producer.queries.group_health`) and the backlog
+    gauges (:func:`producer.backlog.read_backlog`: lag, pending, consumers, oldest pending age,
+    dead letters, the reclaimer's last pass) are read first, within
+    :data:`GROUP_STATE_TIMEOUT_S` together; when Redis cannot tell, their series are left out
+    rather than shown stale, and the rest of the page is served as usual.
     """
     settings = request.app[SETTINGS]
+    metrics = request.app[METRICS]
     try:
         async with asyncio.timeout(GROUP_STATE_TIMEOUT_S):
             health = await queries.group_health(request.app[REDIS], settings.keys, abandoned_after_ms=settings.abandoned_after_ms)
+            now = time.time()
+            backlog = await read_backlog(request.app[REDIS], settings.keys)
     except (RedisError, OSError, TimeoutError) as exc:
         logger.debug("group states unknown for /metrics: %s", exc)
-        request.app[METRICS].show_group_states(None)
+        metrics.show_group_states(None)
+        metrics.show_backlog(None, 0.0)
     else:
-        request.app[METRICS].show_group_states(health.groups)
+        metrics.show_group_states(health.groups)
+        metrics.show_backlog(backlog, now)
     response = web.Response(body=render(request.app[REGISTRY]))
     response.headers["Content-Type"] = CONTENT_TYPE_LATEST
     return response

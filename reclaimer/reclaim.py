@@ -128,6 +128,7 @@ class Reclaimer:
         s = Summary()
         if not await self.r.exists(self.keys.stream):
             logger.info("stream %s does not exist yet; nothing to reclaim", self.keys.stream)
+            await self._record_pass()
             return s
         await ensure_group(self.r, self.keys, "0")
         claim_dead_lettered = await self._claim_backoff(s)
@@ -143,7 +144,13 @@ class Reclaimer:
                 "entries added from now on will never be delivered to it", group, self.keys.stream)
         self.metrics.dead_lettered.labels(COMPONENT).inc(claim_dead_lettered)  # the runner counts its own
         self.metrics.gone.labels(COMPONENT).inc(s.gone)
+        await self._record_pass()
         return s
+
+    async def _record_pass(self) -> None:
+        """``SET keys.reclaimer_last_pass`` to now (ms): the producer exports it, and the chart's
+        alert fires when no pass ended for longer than the CronJob's schedule allows."""
+        await self.r.set(self.keys.reclaimer_last_pass, int(time.time() * 1000))
 
     async def _claim_backoff(self, s: Summary) -> int:
         """Step 1, a page at a time: ``claim_due`` resumes its PEL scan where the previous page

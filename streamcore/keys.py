@@ -62,6 +62,13 @@ class Keys:
         never counts the same trimmed-before-delivery entries twice)."""
         return f"{self.stream}:lost-reported"
 
+    @property
+    def reclaimer_last_pass(self) -> str:
+        """String key: when the last reclaimer pass over this stream ended, in ms since the epoch
+        (the reclaimer's clock; the producer exports it as
+        ``orderstream_reclaimer_last_pass_timestamp_seconds`` for the "reclaimer not running" alert)."""
+        return f"{self.stream}:reclaimer:last-pass"
+
     def heartbeat(self, consumer: str) -> str:
         """String key with a TTL: present while ``consumer`` is alive (refreshed by its read loop).
 

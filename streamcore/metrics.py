@@ -170,6 +170,11 @@ class StreamMetrics:
         redis_up: 1 while the last Redis call of the component's main loop succeeded, 0 during
             an outage, by ``component``.
         task_restarts: background tasks that raised and were restarted, by ``component`` and ``task``.
+        order_latency: seconds from an order's append to the end of its successful handling,
+            by ``component``: the handler's clock (``time.time()``) minus the milliseconds part
+            of the entry ID (Redis's clock at ``XADD``), so a skew between the two clocks shows
+            in it (negative values count in the first bucket). With a batch handler every order
+            of the call is observed when the call returns.
     """
 
     processed: LoopCounter
@@ -185,6 +190,12 @@ class StreamMetrics:
     redis_errors: Counter
     redis_up: Gauge
     task_restarts: Counter
+    order_latency: LoopHistogram
+
+
+#: Buckets of ``orderstream_order_latency_seconds``: 1 ms to 10 min (a backlog drained late).
+ORDER_LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0,
+                         120.0, 300.0, 600.0)
 
 
 def stream_metrics(registry: CollectorRegistry) -> StreamMetrics:
@@ -210,4 +221,7 @@ def stream_metrics(registry: CollectorRegistry) -> StreamMetrics:
                        registry=registry),
         task_restarts=Counter("orderstream_task_restarts_total", "Background tasks that raised and were restarted.",
                               ["component", "task"], registry=registry),
+        order_latency=LoopHistogram("orderstream_order_latency_seconds", "Seconds from the order's append (its entry "
+                                    "ID, Redis's clock) to the end of its successful handling.", ["component"],
+                                    buckets=ORDER_LATENCY_BUCKETS, registry=registry),
     )

@@ -103,6 +103,9 @@ async def test_probe_server_reports_health_readiness_and_metrics(r, redis_url, n
     assert (ready, ready_after) == (200, 503)
     assert 'orderstream_orders_processed_total{component="consumer"} 1.0' in metrics
     assert 'orderstream_entries_acked_total{component="consumer"} 1.0' in metrics
+    # Accepted -> processed: one observation, under a minute (it is one order on an idle stream).
+    assert 'orderstream_order_latency_seconds_count{component="consumer"} 1.0' in metrics
+    assert 'orderstream_order_latency_seconds_bucket{component="consumer",le="60.0"} 1.0' in metrics
 
 
 async def _calls(r, keys, oid, n):

@@ -149,3 +149,47 @@ async def test_every_group_of_the_stream_gets_a_state(make_api, r, keys):
     assert body["groupState"] == "ok"
     states = await group_states(api)
     assert (current(states, keys.group), current(states, "old-group")) == (["ok"], ["abandoned"])
+
+
+async def backlog_series(api: TestClient) -> dict[str, float]:
+    """The backlog gauges of ``/metrics``: ``{"name{labels}": value}``."""
+    resp = await api.get("/metrics")
+    assert resp.status == 200, await resp.text()
+    names = ("orderstream_group_lag_entries", "orderstream_group_pending_entries", "orderstream_group_consumers",
+             "orderstream_group_oldest_pending_age_seconds", "orderstream_dead_letter_entries",
+             "orderstream_reclaimer_last_pass_timestamp_seconds")
+    return {m[0]: float(m[1]) for m in re.findall(r"^((?:%s)(?:\{[^}]*\})?) (\S+)$" % "|".join(names),
+                                                   await resp.text(), re.M)}
+
+
+async def test_backlog_gauges_give_lag_pending_oldest_age_dead_letters_and_the_last_reclaim(api, r, keys):
+    """What the dashboard and the alerts read: per group, lag, pending, consumers and the age of
+    the oldest pending entry (from its entry ID); the dead-letter stream's length; when the
+    reclaimer last ended a pass."""
+    now_ms = int(time.time() * 1000)
+    for i, age_s in enumerate((90, 60, 30, 20, 10)):  # entry IDs dated 90 s ... 10 s ago
+        await r.xadd(keys.stream, {"data": f'{{"orderId": {i}}}'}, id=f"{now_ms - age_s * 1000}-0")
+    await r.xreadgroup(keys.group, "pod-a", {keys.stream: ">"}, count=2)  # the 90 s and 60 s ones
+    await r.xack(keys.stream, keys.group, f"{now_ms - 90_000}-0")
+    await r.xadd(keys.dlq, {"data": "x", "reason": "test"})
+    g = f'{{group="{keys.group}"}}'
+    dlq, stream = f'{{stream="{keys.dlq}"}}', f'{{stream="{keys.stream}"}}'
+    series = await backlog_series(api)
+    assert {k: v for k, v in series.items() if "age" not in k} == {
+        f"orderstream_group_lag_entries{g}": 3.0,
+        f"orderstream_group_pending_entries{g}": 1.0,
+        f"orderstream_group_consumers{g}": 1.0,
+        f"orderstream_dead_letter_entries{dlq}": 1.0,
+    }  # no reclaimer pass yet: its series is absent
+    assert 60.0 <= series[f"orderstream_group_oldest_pending_age_seconds{g}"] < 70.0
+
+    await r.set(keys.reclaimer_last_pass, now_ms)
+    await r.xack(keys.stream, keys.group, f"{now_ms - 60_000}-0")
+    series = await backlog_series(api)
+    assert series[f"orderstream_group_oldest_pending_age_seconds{g}"] == 0.0  # nothing pending
+    assert series[f"orderstream_reclaimer_last_pass_timestamp_seconds{stream}"] == now_ms / 1000.0
+
+    await r.delete(keys.stream)
+    series = await backlog_series(api)
+    assert series == {f"orderstream_dead_letter_entries{dlq}": 1.0,
+                      f"orderstream_reclaimer_last_pass_timestamp_seconds{stream}": now_ms / 1000.0}

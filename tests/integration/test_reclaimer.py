@@ -63,12 +63,15 @@ async def test_one_pass_processes_a_dead_consumers_orders_and_prints_one_summary
     assert await pending_rows(r, keys) == {}
     assert [await r.get(applied_key(keys.stream, i)) for i in range(2)] == ["1", "1"]
     assert '"redis_url":"**********"' in err  # effective settings logged, the URL hidden
+    # The pass recorded when it ended (ms), for the "reclaimer not running" alert.
+    assert abs(int(await r.get(keys.reclaimer_last_pass)) - time.time() * 1000) < 30_000
 
 
-async def test_missing_stream_is_a_successful_empty_pass(redis_url, names):
+async def test_missing_stream_is_a_successful_empty_pass(r, redis_url, names):
     code, out, err = await run_reclaimer({"REDIS_URL": redis_url, **names.env()})
     assert code == 0, err
     assert out.strip() == "reclaim: claimed=0 processed=0 failed=0 dead_lettered=0 gone=0 consumers_removed=0 trimmed=0 lost=0"
+    assert await r.get(keys_for(names).reclaimer_last_pass) is not None  # a pass that found nothing still ran
 
 
 async def test_unreachable_redis_is_retried_for_reclaim_retry_seconds_then_exits_non_zero(names):
