@@ -77,6 +77,8 @@ SCENARIOS: dict[str, Obj] = {
         },
         "networkPolicy": {"enabled": True},
         "serviceMonitor": {"enabled": True, "labels": {"release": "prometheus"}},
+        "prometheusRule": {"enabled": True, "labels": {"release": "prometheus"}},
+        "grafanaDashboard": {"enabled": True, "annotations": {"grafana_folder": "Orders"}},
     },
     "components-off": {
         "reclaimer": {"enabled": False},
@@ -199,6 +201,21 @@ def check_service_monitor(obj: Obj) -> None:
         assert endpoint.get("path", "/metrics").startswith("/"), endpoint
 
 
+def check_prometheus_rule(obj: Obj) -> None:
+    """Hand check of a monitoring.coreos.com/v1 PrometheusRule (no schema ships for it): the
+    fields the Prometheus Operator reads and nothing else. The expressions themselves are
+    checked by promtool (tests/chart/test_alerts.py). Raises ``AssertionError`` naming the problem."""
+    assert obj["apiVersion"] == "monitoring.coreos.com/v1", obj["apiVersion"]
+    assert set(obj) <= {"apiVersion", "kind", "metadata", "spec"}, sorted(obj)
+    assert obj["metadata"].get("name"), "PrometheusRule without a name"
+    assert set(obj["spec"]) == {"groups"}, sorted(obj["spec"])
+    for group in obj["spec"]["groups"]:
+        assert set(group) <= {"name", "interval", "rules"} and group["name"] and group["rules"], sorted(group)
+        for rule in group["rules"]:
+            assert set(rule) <= {"alert", "record", "expr", "for", "labels", "annotations"}, sorted(rule)
+            assert ("alert" in rule) != ("record" in rule) and isinstance(rule["expr"], str), rule
+
+
 def validate_object(obj: Obj, kube_version: str, crds: list[Obj]) -> None:
     """Validate one rendered object for ``kube_version`` in strict mode.
 
@@ -214,6 +231,8 @@ def validate_object(obj: Obj, kube_version: str, crds: list[Obj]) -> None:
         validate_custom_resource(obj, matching[0])
     elif group == "monitoring.coreos.com" and obj["kind"] == "ServiceMonitor":
         check_service_monitor(obj)
+    elif group == "monitoring.coreos.com" and obj["kind"] == "PrometheusRule":
+        check_prometheus_rule(obj)
     else:
         kubernetes_validate.validate(obj, kube_version, strict=True)
 

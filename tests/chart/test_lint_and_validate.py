@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import json
 from typing import Any
 
 import helm_python as helm
@@ -10,6 +11,7 @@ import jsonschema
 import kubernetes_validate
 import pytest
 
+from tests.monitoring import DASHBOARD
 from tests.chart.helpers import (
     CHART_DIR,
     KUBE_VERSIONS,
@@ -76,6 +78,8 @@ def test_everything_on_renders_every_optional_kind(everything_objects: list[Obj]
         "Ingress",
         "NetworkPolicy",
         "ServiceMonitor",
+        "PrometheusRule",
+        "ConfigMap",
         "StreamAutoscaler",
         "ClusterRole",
         "ClusterRoleBinding",
@@ -84,6 +88,10 @@ def test_everything_on_renders_every_optional_kind(everything_objects: list[Obj]
     } <= kinds
     assert {"StatefulSet", "Role", "RoleBinding"}.isdisjoint(kinds)
     assert len(by_kind(everything_objects, "ServiceMonitor")) == 3
+    dashboard = one(everything_objects, "ConfigMap", "orderstream-dashboard")
+    assert dashboard["metadata"]["labels"]["grafana_dashboard"] == "1"
+    assert dashboard["metadata"]["annotations"] == {"grafana_folder": "Orders"}
+    assert json.loads(dashboard["data"]["orderstream.json"]) == json.loads(DASHBOARD.read_text())
     # One policy per component that has pods; the built-in Redis is off here.
     assert sorted(o["metadata"]["name"] for o in by_kind(everything_objects, "NetworkPolicy")) == [
         "orderstream-autoscaler",

@@ -10,6 +10,7 @@ from pathlib import Path
 import aiohttp
 import pytest
 
+from tests.monitoring import dashboard_metric_names, families
 from tests.operator.conftest import NS, autoscaler_spec, eventually
 from tests.servers import free_port
 
@@ -51,6 +52,9 @@ async def test_entry_point_serves_probes_and_scales(kube, cluster, tmp_path, r, 
         status, _ = await eventually(lambda: _ok(f'http://127.0.0.1:{health}/healthz'), 10, 'kopf liveness')
         text = await eventually(lambda: _metric(f'http://127.0.0.1:{metrics}/metrics'), 10, 'metrics')
         assert f'orderstream_autoscaler_desired_replicas{{autoscaler="{NS}/sas"}} 3.0' in text
+        # The dashboard's autoscaler panels name only metrics this live operator exports.
+        used = {n for n in dashboard_metric_names() if n.startswith('orderstream_autoscaler_')}
+        assert used and sorted(used - families(text)) == []
     finally:
         proc.send_signal(signal.SIGTERM)
         code = await asyncio.wait_for(proc.wait(), 30)
