@@ -15,7 +15,7 @@ from redis.exceptions import ResponseError
 
 from streamcore import ids
 from streamcore.keys import Keys
-from streamcore.streams import is_no_such_key
+from streamcore.streams import is_no_such_key, is_nogroup
 
 
 @dataclass(frozen=True, slots=True)
@@ -79,16 +79,7 @@ async def read_backlog(r: aioredis.Redis, keys: Keys) -> Backlog:
         groups = []
     elif isinstance(groups, Exception):
         raise groups
-    busy = [g for g in groups if int(g["pending"]) > 0]
-    oldest: dict[str, int | None] = {}
-    if busy:
-        async with r.pipeline(transaction=False) as pipe:
-            for g in busy:
-                pipe.xpending(keys.stream, g["name"])
-            summaries = await pipe.execute(raise_on_error=False)
-        for g, summary in zip(busy, summaries, strict=True):
-            smallest = summary.get("min") if isinstance(summary, dict) else None
-            oldest[g["name"]] = ids.parse_id(smallest)[0] if smallest else None
+    oldest = {name: ids.parse_id(entry_id)[0] for name, entry_id in (await oldest_pending(r, keys, groups)).items()}
     return Backlog(
         stream=keys.stream,
         dlq=keys.dlq,
@@ -98,3 +89,30 @@ async def read_backlog(r: aioredis.Redis, keys: Keys) -> Backlog:
         dead_letters=int(dead_letters),
         reclaimer_last_pass_ms=int(last_pass) if last_pass and str(last_pass).isdigit() else None,
     )
+
+
+async def oldest_pending(r: aioredis.Redis, keys: Keys, groups: list[dict]) -> dict[str, str]:
+    """The smallest pending entry ID of each group of ``groups`` (as ``XINFO GROUPS`` lists
+    them) that has pending entries: one pipelined ``XPENDING <stream> <group>`` (summary form)
+    per such group. A group destroyed meanwhile is left out.
+
+    Returns:
+        ``{group name: entry ID}``; groups with nothing pending are absent.
+
+    Raises:
+        redis.exceptions.RedisError: Redis failed.
+    """
+    busy = [g["name"] for g in groups if int(g["pending"]) > 0]
+    if not busy:
+        return {}
+    async with r.pipeline(transaction=False) as pipe:
+        for name in busy:
+            pipe.xpending(keys.stream, name)
+        summaries = await pipe.execute(raise_on_error=False)
+    out: dict[str, str] = {}
+    for name, summary in zip(busy, summaries, strict=True):
+        if isinstance(summary, Exception) and not is_nogroup(summary):
+            raise summary
+        if isinstance(summary, dict) and summary.get("min"):
+            out[name] = summary["min"]
+    return out

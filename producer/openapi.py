@@ -193,6 +193,8 @@ def _schemas(settings: ProducerSettings) -> dict[str, Any]:
                 "lastDeliveredId": {"type": "string"},
                 "entriesRead": nullable_int,
                 "undeliveredDeleted": {"type": "boolean", "description": "Entries were trimmed or deleted before this group read them."},
+                "oldestPendingId": {**nullable_id, "description": "The group's smallest pending entry ID (XPENDING summary); null with nothing pending."},
+                "oldestPendingAgeMs": {**nullable_int, "description": "How long ago that entry was appended (now minus its ID's milliseconds)."},
                 "consumers": {"type": "array", "items": _ref("Consumer")},
             },
         },

@@ -8,12 +8,14 @@ IDs given by users must already be validated (:func:`streamcore.ids.validate_bou
 from __future__ import annotations
 
 import re
+import time
 from dataclasses import dataclass, field
 from typing import Any
 
 import redis.asyncio as aioredis
 from redis.exceptions import ResponseError
 
+from producer.backlog import oldest_pending
 from producer.rendering import BASE64_SUFFIX, put_text, raw_fields, readable, text_fields
 from producer.validation import MAX_NESTING, too_deep
 from streamcore import envelope, ids
@@ -370,8 +372,10 @@ async def stream_info(r: aioredis.Redis, keys: Keys, *, abandoned_after_ms: int 
         "lostEntries", "deadLetters": {"stream", "length"}, "group" (the configured group's name),
         "groupState", "groups": [{"name", "state", "consumerCount", "pending", "lag" (None when the
         server cannot tell — never turned into 0), "lastDeliveredId", "entriesRead",
-        "undeliveredDeleted", "consumers": [{"name", "pending", "idleMs", "inactiveMs" (None where
-        not reported)}]}]}``.
+        "undeliveredDeleted", "oldestPendingId", "oldestPendingAgeMs" (the smallest pending entry ID
+        from the ``XPENDING`` summary, and how long ago it was appended: now minus the ID's
+        milliseconds; None with nothing pending), "consumers": [{"name", "pending", "idleMs",
+        "inactiveMs" (None where not reported)}]}]}``.
 
         ``groupState`` is the configured group's state (:mod:`streamcore.groups`): ``ok``,
         ``abandoned`` (pending entries, no consumer seen for ``abandoned_after_ms``), ``missing``
@@ -407,6 +411,8 @@ async def stream_info(r: aioredis.Redis, keys: Keys, *, abandoned_after_ms: int 
         return answer, _health(keys, False, [])
     info, groups = state
     consumers_by_group = await _consumers_of(r, keys, groups)
+    oldest = await oldest_pending(r, keys, groups)
+    now_ms = int(time.time() * 1000)
     answer.update(
         exists=True,
         length=int(info["length"]),
@@ -433,6 +439,9 @@ async def stream_info(r: aioredis.Redis, keys: Keys, *, abandoned_after_ms: int 
                 "lastDeliveredId": last,
                 "entriesRead": _int_or_none(g.get("entries-read")),
                 "undeliveredDeleted": undelivered_deleted,
+                "oldestPendingId": oldest.get(g["name"]),
+                "oldestPendingAgeMs": (max(now_ms - ids.parse_id(oldest[g["name"]])[0], 0)
+                                       if g["name"] in oldest else None),
                 "consumers": [
                     {
                         **text_fields(name=c["name"]),

@@ -364,6 +364,15 @@ def build_parser() -> argparse.ArgumentParser:
     p_burst.add_argument("--concurrency", type=int, default=8, help="requests in flight (8)")
     p_burst.add_argument("--prefix", default="", help="order IDs are <prefix>-<n> (default burst-<random>)")
     p_burst.add_argument("--ids", help="write the accepted order IDs here, one per line")
+    p_status = sub.add_parser(
+        "status", help="print groups, lag, oldest pending, consumers and dead letters of a running producer",
+        description="Ask the producer at --url (GET /stream/info, GET /dead-letters) and print the stream, every "
+                    "consumer group (state, lag, pending, age of the oldest pending order), each consumer and the "
+                    "oldest dead letters; exit 1 when the producer cannot be asked.")
+    p_status.add_argument("--url", default="http://127.0.0.1:3000", help="the producer's base URL (http://127.0.0.1:3000)")
+    p_status.add_argument("--watch", nargs="?", const=2.0, type=_positive_seconds, metavar="SECONDS",
+                          help="redraw every SECONDS (2) until Ctrl-C")
+    p_status.add_argument("--dead-letters", type=int, default=5, help="dead letters to list (5)")
     return parser
 
 
@@ -398,6 +407,13 @@ def main(argv: list[str] | None = None) -> int:
         return asyncio.run(up(args, settings))
     if args.command == "burst":
         return burst(args)
+    if args.command == "status":
+        from streamcore.status import run as status
+
+        try:
+            return asyncio.run(status(args.url, watch_s=args.watch, dead_letters=args.dead_letters))
+        except KeyboardInterrupt:
+            return 0
     return EXIT_USAGE
 
 

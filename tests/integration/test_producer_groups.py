@@ -182,11 +182,16 @@ async def test_backlog_gauges_give_lag_pending_oldest_age_dead_letters_and_the_l
         f"orderstream_dead_letter_entries{dlq}": 1.0,
     }  # no reclaimer pass yet: its series is absent
     assert 60.0 <= series[f"orderstream_group_oldest_pending_age_seconds{g}"] < 70.0
+    [group] = (await info(api))["groups"]  # the same figure in /stream/info, with its entry ID
+    assert group["oldestPendingId"] == f"{now_ms - 60_000}-0"
+    assert 60_000 <= group["oldestPendingAgeMs"] < 70_000
 
     await r.set(keys.reclaimer_last_pass, now_ms)
     await r.xack(keys.stream, keys.group, f"{now_ms - 60_000}-0")
     series = await backlog_series(api)
     assert series[f"orderstream_group_oldest_pending_age_seconds{g}"] == 0.0  # nothing pending
+    [group] = (await info(api))["groups"]
+    assert (group["oldestPendingId"], group["oldestPendingAgeMs"]) == (None, None)
     assert series[f"orderstream_reclaimer_last_pass_timestamp_seconds{stream}"] == now_ms / 1000.0
 
     await r.delete(keys.stream)
