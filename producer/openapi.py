@@ -193,9 +193,20 @@ def _schemas(settings: ProducerSettings) -> dict[str, Any]:
                 "lastDeliveredId": {"type": "string"},
                 "entriesRead": nullable_int,
                 "undeliveredDeleted": {"type": "boolean", "description": "Entries were trimmed or deleted before this group read them."},
+                "paused": {"type": "boolean", "description": "POST /groups/{group}/pause is in force: no consumer reads."},
                 "oldestPendingId": {**nullable_id, "description": "The group's smallest pending entry ID (XPENDING summary); null with nothing pending."},
                 "oldestPendingAgeMs": {**nullable_int, "description": "How long ago that entry was appended (now minus its ID's milliseconds)."},
                 "consumers": {"type": "array", "items": _ref("Consumer")},
+            },
+        },
+        "PauseState": {"type": "object", "properties": {"group": {"type": "string"}, "paused": {"type": "boolean"}}},
+        "Audit": {
+            "type": "object",
+            "properties": {
+                "stream": {"type": "string"},
+                "entries": {"type": "array", "items": {"type": "object", "properties": {
+                    "id": {"type": "string"}, "action": _text(), "target": _text(), "count": nullable_int, "atMs": nullable_int,
+                    "actor": _text(), "remote": _text(), "userAgent": _text(), "auth": _text()}}},
             },
         },
         "StreamInfo": {
@@ -475,6 +486,52 @@ def openapi_document(settings: ProducerSettings) -> dict[str, Any]:
                     "summary": "Re-drive the oldest dead letters",
                     "parameters": [_query("limit", f"At most this many (default and cap {settings.redrive_max}).", {"type": "integer", "minimum": 1, "maximum": settings.redrive_max})],
                     "responses": {"200": _json(_ref("RedriveAll"), "Counts and items."), "400": _error("Invalid limit."), "503": _UNAVAILABLE},
+                }
+            },
+            "/dead-letters/{dlqId}": {
+                "delete": {
+                    "summary": "Delete one dead letter (the order is given up; recorded in the audit stream)",
+                    "parameters": [_path("dlqId", "Dead-letter entry ID.", {"type": "string", "pattern": _ID_PATTERN})],
+                    "responses": {
+                        "200": _json({"type": "object", "properties": {"dlqId": {"type": "string"}, "deleted": {"type": "integer"}}},
+                                     "Deleted."),
+                        "400": _error("Malformed dlqId."),
+                        "401": _error("ADMIN_TOKEN is set and the request has no valid 'Authorization: Bearer' token."),
+                        "404": _error("No such dead letter."),
+                        "503": _UNAVAILABLE,
+                    },
+                }
+            },
+            "/groups/{group}/pause": {
+                "post": {
+                    "summary": "Pause a consumer group: its consumers issue no new read within BLOCK_MS/2 and claim nothing",
+                    "parameters": [_path("group", "Consumer group of the stream.", {"type": "string"})],
+                    "responses": {
+                        "200": _json(_ref("PauseState"), "Paused."),
+                        "401": _error("ADMIN_TOKEN is set and the request has no valid 'Authorization: Bearer' token."),
+                        "404": _error("The stream has no such group."),
+                        "503": _UNAVAILABLE,
+                    },
+                }
+            },
+            "/groups/{group}/resume": {
+                "post": {
+                    "summary": "Resume a paused consumer group",
+                    "parameters": [_path("group", "Consumer group of the stream.", {"type": "string"})],
+                    "responses": {
+                        "200": _json(_ref("PauseState"), "Resumed."),
+                        "401": _error("ADMIN_TOKEN is set and the request has no valid 'Authorization: Bearer' token."),
+                        "404": _error("The stream has no such group."),
+                        "503": _UNAVAILABLE,
+                    },
+                }
+            },
+            "/audit": {
+                "get": {
+                    "summary": "Admin mutations (re-drive, delete, pause, resume), newest first",
+                    "parameters": [_query("limit", "At most this many (default 100, capped by HISTORY_MAX_COUNT).", {"type": "integer", "minimum": 1})],
+                    "responses": {"200": _json(_ref("Audit"), "The newest entries of the audit stream."), "400": _error("Invalid limit."),
+                                  "503": _UNAVAILABLE},
                 }
             },
             "/healthz": {"get": {"summary": "Liveness (no Redis call)", "responses": {"200": _json(_ref("Probe"), "Alive.")}}},
