@@ -37,6 +37,13 @@ ROUTES: tuple[tuple[str, str, views.Handler], ...] = (
 )
 
 
+#: Routes that are not part of the JSON API (left out of the OpenAPI document): the web console.
+PAGES: tuple[tuple[str, str, views.Handler], ...] = (
+    ("GET", "/ui", views.ui_page),
+    ("GET", "/ui/{asset}", views.ui_asset),
+)
+
+
 def _add(router: web.UrlDispatcher, method: str, path: str, handler: views.Handler) -> None:
     if method == "GET":
         router.add_get(path, handler)  # and HEAD, as aiohttp does by default
@@ -47,7 +54,7 @@ def _add(router: web.UrlDispatcher, method: str, path: str, handler: views.Handl
 def setup_routes(app: web.Application) -> None:
     """Register every route of :data:`ROUTES` on ``app`` (wrapped), then the catch-all."""
     table = web.UrlDispatcher()
-    for method, path, handler in ROUTES:
+    for method, path, handler in (*ROUTES, *PAGES):
         _add(app.router, method, path, views.api_handler(path, handler))
         _add(table, method, path, handler)
 

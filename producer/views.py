@@ -12,6 +12,7 @@ import hmac
 import logging
 import re
 import time
+from pathlib import Path
 from collections.abc import Awaitable, Callable
 from typing import Any
 from urllib.parse import quote
@@ -646,3 +647,39 @@ async def metrics(request: web.Request) -> web.Response:
 async def openapi(request: web.Request) -> web.Response:
     """GET /openapi.json → the OpenAPI 3.1 document of this API."""
     return web.json_response(openapi_document(request.app[SETTINGS]))
+
+
+# ---- the web console -----------------------------------------------------------------------------
+
+#: The console's files (producer/ui/), served from memory: name → (content type, bytes).
+_UI_DIR = Path(__file__).parent / "ui"
+_UI_TYPES = {".html": "text/html", ".js": "text/javascript", ".css": "text/css"}
+_UI_FILES: dict[str, tuple[str, bytes]] = {
+    p.name: (_UI_TYPES[p.suffix], p.read_bytes()) for p in sorted(_UI_DIR.iterdir()) if p.suffix in _UI_TYPES
+}
+#: What the console's page may load: only the app itself (no CDN; works without internet).
+_UI_HEADERS = {
+    "Content-Security-Policy": "default-src 'self'; img-src 'self' data:; frame-ancestors 'none'; base-uri 'none'",
+    "X-Content-Type-Options": "nosniff",
+    "Cache-Control": "no-cache",
+}
+
+
+def _ui_file(name: str) -> web.Response:
+    kind, body = _UI_FILES[name]
+    return web.Response(body=body, content_type=kind, charset="utf-8", headers=_UI_HEADERS)
+
+
+async def ui_page(request: web.Request) -> web.Response:
+    """GET /ui → the web console (producer/ui/index.html): groups, consumers, dead letters, live
+    rates, order search and the admin actions, all from this API; no token to read, the admin
+    token (typed in the page) for actions."""
+    return _ui_file("index.html")
+
+
+async def ui_asset(request: web.Request) -> web.Response:
+    """GET /ui/{asset} → the console's script or style sheet; 404 for anything else."""
+    name = request.match_info["asset"]
+    if name not in _UI_FILES or name == "index.html":
+        raise ApiError(404, f"no console file {name!r}", {"asset": "not found"})
+    return _ui_file(name)
