@@ -534,6 +534,19 @@ def openapi_document(settings: ProducerSettings) -> dict[str, Any]:
                                   "503": _UNAVAILABLE},
                 }
             },
+            "/autoscaler/decisions": {
+                "get": {
+                    "summary": "The autoscaler's scaling decisions about this stream, newest first",
+                    "parameters": [_query("limit", "At most this many (default 20, capped by HISTORY_MAX_COUNT).", {"type": "integer", "minimum": 1})],
+                    "responses": {"200": _json({"type": "object", "properties": {
+                        "stream": {"type": "string"},
+                        "decisions": {"type": "array", "items": {"type": "object", "properties": {
+                            "id": {"type": "string"}, "autoscaler": _text(), "target": _text(), "current": {"type": ["integer", "null"]},
+                            "desired": {"type": ["integer", "null"]}, "outcome": _text(), "reason": _text(), "message": _text(),
+                            "backlog": {"type": ["integer", "null"]}, "atMs": {"type": ["integer", "null"]}}}}}}, "Decisions."),
+                                  "400": _error("Invalid limit."), "503": _UNAVAILABLE},
+                }
+            },
             "/healthz": {"get": {"summary": "Liveness (no Redis call)", "responses": {"200": _json(_ref("Probe"), "Alive.")}}},
             "/readyz": {
                 "get": {

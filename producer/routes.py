@@ -30,6 +30,7 @@ ROUTES: tuple[tuple[str, str, views.Handler], ...] = (
     ("POST", "/groups/{group}/pause", views.post_pause),
     ("POST", "/groups/{group}/resume", views.post_resume),
     ("GET", "/audit", views.get_audit),
+    ("GET", "/autoscaler/decisions", views.get_autoscaler_decisions),
     ("GET", "/healthz", views.healthz),
     ("GET", "/readyz", views.readyz),
     ("GET", "/metrics", views.metrics),

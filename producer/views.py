@@ -37,7 +37,7 @@ from producer.validation import (
     parse_json,
     validate_order,
 )
-from streamcore import ids
+from streamcore import decisions, ids
 from streamcore.streams import is_no_such_key
 from streamcore.metrics import CONTENT_TYPE_LATEST, render
 
@@ -565,6 +565,16 @@ async def post_resume(request: web.Request) -> web.Response:
     await request.app[REDIS].delete(keys.paused(group))
     await audit.record(request.app[REDIS], keys, request, action="resume", target=group, count=0, token_checked=checked)
     return web.json_response({"group": group, "paused": False})
+
+
+async def get_autoscaler_decisions(request: web.Request) -> web.Response:
+    """GET /autoscaler/decisions?limit → ``{"stream", "decisions": [...]}``: what the autoscaler
+    decided about this stream and when, newest first (``limit`` ≤ HISTORY_MAX_COUNT, default 20;
+    see :func:`streamcore.decisions.read`). Empty when no operator scales on this stream."""
+    settings = request.app[SETTINGS]
+    limit = min(_uint(request, "limit", minimum=1) or 20, settings.history_max_count)
+    found = await decisions.read(request.app[REDIS], settings.keys, limit)
+    return web.json_response({"stream": settings.keys.autoscaler_decisions, "decisions": found})
 
 
 async def get_audit(request: web.Request) -> web.Response:

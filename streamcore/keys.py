@@ -75,6 +75,12 @@ class Keys:
         return f"{self.stream}:paused:{group}"
 
     @property
+    def autoscaler_decisions(self) -> str:
+        """Stream key: the autoscaler's scaling decisions about this stream, capped
+        (:mod:`streamcore.decisions`)."""
+        return f"{self.stream}:autoscaler"
+
+    @property
     def audit(self) -> str:
         """Stream key: one entry per admin mutation (who, what, when, how many entries), capped."""
         return f"{self.stream}:audit"

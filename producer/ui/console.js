@@ -134,17 +134,28 @@ function renderAudit(audit) {
     el("td", { class: "num" }, e.count ?? ""), el("td", {}, `${e.actor || "?"} (${e.remote ?? ""}, ${e.auth ?? ""})`))));
 }
 
+function renderDecisions(found) {
+  const body = document.querySelector("#decisions tbody");
+  const rows = found.decisions.map((d) => el("tr", {},
+    el("td", {}, d.atMs ? new Date(d.atMs).toLocaleString() : "–"), el("td", {}, `${d.autoscaler ?? ""} → ${d.target ?? ""}`),
+    el("td", { class: "num" }, `${d.current ?? "?"} → ${d.desired ?? "?"}`), el("td", {}, d.outcome ?? ""),
+    el("td", { class: "num" }, d.backlog ?? "?"), el("td", {}, d.message ?? "")));
+  body.replaceChildren(...(rows.length ? rows : [el("tr", {}, el("td", { colspan: 6, class: "muted" },
+    "none yet (no StreamAutoscaler has scaled on this stream)"))]));
+}
+
 async function refresh() {
   try {
     const at = Date.now();
-    const [info, dead, audit] = await Promise.all([getJson("/stream/info"), getJson("/dead-letters?limit=100"),
-      getJson("/audit?limit=20")]);
+    const [info, dead, audit, found] = await Promise.all([getJson("/stream/info"), getJson("/dead-letters?limit=100"),
+      getJson("/audit?limit=20"), getJson("/autoscaler/decisions?limit=20")]);
     document.getElementById("stream").textContent =
       `stream ${info.stream}: ${info.length} entries · group ${info.group}: ${info.groupState}`;
     renderRates(info, at);
     renderGroups(info);
     renderDeadLetters(dead);
     renderAudit(audit);
+    renderDecisions(found);
     document.getElementById("refreshed").textContent = `updated ${new Date(at).toLocaleTimeString()}`;
   } catch (err) {
     say(`cannot read the API: ${err.message}`, "error");

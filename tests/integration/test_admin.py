@@ -111,3 +111,18 @@ async def test_the_reclaimer_claims_nothing_for_a_paused_group(api, r, redis_url
 
 async def _state(w, state: str) -> bool:
     return w.worker.state == state
+
+
+async def test_autoscaler_decisions_are_read_back_newest_first(api, r, keys):
+    from streamcore.decisions import Decision, record
+
+    for current, desired in ((1, 3), (3, 6)):
+        await record(r, [keys.stream], Decision(autoscaler="shop/orders", target="consumer", current=current,
+                                                desired=desired, outcome="scaled", reason="ScaleUp",
+                                                message=f"backlog wants {desired}", backlog=desired * 100))
+    await r.xadd(keys.autoscaler_decisions, {"current": "x", "desired": "2"})  # another writer's malformed entry
+    body = await (await api.get("/autoscaler/decisions?limit=3")).json()
+    assert body["stream"] == keys.autoscaler_decisions
+    assert [(d["current"], d["desired"], d["outcome"], d["backlog"]) for d in body["decisions"]] == [
+        (None, 2, None, None), (3, 6, "scaled", 600), (1, 3, "scaled", 300)]
+    assert body["decisions"][1]["message"] == "backlog wants 6" and body["decisions"][1]["autoscaler"] == "shop/orders"
