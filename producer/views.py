@@ -18,10 +18,10 @@ from urllib.parse import quote
 import orjson
 from aiohttp import web
 from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import RedisError
+from redis.exceptions import RedisClusterException, RedisError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
-from producer import deadletters, queries
+from producer import deadletters, partitioned
 from producer.appender import AppendCall
 from producer.appkeys import APPENDER, IN_FLIGHT, LIFECYCLE, LIMITS, METRICS, REDIS, REGISTRY, SETTINGS
 from producer.encoding import order_fields
@@ -123,7 +123,9 @@ def api_handler(route: str, handler: Handler) -> Handler:
             if exc.status < 400:
                 raise
             response = _http_error(app, exc)
-        except (RedisConnectionError, RedisTimeoutError, OSError, TimeoutError) as exc:
+        except (RedisConnectionError, RedisTimeoutError, OSError, TimeoutError, RedisClusterException) as exc:
+            # RedisClusterException (not a RedisError): no node answered, a slot not covered
+            # during a failover.
             logger.warning("%s %s: Redis unavailable: %s", request.method, request.path, exc)
             response = web.json_response({"error": UNAVAILABLE, "fields": {}}, status=503)
             response.headers["Retry-After"] = "1"
@@ -373,6 +375,12 @@ async def post_orders_batch(request: web.Request) -> web.Response:
     return _created({"orders": [_accepted(o.entry_id, d) for o, d in zip(outcomes, data, strict=True)], "count": len(data)}, headers)
 
 
+def _name(settings: Any, name: str) -> str:
+    """The stream (or dead-letter stream) name a merged answer shows: ``name`` with several
+    partitions, "" with one (then the answer is :mod:`producer.queries`' own, its key name)."""
+    return name if settings.stream_partitions > 1 else ""
+
+
 async def get_history(request: web.Request) -> web.Response:
     """GET /orders/history?start&end&count&limit → see :func:`producer.queries.history`."""
     settings = request.app[SETTINGS]
@@ -383,9 +391,9 @@ async def get_history(request: web.Request) -> web.Response:
     if count is not None and limit is not None:
         raise ApiError(400, "use count (the last N) or limit (a page from start), not both", {"count": "not with limit", "limit": "not with count"})
     cap = settings.history_max_count
-    answer = await queries.history(
+    answer = await partitioned.history(
         request.app[REDIS],
-        settings.keys,
+        settings.partitions,
         start=start,
         end=end,
         count=min(count, cap) if count is not None else None,
@@ -405,9 +413,10 @@ async def get_pending(request: web.Request) -> web.Response:
     consumer = request.query.get("consumer")
     if consumer is not None and not 1 <= len(consumer) <= 256:
         raise ApiError(400, "invalid consumer parameter", {"consumer": "must be 1 to 256 characters"})
-    answer = await queries.pending(
+    answer = await partitioned.pending(
         request.app[REDIS],
-        settings.keys,
+        settings.partitions,
+        stream_name=_name(settings, settings.stream_name),
         consumer=consumer,
         min_idle_ms=_uint(request, "minIdleMs", maximum=_INT64_MAX),
         start=_bound(request, "start", end=False, default="-"),
@@ -421,7 +430,10 @@ async def get_stream_info(request: web.Request) -> web.Response:
     """GET /stream/info → see :func:`producer.queries.stream_info`; also refreshes the
     ``orderstream_group_state`` gauge with the states it shows."""
     settings = request.app[SETTINGS]
-    answer, health = await queries.stream_info(request.app[REDIS], settings.keys, abandoned_after_ms=settings.abandoned_after_ms)
+    answer, health = await partitioned.stream_info(request.app[REDIS], settings.partitions,
+                                                   abandoned_after_ms=settings.abandoned_after_ms,
+                                                   stream_name=_name(settings, settings.stream_name),
+                                                   dlq_name=_name(settings, settings.dlq_stream))
     request.app[METRICS].show_group_states(health.groups)
     return web.json_response(answer)
 
@@ -433,7 +445,7 @@ async def get_order(request: web.Request) -> web.Response:
         order_id = check_order_id_text(request.match_info["orderId"], settings.max_id_length)
     except OrderInvalid as exc:
         raise ApiError(400, exc.message, exc.fields) from None
-    answer = await queries.order_status(request.app[REDIS], settings.keys, order_id)
+    answer = await partitioned.order_status(request.app[REDIS], settings.partitions, order_id)
     if answer is None:
         raise ApiError(404, f"order {order_id} is not known", {"orderId": "not found"})
     return web.json_response(answer)
@@ -446,9 +458,10 @@ async def get_dead_letters(request: web.Request) -> web.Response:
     """GET /dead-letters?start&end&limit → see :func:`producer.queries.dead_letters`."""
     settings = request.app[SETTINGS]
     cap = settings.history_max_count
-    answer = await queries.dead_letters(
+    answer = await partitioned.dead_letters(
         request.app[REDIS],
-        settings.keys,
+        settings.partitions,
+        dlq_name=_name(settings, settings.dlq_stream),
         start=_bound(request, "start", end=False, default="-"),
         end=_bound(request, "end", end=True, default="+"),
         limit=min(_uint(request, "limit", minimum=1) or 100, cap),
@@ -471,7 +484,7 @@ async def post_redrive_one(request: web.Request) -> web.Response:
         raise ApiError(400, "invalid dlqId", {"dlqId": str(exc)}) from None
     settings = request.app[SETTINGS]
     try:
-        done = await deadletters.redrive_one(request.app[REDIS], settings.keys, request.app[APPENDER], dlq_id)
+        done = await deadletters.redrive_one(request.app[REDIS], settings.partitions, request.app[APPENDER], dlq_id)
     except deadletters.DeadLetterUnreadable as exc:
         raise ApiError(409, str(exc), {"dlqId": f"holds no order that can be re-driven ({exc.reason}); it stays in place"}) from None
     if done is None:
@@ -486,7 +499,7 @@ async def post_redrive_all(request: web.Request) -> web.Response:
     (at most ``limit`` ≤ REDRIVE_MAX dead letters, oldest first)."""
     settings = request.app[SETTINGS]
     limit = _uint(request, "limit", minimum=1, maximum=settings.redrive_max) or settings.redrive_max
-    answer = await deadletters.redrive_many(request.app[REDIS], settings.keys, request.app[APPENDER], limit=limit)
+    answer = await deadletters.redrive_many(request.app[REDIS], settings.partitions, request.app[APPENDER], limit=limit)
     request.app[METRICS].accepted.inc(sum(1 for i in answer["items"] if not i["replayed"]))
     return web.json_response(answer)
 
@@ -529,7 +542,8 @@ async def metrics(request: web.Request) -> web.Response:
     settings = request.app[SETTINGS]
     try:
         async with asyncio.timeout(GROUP_STATE_TIMEOUT_S):
-            health = await queries.group_health(request.app[REDIS], settings.keys, abandoned_after_ms=settings.abandoned_after_ms)
+            health = await partitioned.group_health(request.app[REDIS], settings.partitions,
+                                                    abandoned_after_ms=settings.abandoned_after_ms)
     except (RedisError, OSError, TimeoutError) as exc:
         logger.debug("group states unknown for /metrics: %s", exc)
         request.app[METRICS].show_group_states(None)
