@@ -303,4 +303,23 @@ def settings_from_command_line(settings_cls: type[S], *, prog: str, description:
     args = parser.parse_args(sys.argv[1:] if argv is None else argv)
     values = dict(overrides(args)) if overrides is not None else {}
     settings = load_or_exit(lambda: settings_cls(**values), prog=prog, settings_cls=settings_cls)
+    if getattr(settings, "redis_cluster", False):
+        verify_cluster_or_exit(settings, prog=prog)  # type: ignore[arg-type]
     return settings, args
+
+
+def verify_cluster_or_exit(settings: CommonSettings, *, prog: str, timeout_s: float = 5.0) -> None:
+    """With ``REDIS_CLUSTER=true``, ask the node REDIS_URL names whether it is a cluster node
+    (``INFO cluster``, :func:`streamcore.connection.check_cluster`); when it is not, print one line
+    and exit 2 before anything else starts. An unreachable node is not judged (the client retries).
+
+    Raises:
+        SystemExit: code 2, the server is standalone.
+    """
+    import asyncio
+
+    from streamcore.connection import check_cluster
+
+    problem = asyncio.run(check_cluster(settings.redis_url.get_secret_value(), cluster=True, timeout_s=timeout_s))
+    if problem:
+        exit_usage(prog, problem)
