@@ -210,7 +210,8 @@ class Appender:
         except UnicodeEncodeError as exc:
             raise Unencodable(f"this order cannot be sent to Redis: {exc.reason} at position {exc.start}") from None
         if self._cluster:
-            return _Pending(b"", call.body_hash, asyncio.get_running_loop().create_future(), command)
+            # redis-py's cluster client routes by the command name as text (and the first key).
+            return _Pending(b"", call.body_hash, asyncio.get_running_loop().create_future(), ("EVALSHA", *command[1:]))
         return _Pending(hiredis.pack_command(command), call.body_hash, asyncio.get_running_loop().create_future())
 
     async def _run(self) -> None:

@@ -192,9 +192,10 @@ async def server_info(r: aioredis.Redis) -> ServerInfo:
     Raises:
         redis.exceptions.ConnectionError: Redis is unreachable.
     """
-    info = await r.info("server")
-    if is_cluster(r):  # one reply per node: judge by one of them (a cluster runs one version)
-        info = next(iter(info.values())) if info and isinstance(next(iter(info.values())), dict) else info
+    if is_cluster(r):  # ask one node (a cluster runs one version), not every node and replica
+        info = await r.info("server", target_nodes=RedisCluster.DEFAULT_NODE)
+    else:
+        info = await r.info("server")
     if info.get("server_name") == "valkey" or "valkey_version" in info:
         found = ServerInfo("valkey", _version(str(info.get("valkey_version", info.get("redis_version", "0")))))
     else:

@@ -24,6 +24,24 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+def free_cluster_port(taken: set[int] = frozenset()) -> int:  # type: ignore[assignment]
+    """A port free on 127.0.0.1 whose cluster bus port (port + 10000) is free too and below 65536
+    (an ephemeral port from :func:`free_port` is often above 55535)."""
+    import random
+
+    while True:
+        port = random.randint(20000, 40000)
+        if port in taken or port + 10000 in taken:
+            continue
+        try:
+            with socket.socket() as a, socket.socket() as b:
+                a.bind(("127.0.0.1", port))
+                b.bind(("127.0.0.1", port + 10000))
+        except OSError:
+            continue
+        return port
+
+
 def server_binary(kind: str) -> str | None:
     """Path of the server binary for ``kind`` (``redis`` or ``valkey``), or None if absent."""
     if kind == "redis":
@@ -126,8 +144,11 @@ class RedisClusterServers:
         self.node_timeout_ms = node_timeout_ms
         self.replicas = replicas
         self.nodes: list[RedisServer] = []
+        taken: set[int] = set()
         for i in range(masters * (1 + replicas)):
             node = RedisServer("redis", binary, data_dir / f"node-{i}")
+            node.port = free_cluster_port(taken)
+            taken.add(node.port)
             self.nodes.append(node)
 
     @property
