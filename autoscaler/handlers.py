@@ -56,7 +56,8 @@ class Runtime:
         if self.closed:
             raise RuntimeError('the operator is stopping')
         if url not in self.clients:
-            self.clients[url] = create_redis(url, socket_timeout_s=5.0, max_connections=8)
+            self.clients[url] = create_redis(url, socket_timeout_s=5.0, max_connections=8,
+                                             cluster=self.settings.redis_cluster)
         return self.clients[url]
 
     async def close(self) -> None:
@@ -134,7 +135,8 @@ async def poll(
     started = time.perf_counter()
     outcome = await reconcile(namespace=namespace, name=name, spec=spec, status=status, generation=generation,
                               state=state, api=runtime.api, redis_for=runtime.redis_for,
-                              metrics=runtime.metrics, now=now)
+                              metrics=runtime.metrics, now=now, partitions=runtime.settings.stream_partitions,
+                              cluster=runtime.settings.redis_cluster)
     runtime.metrics.poll_seconds.observe(time.perf_counter() - started)
     _apply(outcome, body, patch, logger)
     if outcome.retry_in is not None:

@@ -62,8 +62,10 @@ async def run_local(
     actuator = LocalProcessActuator(processes.start, processes.stop)
     registry = CollectorRegistry()
     metrics = autoscaler_metrics(registry)
-    r = create_redis(settings.redis_url.get_secret_value(), socket_timeout_s=5.0, max_connections=4)
-    reader = SignalReader(r, [(settings.stream_name, settings.group_name)])
+    r = create_redis(settings.redis_url.get_secret_value(), socket_timeout_s=5.0, max_connections=4,
+                     cluster=settings.redis_cluster)
+    reader = SignalReader(r, [(settings.stream_name, settings.group_name)], partitions=settings.stream_partitions,
+                          cluster=settings.redis_cluster)
     runner = None
     if settings.metrics_port:
         async def ok() -> tuple[bool, dict[str, Any]]:

@@ -275,12 +275,16 @@ async def _reconcile(
     redis_for: Callable[[str], aioredis.Redis],
     metrics: AutoscalerMetrics | None = None,
     now: float | None = None,
+    partitions: int = 1,
+    cluster: bool = False,
 ) -> Outcome:
     """Run one poll for StreamAutoscaler ``namespace/name``; see the module docstring.
 
     ``spec``/``status``: the resource's current fields; ``state``: its memory (mutated:
     history, reader); ``api``: the Kubernetes client; ``redis_for(url)``: a shared client per
-    URL; ``now``: monotonic seconds (defaults to ``time.monotonic()``). Never raises for
+    URL; ``now``: monotonic seconds (defaults to ``time.monotonic()``); ``partitions``/``cluster``:
+    the operator's STREAM_PARTITIONS/REDIS_CLUSTER (every configured stream is read as that many
+    partitions, its lag their sum: :class:`autoscaler.signals.SignalReader`). Never raises for
     Kubernetes or Redis failures: they become conditions, Events and ``retry_in``.
     """
     now = time.monotonic() if now is None else now
@@ -341,7 +345,8 @@ async def _reconcile(
     if state.reader is None or state.reader_key != reader_key:
         state.reader = SignalReader(redis_for(url), parsed.streams, combine=parsed.combine,  # type: ignore[arg-type]
                                     lag_count_limit=parsed.lag_count_limit,
-                                    abandoned_after_ms=parsed.abandoned_after_ms)
+                                    abandoned_after_ms=parsed.abandoned_after_ms, partitions=partitions,
+                                    cluster=cluster)
         state.reader_key = reader_key
     signals: Signals = await state.reader.read(live)
 

@@ -44,10 +44,11 @@ from typing import Any, Literal
 
 import redis.asyncio as aioredis
 from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import RedisError, ResponseError
+from redis.exceptions import RedisClusterException, RedisError, ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from streamcore.connection import is_transient
+from streamcore.keys import partition_keys
 from streamcore.groups import ABANDONED_AFTER_MS, classify_group, quiet_ms
 
 logger = logging.getLogger(__name__)
@@ -289,6 +290,51 @@ def _is_missing(exc: BaseException) -> bool:
     return isinstance(exc, ResponseError) and ('no such key' in text or 'NOGROUP' in text)
 
 
+def _sum(values: Sequence[int | float | None]) -> Any:
+    return None if any(v is None for v in values) else sum(values)  # type: ignore[arg-type]
+
+
+#: Which state a partitioned stream shows when its partitions disagree: the first any has.
+_STATE_ORDER = ('unreadable', 'abandoned', 'missing', 'no-stream', 'ok')
+
+
+def merge_partitions(stream: str, group: str, parts: Sequence[StreamSignals]) -> StreamSignals:
+    """One :class:`StreamSignals` for a stream split into partitions (``STREAM_PARTITIONS``):
+    counts, lag and rates are summed over the partitions (unknown when any partition's is),
+    ``lag_exact`` only when every partition's is, ``last_delivered_id`` the newest and
+    ``oldest_pending_id`` the oldest, consumers merged by name (pending summed, the smallest
+    idle/inactive times), the group state the first of ``unreadable``, ``abandoned``, ``missing``,
+    ``no-stream``, ``ok`` that any partition shows, errors joined."""
+    consumers: dict[str, ConsumerSignals] = {}
+    for p in parts:
+        for c in p.consumers:
+            seen = consumers.get(c.name)
+            if seen is None:
+                consumers[c.name] = c
+            else:
+                inactive = [v for v in (seen.inactive_ms, c.inactive_ms) if v is not None]
+                consumers[c.name] = ConsumerSignals(c.name, seen.pending + c.pending, min(seen.idle_ms, c.idle_ms),
+                                                    min(inactive) if inactive else None, seen.live and c.live)
+    sources = sorted({p.lag_source for p in parts})
+    delivered = [p.last_delivered_id for p in parts if p.last_delivered_id]
+    oldest = [p.oldest_pending_id for p in parts if p.oldest_pending_id]
+    errors = [p.error for p in parts if p.error is not None]
+    states = [p.group_state for p in parts]
+    return StreamSignals(
+        stream, group,
+        any(p.stream_exists for p in parts), any(p.group_exists for p in parts),
+        sum(p.length for p in parts), _sum([p.entries_added for p in parts]), _sum([p.entries_read for p in parts]),
+        max(delivered, key=parse_id) if delivered else None,
+        _sum([p.reported_lag for p in parts]), _sum([p.lag for p in parts]),
+        all(p.lag_exact for p in parts), sources[0] if len(sources) == 1 else '+'.join(sources),
+        sum(p.pending for p in parts), sum(p.live_pending for p in parts), sum(p.dead_pending for p in parts),
+        min(oldest, key=parse_id) if oldest else None, tuple(consumers.values()),
+        _sum([p.arrival_rate for p in parts]), _sum([p.delivery_rate for p in parts]),
+        '; '.join(errors) if errors else None,
+        next(state for state in _STATE_ORDER + tuple(states) if state in states),
+    )
+
+
 class SignalReader:
     """Reads :class:`Signals` for fixed (stream, group) pairs, keeping state for rates.
 
@@ -296,7 +342,11 @@ class SignalReader:
     ``combine``: ``sum`` or ``max``; ``lag_count_limit``: the ``XRANGE`` cap when the lag must be
     counted (0: never count, the lag stays unknown); ``abandoned_after_ms``: quiet time (ms) after
     which a group holding pending entries counts as abandoned (default
-    :data:`streamcore.groups.ABANDONED_AFTER_MS`); ``clock``: monotonic seconds for rates.
+    :data:`streamcore.groups.ABANDONED_AFTER_MS`); ``clock``: monotonic seconds for rates;
+    ``partitions``/``cluster``: each configured stream is ``STREAM_PARTITIONS`` partition streams
+    (:func:`streamcore.keys.partition_keys`), read one by one and reported as one stream, their
+    sum (:func:`merge_partitions`): a target's lag is the sum over its partitions. No CRD field:
+    the operator takes both from its own ``STREAM_PARTITIONS``/``REDIS_CLUSTER``.
     """
 
     def __init__(
@@ -308,9 +358,17 @@ class SignalReader:
         lag_count_limit: int = 10_000,
         abandoned_after_ms: int = ABANDONED_AFTER_MS,
         clock: Callable[[], float] = time.monotonic,
+        partitions: int = 1,
+        cluster: bool = False,
     ) -> None:
         self.r = r
         self.streams = tuple(streams)
+        #: The partition streams read for each configured stream (``STREAM_PARTITIONS``, Redis
+        #: Cluster mode: :func:`streamcore.keys.partition_keys`); one, the stream itself, by default.
+        self.partitions = partitions
+        self._parts = [(stream, group, tuple(k.stream for k in partition_keys(stream, group, stream, partitions,
+                                                                               cluster=cluster)))
+                       for stream, group in self.streams]
         self.combine = combine
         self.lag_count_limit = lag_count_limit
         self.abandoned_after_ms = abandoned_after_ms
@@ -326,7 +384,8 @@ class SignalReader:
         """
         observed_at = time.time()
         pipe = self.r.pipeline(transaction=False)
-        for stream, group in self.streams:
+        pairs = [(key, group) for _, group, keys in self._parts for key in keys]
+        for stream, group in pairs:
             pipe.xinfo_stream(stream)
             pipe.xinfo_groups(stream)
             pipe.xinfo_consumers(stream, group)
@@ -334,17 +393,23 @@ class SignalReader:
         try:
             replies = await pipe.execute(raise_on_error=False)
             now = self.clock()
-            results = []
-            for i, (stream, group) in enumerate(self.streams):
+            read = []
+            for i, (stream, group) in enumerate(pairs):
                 try:
-                    results.append(await self._one(stream, group, replies[4 * i: 4 * i + 4], live_consumers, now))
+                    read.append(await self._one(stream, group, replies[4 * i: 4 * i + 4], live_consumers, now))
                 except ResponseError as e:
                     if is_transient(e):
                         raise  # LOADING, BUSY...: the server, not this stream
                     # This stream only (WRONGTYPE, NOPERM...): the others are still read.
                     self._previous.pop((stream, group), None)
-                    results.append(StreamSignals.unreadable(stream, group, e))
-        except (RedisConnectionError, RedisTimeoutError, OSError) as e:
+                    read.append(StreamSignals.unreadable(stream, group, e))
+            results = []
+            at = 0
+            for stream, group, keys in self._parts:
+                part = read[at:at + len(keys)]
+                at += len(keys)
+                results.append(part[0] if len(keys) == 1 and keys[0] == stream else merge_partitions(stream, group, part))
+        except (RedisConnectionError, RedisTimeoutError, OSError, RedisClusterException) as e:
             return Signals(False, (), self.combine, f"Redis unreachable: {e}", observed_at)
         except RedisError as e:  # e.g. NOAUTH/WRONGPASS, LOADING: we cannot read, so we know nothing
             return Signals(False, (), self.combine, f"Redis error: {e}", observed_at)

@@ -7,7 +7,7 @@ import logging
 
 from consumer.health import start_health_server
 from consumer.settings import ConsumerSettings
-from consumer.worker import Worker
+from consumer.worker import PartitionedWorker, Worker
 from streamcore.connection import create_redis, pool_size
 from streamcore.lifecycle import install_shutdown_handlers
 
@@ -22,10 +22,11 @@ async def serve(settings: ConsumerSettings, stop: asyncio.Event | None = None) -
     """
     stop = stop or asyncio.Event()
     install_shutdown_handlers(stop)
+    parts = settings.partitions
     r = create_redis(settings.redis_url.get_secret_value(), socket_timeout_s=settings.redis_socket_timeout_s,
-                     max_connections=pool_size(settings.concurrency))
+                     max_connections=pool_size(settings.concurrency) * len(parts), cluster=settings.redis_cluster)
     try:
-        worker = Worker(settings, r)
+        worker: Worker | PartitionedWorker = Worker(settings, r) if len(parts) == 1 else PartitionedWorker(settings, r, parts=parts)
         runner = await start_health_server(worker, settings)
         try:
             await worker.run(stop)

@@ -72,6 +72,7 @@ from consumer.settings import ConsumerSettings
 from streamcore.claiming import ClaimScripts, claim_due, dead_letter_pending, leave_group, renew_leases, scan_pending
 from streamcore.connection import is_transient, server_info
 from streamcore.envelope import Envelope
+from streamcore.keys import Keys
 from streamcore.handling import FAILED, GONE, OK, EntryRunner, HandlerContext, load_handler
 from streamcore.lifecycle import RedisHealth, Supervisor
 from streamcore.metrics import StreamMetrics, stream_metrics
@@ -98,14 +99,17 @@ class Worker:
             ``BLOCK_MS``; the caller owns and closes it.
         handler: the order handler; default: loaded from ``settings.handler``.
         registry: where the metrics live (a fresh one per worker in tests).
+        keys: the partition this worker reads (default ``settings.keys``, the only one when
+            ``STREAM_PARTITIONS`` is 1); see :class:`PartitionedWorker`.
     """
 
     def __init__(self, settings: ConsumerSettings, r: aioredis.Redis, *,
                  handler: Callable[[Envelope, HandlerContext], Awaitable[None]] | None = None,
-                 registry: CollectorRegistry | None = None, metrics: StreamMetrics | None = None) -> None:
+                 registry: CollectorRegistry | None = None, metrics: StreamMetrics | None = None,
+                 keys: Keys | None = None) -> None:
         self.settings = settings
         self.name = settings.consumer_name
-        self.keys = settings.keys
+        self.keys = keys if keys is not None else settings.keys
         self.r = r
         self.scripts = Scripts(r)
         self.claim_scripts = ClaimScripts(r)
@@ -802,3 +806,45 @@ def group_lost(exc: BaseException) -> bool:
         return True
     text = str(exc)
     return isinstance(exc, RedisError) and text.startswith("UNBLOCKED") and "no longer exists" in text
+
+
+class PartitionedWorker:
+    """The consumer of a partitioned stream (``STREAM_PARTITIONS`` > 1, or Redis Cluster mode):
+    one :class:`Worker` per partition in this process, all under the same consumer name, sharing
+    the Redis client, the handler and the metrics registry.
+
+    **Assignment rule**: every consumer reads every partition; within a partition the consumer
+    group spreads entries over the consumers, so nothing is rebalanced when consumers come or go.
+    Each partition's worker issues its own ``XREADGROUP`` (in a cluster a multi-key XREADGROUP
+    must stay in one slot, and partitions live in different slots), acks to that partition, runs
+    its own claim pass, lease renewal and heartbeat there; ``CONCURRENCY`` and ``READ_COUNT``
+    apply per partition.
+
+    Args: as :class:`Worker`; ``parts`` the key names of every partition (``settings.partitions``).
+    """
+
+    def __init__(self, settings: ConsumerSettings, r: aioredis.Redis, *, parts: tuple[Keys, ...] | list[Keys],
+                 handler: Callable[[Envelope, HandlerContext], Awaitable[None]] | None = None,
+                 registry: CollectorRegistry | None = None) -> None:
+        self.settings = settings
+        self.name = settings.consumer_name
+        self.registry = registry if registry is not None else CollectorRegistry()
+        self.metrics = stream_metrics(self.registry)
+        handler = handler or load_handler(settings.handler)
+        self.workers = [Worker(settings, r, handler=handler, registry=self.registry, metrics=self.metrics, keys=keys)
+                        for keys in parts]
+
+    async def run(self, stop: asyncio.Event) -> None:
+        """Run every partition's worker until ``stop`` is set and each has drained
+        (:meth:`Worker.run`)."""
+        await asyncio.gather(*(w.run(stop) for w in self.workers))
+
+    def live(self) -> tuple[bool, dict]:
+        """Liveness: every partition's worker is live; details per partition under ``partitions``."""
+        found = [w.live() for w in self.workers]
+        return all(ok for ok, _ in found), {"consumer": self.name, "partitions": [d for _, d in found]}
+
+    def ready(self) -> tuple[bool, dict]:
+        """Readiness: every partition's worker is ready."""
+        found = [w.ready() for w in self.workers]
+        return all(ok for ok, _ in found), {"consumer": self.name, "partitions": [d for _, d in found]}

@@ -11,7 +11,7 @@ from aiohttp import web
 from prometheus_client import CollectorRegistry
 from redis.exceptions import RedisError
 
-from producer.appender import Appender
+from producer.appender import RoutedAppender
 from producer.appkeys import APPENDER, IN_FLIGHT, LIFECYCLE, LIMITS, METRICS, REDIS, REGISTRY, SCRIPTS, SETTINGS, InFlight, Lifecycle
 from producer.metrics import producer_metrics
 from producer.routes import setup_routes
@@ -51,6 +51,12 @@ async def create_group(r: aioredis.Redis, keys: Keys, *, backoff: Backoff | None
         await backoff.sleep()
 
 
+async def create_groups(r: aioredis.Redis, parts: tuple[Keys, ...], *, backoff: Backoff | None = None) -> None:
+    """:func:`create_group` on every partition, one after another (each retried until it succeeds)."""
+    for keys in parts:
+        await create_group(r, keys, backoff=backoff)
+
+
 async def redis_ctx(app: web.Application) -> AsyncIterator[None]:
     """``cleanup_ctx``: own the Redis client, the scripts, the batching appender and the task
     that creates the consumer group.
@@ -61,12 +67,13 @@ async def redis_ctx(app: web.Application) -> AsyncIterator[None]:
     starts (and recovers) without depending on start order.
     """
     settings = app[SETTINGS]
-    r = create_redis(settings.redis_url.get_secret_value(), socket_timeout_s=settings.redis_socket_timeout_s)
+    r = create_redis(settings.redis_url.get_secret_value(), socket_timeout_s=settings.redis_socket_timeout_s,
+                     cluster=settings.redis_cluster)
     app[REDIS] = r
     app[SCRIPTS] = scripts = Scripts(r)
-    appender = Appender(
+    appender = RoutedAppender(
         r,
-        settings.keys,
+        settings.partitions,
         scripts,
         max_batch=settings.append_batch_max,
         idempotency_ttl_s=settings.idempotency_ttl_seconds,
@@ -81,10 +88,11 @@ async def redis_ctx(app: web.Application) -> AsyncIterator[None]:
             found = await server_info(r)
             app[LIFECYCLE].server = {"family": found.family, "version": ".".join(map(str, found.version))}
             logger.info("connected to %s %s", found.family, app[LIFECYCLE].server["version"])
-            await ensure_group(r, settings.keys, "0")
+            for keys in settings.partitions:
+                await ensure_group(r, keys, "0")
     except (RedisError, OSError, TimeoutError) as exc:
         logger.warning("Redis not ready at start-up (readiness will say so; the consumer group is created once it is): %s", exc)
-        group_task = asyncio.create_task(create_group(r, settings.keys), name="producer-create-group")
+        group_task = asyncio.create_task(create_groups(r, settings.partitions), name="producer-create-group")
     try:
         yield
     finally:

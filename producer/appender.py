@@ -34,7 +34,8 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import NoScriptError, ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
-from streamcore.keys import Keys
+from streamcore.connection import is_cluster
+from streamcore.keys import Keys, partition_of
 from streamcore.streams import ORDER_INDEX_TTL_S, AppendResult, Scripts, append_call, append_result
 
 logger = logging.getLogger(__name__)
@@ -53,6 +54,8 @@ class _Pending:
     packed: bytes
     body_hash: str
     future: asyncio.Future
+    #: The same command unpacked, for a Redis Cluster pipeline (None for a standalone client).
+    command: tuple | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -113,6 +116,7 @@ class Appender:
         self._closing = False
         self._in_flight: list[list[_Pending]] = []
         self._script_loaded = False
+        self._cluster = is_cluster(r)
 
     def start(self) -> None:
         """Start the flushing tasks (call from a running loop)."""
@@ -205,6 +209,9 @@ class Appender:
             )
         except UnicodeEncodeError as exc:
             raise Unencodable(f"this order cannot be sent to Redis: {exc.reason} at position {exc.start}") from None
+        if self._cluster:
+            # redis-py's cluster client routes by the command name as text (and the first key).
+            return _Pending(b"", call.body_hash, asyncio.get_running_loop().create_future(), ("EVALSHA", *command[1:]))
         return _Pending(hiredis.pack_command(command), call.body_hash, asyncio.get_running_loop().create_future())
 
     async def _run(self) -> None:
@@ -271,6 +278,10 @@ class Appender:
         Raises:
             redis.exceptions.RedisError: Redis did not answer or refused.
         """
+        if self._cluster:  # SCRIPT LOAD goes to every primary
+            await self._r.script_load(self._scripts.append.script)
+            self._script_loaded = True
+            return
         async with self._r.pipeline(transaction=False) as pipe:
             pipe.scripts.add(self._scripts.append)
             await pipe.load_scripts()
@@ -288,9 +299,18 @@ class Appender:
         have been made, which an ``Idempotency-Key`` replays; see
         :func:`streamcore.connection.create_redis`).
 
+        With a Redis Cluster client the batch goes through redis-py's cluster pipeline instead
+        (every append of one appender is in one slot: one node), which follows ``MOVED``/``ASK``
+        after a failover or a resharding and retries on the new owner.
+
         Raises:
             redis.exceptions.ConnectionError, redis.exceptions.TimeoutError: the batch failed.
         """
+        if self._cluster:
+            async with self._r.pipeline(transaction=False) as pipe:
+                for item in batch:
+                    pipe.execute_command(*item.command)
+                return await pipe.execute(raise_on_error=False)
         packed = b"".join(item.packed for item in batch)
         pool = self._r.connection_pool
         conn = await pool.get_connection()
@@ -346,3 +366,56 @@ class Appender:
             if not item.future.done():
                 item.future.set_exception(RedisConnectionError("the producer is shutting down"))
         self._queue.clear()
+
+
+class RoutedAppender:
+    """One :class:`Appender` per partition; each order goes to partition
+    :func:`streamcore.keys.partition_of` of its orderId (``STREAM_PARTITIONS``). Same interface as
+    :class:`Appender`; with one partition it is that appender's behaviour exactly.
+
+    Args:
+        r: the client (standalone or cluster; not owned).
+        parts: the key names of every partition, in index order.
+        scripts: the registered scripts of ``r``.
+        **options: passed to every :class:`Appender`.
+    """
+
+    def __init__(self, r: aioredis.Redis, parts: tuple[Keys, ...] | list[Keys], scripts: Scripts, **options) -> None:
+        self.parts = tuple(parts)
+        self.appenders = [Appender(r, keys, scripts, **options) for keys in self.parts]
+
+    def start(self) -> None:
+        """Start every partition's flushing tasks (call from a running loop)."""
+        for appender in self.appenders:
+            appender.start()
+
+    def appender_for(self, order_id: str) -> Appender:
+        """The appender of ``order_id``'s partition."""
+        return self.appenders[partition_of(order_id, len(self.appenders))]
+
+    async def append(self, fields: dict[str, str], order_id: str, *, idempotency_key: str | None = None,
+                     body_hash: str = "") -> AppendResult:
+        """:meth:`Appender.append` on the order's partition (same result and errors)."""
+        return await self.appender_for(order_id).append(fields, order_id, idempotency_key=idempotency_key,
+                                                        body_hash=body_hash)
+
+    async def append_many(self, calls: list[AppendCall]) -> list[AppendResult | Exception]:
+        """:meth:`Appender.append_many` split by partition: the calls of one partition are queued
+        together in call order (so one order's entries keep their order); outcomes come back in
+        call order."""
+        if len(self.appenders) == 1:
+            return await self.appenders[0].append_many(calls)
+        by_part: dict[int, list[int]] = {}
+        for index, call in enumerate(calls):
+            by_part.setdefault(partition_of(call.order_id, len(self.appenders)), []).append(index)
+        outcomes: list[AppendResult | Exception | None] = [None] * len(calls)
+        parts = list(by_part.items())
+        results = await asyncio.gather(*(self.appenders[p].append_many([calls[i] for i in idx]) for p, idx in parts))
+        for (_, idx), got in zip(parts, results, strict=True):
+            for i, outcome in zip(idx, got, strict=True):
+                outcomes[i] = outcome
+        return outcomes  # type: ignore[return-value]
+
+    async def close(self, timeout_s: float = 5.0) -> None:
+        """:meth:`Appender.close` of every partition, at once."""
+        await asyncio.gather(*(a.close(timeout_s) for a in self.appenders))

@@ -8,7 +8,7 @@ import redis.asyncio as aioredis
 from aiohttp import web
 from prometheus_client import CollectorRegistry
 
-from producer.appender import Appender
+from producer.appender import RoutedAppender
 from producer.metrics import ProducerMetrics
 from producer.settings import ProducerSettings
 from producer.validation import Limits
@@ -55,6 +55,6 @@ METRICS = web.AppKey("metrics", ProducerMetrics)
 LIFECYCLE = web.AppKey("lifecycle", Lifecycle)
 REDIS = web.AppKey("redis", aioredis.Redis)
 SCRIPTS = web.AppKey("scripts", Scripts)
-APPENDER = web.AppKey("appender", Appender)
+APPENDER = web.AppKey("appender", RoutedAppender)
 REGISTRY = web.AppKey("registry", CollectorRegistry)
 IN_FLIGHT = web.AppKey("in_flight", InFlight)

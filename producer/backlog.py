@@ -8,6 +8,8 @@ stream and the reclaimer's last-pass key (:attr:`streamcore.keys.Keys.reclaimer_
 
 from __future__ import annotations
 
+import asyncio
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import redis.asyncio as aioredis
@@ -61,7 +63,38 @@ class Backlog:
     reclaimer_last_pass_ms: int | None
 
 
-async def read_backlog(r: aioredis.Redis, keys: Keys) -> Backlog:
+async def read_backlog(r: aioredis.Redis, parts: Sequence[Keys], *, stream: str = "", dlq: str = "") -> Backlog:
+    """:func:`read_partition` of every partition (``settings.partitions``), merged: per group
+    (by name) lag summed (None when any partition cannot tell or lacks the group), pending
+    summed, consumers the most any partition lists (every consumer reads every partition), the
+    oldest pending entry of any partition, paused when any partition is; dead letters summed;
+    the reclaimer's last pass the stalest partition's (of those with one), labelled ``stream``
+    and ``dlq`` (STREAM_NAME and DLQ_STREAM). One partition: its own figures and names.
+
+    Raises:
+        redis.exceptions.RedisError: Redis failed (a missing stream is not an error).
+    """
+    got = await asyncio.gather(*(read_partition(r, k) for k in parts))
+    if len(got) == 1:
+        return got[0]
+    by_name: dict[str, list[GroupBacklog]] = {}
+    for b in got:
+        for g in b.groups:
+            by_name.setdefault(g.name, []).append(g)
+    groups = []
+    for name, gs in by_name.items():
+        lags = [g.lag for g in gs]
+        oldest = [g.oldest_pending_ms for g in gs if g.oldest_pending_ms is not None]
+        groups.append(GroupBacklog(
+            name=name, lag=None if None in lags or len(gs) < len(got) else sum(lags),  # type: ignore[arg-type]
+            pending=sum(g.pending for g in gs), consumers=max(g.consumers for g in gs),
+            oldest_pending_ms=min(oldest) if oldest else None, paused=any(g.paused for g in gs)))
+    passes = [b.reclaimer_last_pass_ms for b in got if b.reclaimer_last_pass_ms is not None]
+    return Backlog(stream=stream or parts[0].stream, dlq=dlq or parts[0].dlq, groups=groups,
+                   dead_letters=sum(b.dead_letters for b in got), reclaimer_last_pass_ms=min(passes) if passes else None)
+
+
+async def read_partition(r: aioredis.Redis, keys: Keys) -> Backlog:
     """Two pipelined round trips: ``XINFO GROUPS``, ``XLEN`` of the DLQ and ``GET`` of the
     last-pass key, then one ``XPENDING <stream> <group>`` (summary form: count, smallest and
     largest ID, per-consumer counts) per group with pending entries.

@@ -13,15 +13,16 @@ handler processes the re-driven entry.
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import redis.asyncio as aioredis
 
-from producer.appender import Appender
+from producer.appender import Appender, RoutedAppender
 from producer.queries import dead_letter_order
 from producer.validation import canonical_hash
-from streamcore import envelope
+from streamcore import envelope, ids
 from streamcore.keys import Keys
 
 
@@ -68,7 +69,7 @@ def _order_of(dlq_id: str, fields: dict[str, str]) -> dict[str, Any]:
     return order
 
 
-async def _append(appender: Appender, dlq_id: str, fields: dict[str, str]) -> Redriven:
+async def _append(appender: Appender | RoutedAppender, dlq_id: str, fields: dict[str, str]) -> Redriven:
     order = _order_of(dlq_id, fields)
     key = f"redrive {dlq_id}"
     try:
@@ -83,8 +84,12 @@ async def _append(appender: Appender, dlq_id: str, fields: dict[str, str]) -> Re
     return Redriven(dlq_id, result.entry_id, str(order["orderId"]), replayed=not result.created)
 
 
-async def redrive_one(r: aioredis.Redis, keys: Keys, appender: Appender, dlq_id: str) -> Redriven | None:
+async def redrive_one(r: aioredis.Redis, parts: Sequence[Keys], appender: RoutedAppender, dlq_id: str) -> Redriven | None:
     """Re-drive one dead letter (XRANGE it, append the order, XDEL it).
+
+    With several partitions the dead letter is looked for in each partition's dead-letter stream
+    (index order; the first that holds ``dlq_id`` is re-driven). The order goes back to its own
+    partition, the one of its orderId, which is the partition it was dead-lettered from.
 
     Returns:
         The outcome, or None when ``dlq_id`` is not in the dead-letter stream.
@@ -94,16 +99,21 @@ async def redrive_one(r: aioredis.Redis, keys: Keys, appender: Appender, dlq_id:
         redis.exceptions.RedisError: Redis failed; the dead letter is still there unless the
             append already happened (then a retry replays it and deletes it).
     """
-    rows = await r.xrange(keys.dlq, dlq_id, dlq_id)
-    if not rows:
+    for keys in parts:
+        rows = await r.xrange(keys.dlq, dlq_id, dlq_id)
+        if rows:
+            break
+    else:
         return None
     done = await _append(appender, dlq_id, rows[0][1])
     await r.xdel(keys.dlq, dlq_id)
     return done
 
 
-async def redrive_many(r: aioredis.Redis, keys: Keys, appender: Appender, *, limit: int) -> dict[str, Any]:
-    """Re-drive the oldest ``limit`` dead letters (their appends share pipelines).
+async def redrive_many(r: aioredis.Redis, parts: Sequence[Keys], appender: RoutedAppender, *, limit: int) -> dict[str, Any]:
+    """Re-drive the oldest ``limit`` dead letters (their appends share pipelines); with several
+    partitions, the oldest by dead-letter ID over every partition's dead-letter stream, each
+    deleted from its own.
 
     Returns:
         ``{"redriven": n, "items": [{"dlqId", "id", "orderId", "replayed"}], "skipped":
@@ -114,25 +124,31 @@ async def redrive_many(r: aioredis.Redis, keys: Keys, appender: Appender, *, lim
         redis.exceptions.RedisError: the first Redis error; dead letters whose append succeeded
             are deleted before it is raised.
     """
-    rows = await r.xrange(keys.dlq, "-", "+", count=limit)
+    found = await asyncio.gather(*(r.xrange(keys.dlq, "-", "+", count=limit) for keys in parts))
+    tagged = sorted(((ids.parse_id(i), p, i, f) for p, rows_p in enumerate(found) for i, f in rows_p),
+                    key=lambda row: (row[0], row[1]))[:limit]
+    rows = [(i, f) for _, _, i, f in tagged]
+    where = [p for _, p, _, _ in tagged]
     outcomes = await asyncio.gather(*(_append(appender, i, f) for i, f in rows), return_exceptions=True)
     items: list[Redriven] = []
     skipped: list[dict[str, str]] = []
     failure: BaseException | None = None
-    for (dlq_id, _), outcome in zip(rows, outcomes, strict=True):
+    done_in: dict[int, list[str]] = {}
+    for (dlq_id, _), p, outcome in zip(rows, where, outcomes, strict=True):
         if isinstance(outcome, Redriven):
             items.append(outcome)
+            done_in.setdefault(p, []).append(dlq_id)
         elif isinstance(outcome, DeadLetterUnreadable):
             skipped.append({"dlqId": dlq_id, "error": str(outcome), "reason": outcome.reason})
         else:
             failure = failure or outcome
-    if items:
-        await r.xdel(keys.dlq, *(i.dlq_id for i in items))
+    for p, deleted in done_in.items():
+        await r.xdel(parts[p].dlq, *deleted)
     if failure is not None:
         raise failure
     return {
         "redriven": len(items),
         "items": [i.as_json() for i in items],
         "skipped": skipped,
-        "remaining": int(await r.xlen(keys.dlq)),
+        "remaining": sum(int(n) for n in await asyncio.gather(*(r.xlen(keys.dlq) for keys in parts))),
     }

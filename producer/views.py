@@ -20,10 +20,10 @@ from urllib.parse import quote
 import orjson
 from aiohttp import web
 from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import RedisError, ResponseError
+from redis.exceptions import RedisClusterException, RedisError, ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
-from producer import audit, deadletters, queries
+from producer import audit, deadletters, partitioned
 from producer.appender import AppendCall
 from producer.backlog import read_backlog
 from producer.appkeys import APPENDER, IN_FLIGHT, LIFECYCLE, LIMITS, METRICS, REDIS, REGISTRY, SETTINGS
@@ -38,6 +38,7 @@ from producer.validation import (
     validate_order,
 )
 from streamcore import decisions, ids
+from streamcore.keys import Keys
 from streamcore.streams import is_no_such_key
 from streamcore.metrics import CONTENT_TYPE_LATEST, render
 
@@ -147,7 +148,9 @@ def api_handler(route: str, handler: Handler) -> Handler:
             if exc.status < 400:
                 raise
             response = _http_error(app, exc)
-        except (RedisConnectionError, RedisTimeoutError, OSError, TimeoutError) as exc:
+        except (RedisConnectionError, RedisTimeoutError, OSError, TimeoutError, RedisClusterException) as exc:
+            # RedisClusterException (not a RedisError): no node answered, a slot not covered
+            # during a failover.
             logger.warning("%s %s: Redis unavailable: %s", request.method, request.path, exc)
             response = web.json_response({"error": UNAVAILABLE, "fields": {}}, status=503)
             response.headers["Retry-After"] = "1"
@@ -397,6 +400,12 @@ async def post_orders_batch(request: web.Request) -> web.Response:
     return _created({"orders": [_accepted(o.entry_id, d) for o, d in zip(outcomes, data, strict=True)], "count": len(data)}, headers)
 
 
+def _name(settings: Any, name: str) -> str:
+    """The stream (or dead-letter stream) name a merged answer shows: ``name`` with several
+    partitions, "" with one (then the answer is :mod:`producer.queries`' own, its key name)."""
+    return name if settings.stream_partitions > 1 else ""
+
+
 async def get_history(request: web.Request) -> web.Response:
     """GET /orders/history?start&end&count&limit → see :func:`producer.queries.history`."""
     settings = request.app[SETTINGS]
@@ -407,9 +416,9 @@ async def get_history(request: web.Request) -> web.Response:
     if count is not None and limit is not None:
         raise ApiError(400, "use count (the last N) or limit (a page from start), not both", {"count": "not with limit", "limit": "not with count"})
     cap = settings.history_max_count
-    answer = await queries.history(
+    answer = await partitioned.history(
         request.app[REDIS],
-        settings.keys,
+        settings.partitions,
         start=start,
         end=end,
         count=min(count, cap) if count is not None else None,
@@ -429,9 +438,10 @@ async def get_pending(request: web.Request) -> web.Response:
     consumer = request.query.get("consumer")
     if consumer is not None and not 1 <= len(consumer) <= 256:
         raise ApiError(400, "invalid consumer parameter", {"consumer": "must be 1 to 256 characters"})
-    answer = await queries.pending(
+    answer = await partitioned.pending(
         request.app[REDIS],
-        settings.keys,
+        settings.partitions,
+        stream_name=_name(settings, settings.stream_name),
         consumer=consumer,
         min_idle_ms=_uint(request, "minIdleMs", maximum=_INT64_MAX),
         start=_bound(request, "start", end=False, default="-"),
@@ -445,7 +455,10 @@ async def get_stream_info(request: web.Request) -> web.Response:
     """GET /stream/info → see :func:`producer.queries.stream_info`; also refreshes the
     ``orderstream_group_state`` gauge with the states it shows."""
     settings = request.app[SETTINGS]
-    answer, health = await queries.stream_info(request.app[REDIS], settings.keys, abandoned_after_ms=settings.abandoned_after_ms)
+    answer, health = await partitioned.stream_info(request.app[REDIS], settings.partitions,
+                                                   abandoned_after_ms=settings.abandoned_after_ms,
+                                                   stream_name=_name(settings, settings.stream_name),
+                                                   dlq_name=_name(settings, settings.dlq_stream))
     request.app[METRICS].show_group_states(health.groups)
     return web.json_response(answer)
 
@@ -457,7 +470,7 @@ async def get_order(request: web.Request) -> web.Response:
         order_id = check_order_id_text(request.match_info["orderId"], settings.max_id_length)
     except OrderInvalid as exc:
         raise ApiError(400, exc.message, exc.fields) from None
-    answer = await queries.order_status(request.app[REDIS], settings.keys, order_id)
+    answer = await partitioned.order_status(request.app[REDIS], settings.partitions, order_id)
     if answer is None:
         raise ApiError(404, f"order {order_id} is not known", {"orderId": "not found"})
     return web.json_response(answer)
@@ -470,9 +483,10 @@ async def get_dead_letters(request: web.Request) -> web.Response:
     """GET /dead-letters?start&end&limit → see :func:`producer.queries.dead_letters`."""
     settings = request.app[SETTINGS]
     cap = settings.history_max_count
-    answer = await queries.dead_letters(
+    answer = await partitioned.dead_letters(
         request.app[REDIS],
-        settings.keys,
+        settings.partitions,
+        dlq_name=_name(settings, settings.dlq_stream),
         start=_bound(request, "start", end=False, default="-"),
         end=_bound(request, "end", end=True, default="+"),
         limit=min(_uint(request, "limit", minimum=1) or 100, cap),
@@ -490,7 +504,7 @@ async def post_redrive_one(request: web.Request) -> web.Response:
     dlq_id = _dlq_id(request)
     settings = request.app[SETTINGS]
     try:
-        done = await deadletters.redrive_one(request.app[REDIS], settings.keys, request.app[APPENDER], dlq_id)
+        done = await deadletters.redrive_one(request.app[REDIS], settings.partitions, request.app[APPENDER], dlq_id)
     except deadletters.DeadLetterUnreadable as exc:
         raise ApiError(409, str(exc), {"dlqId": f"holds no order that can be re-driven ({exc.reason}); it stays in place"}) from None
     if done is None:
@@ -520,7 +534,11 @@ async def delete_dead_letter(request: web.Request) -> web.Response:
     checked = require_admin(request)
     dlq_id = _dlq_id(request)
     settings = request.app[SETTINGS]
-    deleted = int(await request.app[REDIS].xdel(settings.keys.dlq, dlq_id))
+    deleted = 0
+    for part in settings.partitions:  # the first partition's dead-letter stream that holds it
+        deleted = int(await request.app[REDIS].xdel(part.dlq, dlq_id))
+        if deleted:
+            break
     if not deleted:
         raise ApiError(404, f"dead letter {dlq_id} is not in {settings.dlq_stream}", {"dlqId": "not found"})
     await audit.record(request.app[REDIS], settings.keys, request, action="delete_dead_letter", target=dlq_id,
@@ -550,8 +568,10 @@ async def post_pause(request: web.Request) -> web.Response:
     process restarts. 404 when the stream has no such group."""
     checked = require_admin(request)
     group = await _group_of(request)
-    keys = request.app[SETTINGS].keys
-    await request.app[REDIS].set(keys.paused(group), str(int(time.time() * 1000)))
+    settings = request.app[SETTINGS]
+    keys = settings.keys
+    for part in settings.partitions:  # every partition's workers read their own partition's key
+        await request.app[REDIS].set(part.paused(group), str(int(time.time() * 1000)))
     await audit.record(request.app[REDIS], keys, request, action="pause", target=group, count=0, token_checked=checked)
     return web.json_response({"group": group, "paused": True})
 
@@ -561,8 +581,10 @@ async def post_resume(request: web.Request) -> web.Response:
     consumers read again within BLOCK_MS/2. 404 when the stream has no such group."""
     checked = require_admin(request)
     group = await _group_of(request)
-    keys = request.app[SETTINGS].keys
-    await request.app[REDIS].delete(keys.paused(group))
+    settings = request.app[SETTINGS]
+    keys = settings.keys
+    for part in settings.partitions:
+        await request.app[REDIS].delete(part.paused(group))
     await audit.record(request.app[REDIS], keys, request, action="resume", target=group, count=0, token_checked=checked)
     return web.json_response({"group": group, "paused": False})
 
@@ -573,8 +595,10 @@ async def get_autoscaler_decisions(request: web.Request) -> web.Response:
     see :func:`streamcore.decisions.read`). Empty when no operator scales on this stream."""
     settings = request.app[SETTINGS]
     limit = min(_uint(request, "limit", minimum=1) or 20, settings.history_max_count)
-    found = await decisions.read(request.app[REDIS], settings.keys, limit)
-    return web.json_response({"stream": settings.keys.autoscaler_decisions, "decisions": found})
+    # The operator writes under STREAM_NAME itself (it sums a stream's partitions), not a partition's name.
+    keys = Keys(stream=settings.stream_name, group=settings.group_name, dlq=settings.dlq_stream)
+    found = await decisions.read(request.app[REDIS], keys, limit)
+    return web.json_response({"stream": keys.autoscaler_decisions, "decisions": found})
 
 
 async def get_audit(request: web.Request) -> web.Response:
@@ -591,7 +615,7 @@ async def post_redrive_all(request: web.Request) -> web.Response:
     checked = require_admin(request)
     settings = request.app[SETTINGS]
     limit = _uint(request, "limit", minimum=1, maximum=settings.redrive_max) or settings.redrive_max
-    answer = await deadletters.redrive_many(request.app[REDIS], settings.keys, request.app[APPENDER], limit=limit)
+    answer = await deadletters.redrive_many(request.app[REDIS], settings.partitions, request.app[APPENDER], limit=limit)
     request.app[METRICS].accepted.inc(sum(1 for i in answer["items"] if not i["replayed"]))
     await audit.record(request.app[REDIS], settings.keys, request, action="redrive_all", target="*",
                        count=answer["redriven"], token_checked=checked)
@@ -639,9 +663,11 @@ async def metrics(request: web.Request) -> web.Response:
     metrics = request.app[METRICS]
     try:
         async with asyncio.timeout(GROUP_STATE_TIMEOUT_S):
-            health = await queries.group_health(request.app[REDIS], settings.keys, abandoned_after_ms=settings.abandoned_after_ms)
+            health = await partitioned.group_health(request.app[REDIS], settings.partitions,
+                                                    abandoned_after_ms=settings.abandoned_after_ms)
             now = time.time()
-            backlog = await read_backlog(request.app[REDIS], settings.keys)
+            backlog = await read_backlog(request.app[REDIS], settings.partitions, stream=settings.stream_name,
+                                         dlq=settings.dlq_stream)
     except (RedisError, OSError, TimeoutError) as exc:
         logger.debug("group states unknown for /metrics: %s", exc)
         metrics.show_group_states(None)

@@ -6,7 +6,7 @@ import asyncio
 import logging
 import sys
 
-from reclaimer.reclaim import Reclaimer, run_loop
+from reclaimer.reclaim import PartitionedReclaimer, Reclaimer, run_loop
 from reclaimer.settings import ReclaimerSettings
 from streamcore.connection import create_redis, is_transient, pool_size
 from streamcore import lifecycle
@@ -18,10 +18,12 @@ logger = logging.getLogger("reclaimer")
 
 
 async def amain(settings: ReclaimerSettings, loop: bool) -> int:
+    parts = settings.partitions
     r = create_redis(settings.redis_url.get_secret_value(), socket_timeout_s=settings.redis_socket_timeout_s,
-                     max_connections=pool_size(settings.concurrency))
+                     max_connections=pool_size(settings.concurrency), cluster=settings.redis_cluster)
     try:
-        reclaimer = Reclaimer(settings, r)
+        reclaimer: Reclaimer | PartitionedReclaimer = (Reclaimer(settings, r) if len(parts) == 1
+                                                       else PartitionedReclaimer(settings, r, parts=parts))
         if loop:
             stop = asyncio.Event()
             install_shutdown_handlers(stop)
@@ -32,7 +34,7 @@ async def amain(settings: ReclaimerSettings, loop: bool) -> int:
         await r.aclose()
 
 
-async def one_pass(reclaimer: Reclaimer, retry_s: float, *, first_backoff_s: float = 0.5,
+async def one_pass(reclaimer: Reclaimer | PartitionedReclaimer, retry_s: float, *, first_backoff_s: float = 0.5,
                    max_backoff_s: float = 5.0) -> int:
     """One reclaim pass, the CronJob's; returns the exit code and prints the summary line.
 

@@ -41,6 +41,7 @@ import time
 from collections.abc import Awaitable, Callable
 from contextlib import aclosing
 from dataclasses import dataclass, fields
+from typing import Any
 
 import redis.asyncio as aioredis
 from prometheus_client import CollectorRegistry
@@ -50,6 +51,7 @@ from streamcore.claiming import (ClaimedEntry, ClaimScripts, ceiling_ms, claim_d
                                  delete_consumer_if_dead, iter_autoclaim, renew_leases)
 from streamcore.connection import is_transient
 from streamcore.envelope import Envelope
+from streamcore.keys import Keys
 from streamcore.handling import DEAD_LETTERED, GONE, OK, EntryRunner, HandlerContext, load_handler
 from streamcore.metrics import stream_metrics
 from streamcore.pacing import RateLimitedLog
@@ -95,20 +97,25 @@ class Summary:
 
 
 class Reclaimer:
-    """Runs reclaim passes with one client (owned by the caller) and one handler."""
+    """Runs reclaim passes with one client (owned by the caller) and one handler, over one
+    stream: ``keys`` (default ``settings.keys``); see :class:`PartitionedReclaimer`."""
 
     def __init__(self, settings: ReclaimerSettings, r: aioredis.Redis, *,
                  handler: Callable[[Envelope, HandlerContext], Awaitable[None]] | None = None,
-                 registry: CollectorRegistry | None = None) -> None:
+                 registry: CollectorRegistry | None = None, keys: Keys | None = None,
+                 shared_metrics: tuple[Any, Any] | None = None) -> None:
         self.settings = settings
         self.name = settings.reclaimer_name
-        self.keys = settings.keys
+        self.keys = keys if keys is not None else settings.keys
         self.r = r
         self.scripts = Scripts(r)
         self.claim_scripts = ClaimScripts(r)
         self.registry = registry if registry is not None else CollectorRegistry()
-        self.metrics = stream_metrics(self.registry)
-        self.trim_metrics = trim_metrics(self.registry)
+        if shared_metrics is not None:  # several partitions' reclaimers in one registry
+            self.metrics, self.trim_metrics = shared_metrics
+        else:
+            self.metrics = stream_metrics(self.registry)
+            self.trim_metrics = trim_metrics(self.registry)
         self._orphan_log: dict[str, RateLimitedLog] = {}
         self._ahead_log: dict[str, RateLimitedLog] = {}
         #: Most PEL rows step 1 reads per pass (``claim_due``'s ``scan_limit``, spread over pages).
@@ -308,7 +315,40 @@ class Reclaimer:
         return removed
 
 
-async def run_loop(reclaimer: Reclaimer, stop: asyncio.Event, interval_s: float) -> None:
+class PartitionedReclaimer:
+    """A reclaim pass over every partition (``STREAM_PARTITIONS`` > 1 or Redis Cluster mode): one
+    :class:`Reclaimer` per partition, run one after another; the summary is the sum. Back-off
+    claims, the sweep, consumer hygiene and trimming (safe floor, loss detection) are each done
+    within one partition; ``RECLAIM_LIMIT`` applies per partition.
+    """
+
+    def __init__(self, settings: ReclaimerSettings, r: aioredis.Redis, *, parts: tuple[Keys, ...] | list[Keys],
+                 handler: Callable[[Envelope, HandlerContext], Awaitable[None]] | None = None,
+                 registry: CollectorRegistry | None = None) -> None:
+        self.settings = settings
+        self.name = settings.reclaimer_name
+        self.registry = registry if registry is not None else CollectorRegistry()
+        shared = (stream_metrics(self.registry), trim_metrics(self.registry))
+        handler = handler or load_handler(settings.handler)
+        self.reclaimers = [Reclaimer(settings, r, handler=handler, registry=self.registry, keys=keys,
+                                     shared_metrics=shared) for keys in parts]
+
+    async def run_once(self) -> Summary:
+        """One pass over each partition in index order; the counts added up.
+
+        Raises:
+            redis.exceptions.RedisError: a partition's pass could not complete (the partitions
+                before it are done; a pass is safe to repeat).
+        """
+        total = Summary()
+        for reclaimer in self.reclaimers:
+            part = await reclaimer.run_once()
+            for f in fields(Summary):
+                setattr(total, f.name, getattr(total, f.name) + getattr(part, f.name))
+        return total
+
+
+async def run_loop(reclaimer: Reclaimer | PartitionedReclaimer, stop: asyncio.Event, interval_s: float) -> None:
     """Run passes every ``interval_s`` seconds until ``stop`` is set; failures are logged and retried."""
     while not stop.is_set():
         started = time.monotonic()

@@ -19,10 +19,12 @@ import logging
 from dataclasses import dataclass
 
 import redis.asyncio as aioredis
+from redis.asyncio.cluster import RedisCluster
 from redis.asyncio.retry import Retry
 from redis.backoff import ExponentialBackoff
 from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import BusyLoadingError, OutOfMemoryError, ResponseError
+from redis.exceptions import (BusyLoadingError, ClusterDownError, OutOfMemoryError, ReadOnlyError, RedisClusterException,
+                              RedisError, ResponseError, SlotNotCoveredError, TryAgainError)
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 logger = logging.getLogger(__name__)
@@ -46,7 +48,7 @@ def pool_size(concurrency: int) -> int:
 
 
 def create_redis(url: str, *, socket_timeout_s: float = 15.0, max_connections: int = 64,
-                 retries: int = 3) -> aioredis.Redis:
+                 retries: int = 3, cluster: bool = False) -> aioredis.Redis:
     """Create an asyncio Redis client with ``decode_responses=True`` and lossless decoding
     (``encoding_errors="surrogateescape"``, see the module docstring).
 
@@ -71,12 +73,18 @@ def create_redis(url: str, *, socket_timeout_s: float = 15.0, max_connections: i
             idempotency record when the request had an ``Idempotency-Key``; without one it may
             append the order twice, which the handler's orderId marker applies once.
 
+        cluster: return redis-py's :class:`redis.asyncio.cluster.RedisCluster` instead (``url``
+            names any seed node; see :func:`create_cluster_redis`).
+
     Returns:
         A client that owns its pool; the caller must ``await client.aclose()``.
 
     Raises:
         ValueError: the URL is not a Redis URL.
     """
+    if cluster:
+        return create_cluster_redis(url, socket_timeout_s=socket_timeout_s, max_connections=max_connections,
+                                    retries=retries)  # type: ignore[return-value]
     pool = aioredis.BlockingConnectionPool.from_url(
         url,
         decode_responses=True,
@@ -91,6 +99,61 @@ def create_redis(url: str, *, socket_timeout_s: float = 15.0, max_connections: i
         retry=Retry(ExponentialBackoff(cap=1.0, base=0.05), retries, supported_errors=(RedisConnectionError,)),
     )
     return aioredis.Redis.from_pool(pool)
+
+
+def create_cluster_redis(url: str, *, socket_timeout_s: float = 15.0, max_connections: int = 64,
+                         retries: int = 3) -> RedisCluster:
+    """Create redis-py's asyncio :class:`~redis.asyncio.cluster.RedisCluster` (``REDIS_CLUSTER=true``)
+    with the same decoding, timeouts and retry policy as :func:`create_redis`.
+
+    ``url`` names any one node (the seed); the client reads the slot map (``CLUSTER SLOTS``) on
+    first use, follows ``MOVED``/``ASK`` redirections and re-reads the map after a failover or a
+    resharding. ``max_connections`` is per node. Scripts: ``EVALSHA`` goes to the node of the
+    script's first key, and redis-py sends ``SCRIPT LOAD`` to every primary on a ``NOSCRIPT``.
+
+    Raises:
+        ValueError: the URL is not a Redis URL, or names a database other than 0.
+    """
+    return RedisCluster.from_url(
+        url,
+        decode_responses=True,
+        encoding_errors=ENCODING_ERRORS,
+        socket_timeout=socket_timeout_s,
+        socket_connect_timeout=min(socket_timeout_s, 5.0),
+        health_check_interval=30,
+        max_connections=max_connections,
+        retry=Retry(ExponentialBackoff(cap=1.0, base=0.05), retries,
+                    supported_errors=(RedisConnectionError, RedisTimeoutError, ClusterDownError, TryAgainError)),
+    )
+
+
+def is_cluster(r: aioredis.Redis) -> bool:
+    """True when ``r`` is a :class:`~redis.asyncio.cluster.RedisCluster` client."""
+    return isinstance(r, RedisCluster)
+
+
+async def check_cluster(url: str, *, cluster: bool, timeout_s: float = 5.0) -> str | None:
+    """Ask the node ``url`` names whether it runs in cluster mode (``INFO cluster``,
+    ``cluster_enabled``) and compare with ``REDIS_CLUSTER``.
+
+    Returns:
+        None when they agree or the node cannot be reached (nothing can be told yet; the client
+        keeps retrying), else a one-line reason to refuse to start.
+    """
+    r = aioredis.Redis.from_url(url, decode_responses=True, socket_timeout=timeout_s,
+                                socket_connect_timeout=timeout_s)
+    try:
+        info = await r.info("cluster")
+    except (RedisError, OSError):
+        return None
+    finally:
+        await r.aclose()
+    enabled = str(info.get("cluster_enabled", "0")) == "1"
+    if cluster and not enabled:
+        return "REDIS_CLUSTER=true but the server at REDIS_URL is not a cluster node (cluster_enabled:0)"
+    if not cluster and enabled:
+        return "the server at REDIS_URL is a cluster node; set REDIS_CLUSTER=true"
+    return None
 
 
 @dataclass(frozen=True, slots=True)
@@ -129,7 +192,10 @@ async def server_info(r: aioredis.Redis) -> ServerInfo:
     Raises:
         redis.exceptions.ConnectionError: Redis is unreachable.
     """
-    info = await r.info("server")
+    if is_cluster(r):  # ask one node (a cluster runs one version), not every node and replica
+        info = await r.info("server", target_nodes=RedisCluster.DEFAULT_NODE)
+    else:
+        info = await r.info("server")
     if info.get("server_name") == "valkey" or "valkey_version" in info:
         found = ServerInfo("valkey", _version(str(info.get("valkey_version", info.get("redis_version", "0")))))
     else:
@@ -162,4 +228,8 @@ def is_transient(exc: BaseException) -> bool:
     """
     if isinstance(exc, (RedisConnectionError, RedisTimeoutError, OutOfMemoryError, BusyLoadingError)):
         return True  # redis-py strips the OOM/LOADING code from these replies' text
+    if isinstance(exc, (ClusterDownError, TryAgainError, ReadOnlyError, SlotNotCoveredError)):
+        return True  # Redis Cluster during a failover or a resharding (redis-py strips their codes too)
+    if isinstance(exc, RedisClusterException) and "cannot be connected" in str(exc):
+        return True  # RedisCluster: no node of the cluster answered
     return isinstance(exc, ResponseError) and str(exc).startswith(_TRANSIENT_REPLIES)

@@ -21,11 +21,11 @@ import textwrap
 from collections.abc import Callable, Mapping
 from typing import Any, Literal, NoReturn, TypeVar
 
-from pydantic import Field, SecretStr, ValidationError, field_validator
+from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict, SettingsError
 
 from streamcore.groups import ABANDONED_AFTER_MS
-from streamcore.keys import Keys
+from streamcore.keys import MAX_PARTITIONS, Keys, partition_keys
 
 logger = logging.getLogger(__name__)
 
@@ -65,6 +65,29 @@ class CommonSettings(BaseSettings):
     )
     log_level: str = Field(default="INFO", description="LOG_LEVEL: DEBUG, INFO, WARNING, ERROR.")
     log_format: Literal["text", "json"] = Field(default="text", description="LOG_FORMAT: text or json.")
+    redis_cluster: bool = Field(
+        default=False,
+        description="REDIS_CLUSTER: true to talk to a Redis Cluster (REDIS_URL names any node of it).",
+    )
+    stream_partitions: int = Field(
+        default=1,
+        ge=1,
+        le=MAX_PARTITIONS,
+        description=(
+            "STREAM_PARTITIONS: number of partition streams (1..256); an order goes to partition "
+            "crc32(orderId) % N. 1 keeps the single stream STREAM_NAME. Every component of a pipeline must agree."
+        ),
+    )
+
+    @model_validator(mode="after")
+    def _partition_names(self):  # type: ignore[no-untyped-def]
+        # Partition keys add their own hash tag; a brace in the names would override it.
+        if self.stream_partitions > 1 or self.redis_cluster:
+            for var, name in (("STREAM_NAME", self.stream_name), ("DLQ_STREAM", self.dlq_stream)):
+                if "{" in name or "}" in name:
+                    raise ValueError(f"{var}={name[:60]!r} must not hold '{{' or '}}' with STREAM_PARTITIONS > 1 "
+                                     f"or REDIS_CLUSTER=true (partition keys carry their own hash tag)")
+        return self
 
     @field_validator("redis_url")
     @classmethod
@@ -77,8 +100,15 @@ class CommonSettings(BaseSettings):
 
     @property
     def keys(self) -> Keys:
-        """The key names for this stream (:class:`streamcore.keys.Keys`)."""
-        return Keys(stream=self.stream_name, group=self.group_name, dlq=self.dlq_stream)
+        """The key names of the first partition (:class:`streamcore.keys.Keys`); with one
+        partition outside cluster mode, the plain names of this stream."""
+        return self.partitions[0]
+
+    @property
+    def partitions(self) -> tuple[Keys, ...]:
+        """The key names of every partition, in index order (:func:`streamcore.keys.partition_keys`)."""
+        return partition_keys(self.stream_name, self.group_name, self.dlq_stream, self.stream_partitions,
+                              cluster=self.redis_cluster)
 
     def log_effective(self, component: str) -> None:
         """Log the effective settings at start; secrets are shown as ``**********``."""
@@ -273,4 +303,23 @@ def settings_from_command_line(settings_cls: type[S], *, prog: str, description:
     args = parser.parse_args(sys.argv[1:] if argv is None else argv)
     values = dict(overrides(args)) if overrides is not None else {}
     settings = load_or_exit(lambda: settings_cls(**values), prog=prog, settings_cls=settings_cls)
+    if getattr(settings, "redis_cluster", False):
+        verify_cluster_or_exit(settings, prog=prog)  # type: ignore[arg-type]
     return settings, args
+
+
+def verify_cluster_or_exit(settings: CommonSettings, *, prog: str, timeout_s: float = 5.0) -> None:
+    """With ``REDIS_CLUSTER=true``, ask the node REDIS_URL names whether it is a cluster node
+    (``INFO cluster``, :func:`streamcore.connection.check_cluster`); when it is not, print one line
+    and exit 2 before anything else starts. An unreachable node is not judged (the client retries).
+
+    Raises:
+        SystemExit: code 2, the server is standalone.
+    """
+    import asyncio
+
+    from streamcore.connection import check_cluster
+
+    problem = asyncio.run(check_cluster(settings.redis_url.get_secret_value(), cluster=True, timeout_s=timeout_s))
+    if problem:
+        exit_usage(prog, problem)

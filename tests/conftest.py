@@ -8,6 +8,7 @@ Tests that stop or wipe a server use ``own_redis_server`` so they never disturb 
 
 from __future__ import annotations
 
+import shutil
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
@@ -15,7 +16,7 @@ from pathlib import Path
 import pytest
 import redis.asyncio as aioredis
 
-from tests.servers import RedisServer, ci_requires_servers, server_binary
+from tests.servers import RedisClusterServers, RedisServer, ci_requires_servers, server_binary
 
 SERVER_KINDS = ("redis", "valkey")
 _TIERS = ("unit", "integration", "operator", "chart", "cluster")
@@ -64,6 +65,25 @@ def own_redis_server(request: pytest.FixtureRequest, tmp_path: Path):
     server = _make_server(request.param, tmp_path)
     yield server
     server.stop(kill=True)
+
+
+@pytest.fixture(scope="session")
+def redis_cluster(tmp_path_factory: pytest.TempPathFactory):
+    """A Redis Cluster of 3 masters and 3 replicas (Debian's redis-server) for the session,
+    ``cluster-node-timeout`` 1000 ms. Tests that kill a node must leave it restarted (or use
+    their own cluster)."""
+    binary = server_binary("redis")
+    if binary is None or shutil.which("redis-cli") is None:
+        message = "redis-server/redis-cli not found on PATH (needed for the Redis Cluster tests)"
+        if ci_requires_servers():
+            pytest.fail(message)
+        pytest.skip(message)
+    cluster = RedisClusterServers(binary, tmp_path_factory.mktemp("rcluster"))
+    try:
+        cluster.start()
+        yield cluster
+    finally:
+        cluster.stop()
 
 
 @pytest.fixture

@@ -24,6 +24,24 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+def free_cluster_port(taken: set[int] = frozenset()) -> int:  # type: ignore[assignment]
+    """A port free on 127.0.0.1 whose cluster bus port (port + 10000) is free too and below 65536
+    (an ephemeral port from :func:`free_port` is often above 55535)."""
+    import random
+
+    while True:
+        port = random.randint(20000, 40000)
+        if port in taken or port + 10000 in taken:
+            continue
+        try:
+            with socket.socket() as a, socket.socket() as b:
+                a.bind(("127.0.0.1", port))
+                b.bind(("127.0.0.1", port + 10000))
+        except OSError:
+            continue
+        return port
+
+
 def server_binary(kind: str) -> str | None:
     """Path of the server binary for ``kind`` (``redis`` or ``valkey``), or None if absent."""
     if kind == "redis":
@@ -49,6 +67,8 @@ class RedisServer:
         self.port = free_port()
         self.proc: subprocess.Popen | None = None
         self.version = ""
+        #: More server arguments (a cluster node's ``--cluster-enabled yes`` ...).
+        self.start_args: list[str] = []
 
     @property
     def url(self) -> str:
@@ -60,7 +80,7 @@ class RedisServer:
         args = [
             self.binary, "--port", str(self.port), "--bind", "127.0.0.1", "--dir", str(self.data_dir),
             "--save", "", "--appendonly", "yes" if self.appendonly else "no", "--appendfsync", "always",
-            "--protected-mode", "no", "--daemonize", "no", "--loglevel", "warning",
+            "--protected-mode", "no", "--daemonize", "no", "--loglevel", "warning", *self.start_args,
         ]
         self.proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
         deadline = time.monotonic() + timeout_s
@@ -107,3 +127,85 @@ class RedisServer:
 def ci_requires_servers() -> bool:
     """In CI a missing server is a failure, not a skip."""
     return os.environ.get("CI", "").lower() in ("1", "true", "yes")
+
+
+class RedisClusterServers:
+    """A Redis Cluster on loopback: ``masters`` primaries and one replica each (6 redis-server
+    processes by default), made with ``redis-cli --cluster create --cluster-replicas 1``.
+
+    ``cluster-node-timeout`` is low (``node_timeout_ms``, 1000 ms) so a replica takes over a killed
+    master within a few seconds. ``url`` names the first node (any node is a seed).
+    """
+
+    def __init__(self, binary: str, data_dir: Path, *, masters: int = 3, replicas: int = 1,
+                 node_timeout_ms: int = 1000) -> None:
+        self.binary = binary
+        self.data_dir = data_dir
+        self.node_timeout_ms = node_timeout_ms
+        self.replicas = replicas
+        self.nodes: list[RedisServer] = []
+        taken: set[int] = set()
+        for i in range(masters * (1 + replicas)):
+            node = RedisServer("redis", binary, data_dir / f"node-{i}")
+            node.port = free_cluster_port(taken)
+            taken.add(node.port)
+            self.nodes.append(node)
+
+    @property
+    def url(self) -> str:
+        return f"redis://127.0.0.1:{self.nodes[0].port}/0"
+
+    def start(self, timeout_s: float = 30.0) -> None:
+        """Start every node in cluster mode, create the cluster, wait until ``cluster_state:ok``
+        on every node (deadline ``timeout_s`` seconds)."""
+        for node in self.nodes:
+            node.start_args = ["--cluster-enabled", "yes", "--cluster-config-file", "nodes.conf",
+                               "--cluster-node-timeout", str(self.node_timeout_ms)]
+            node.start()
+        cli = shutil.which("redis-cli") or "redis-cli"
+        subprocess.run([cli, "--cluster", "create", *(f"127.0.0.1:{n.port}" for n in self.nodes),
+                        "--cluster-replicas", str(self.replicas), "--cluster-yes"],
+                       check=True, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, timeout=timeout_s)
+        self.wait_ok(timeout_s)
+
+    def running(self) -> list[RedisServer]:
+        return [n for n in self.nodes if n.proc is not None and n.proc.poll() is None]
+
+    def wait_ok(self, timeout_s: float = 30.0) -> None:
+        """Wait until every running node says ``cluster_state:ok`` and agrees on the masters'
+        slots (deadline ``timeout_s``)."""
+        deadline = time.monotonic() + timeout_s
+        while True:
+            states = []
+            for node in self.running():
+                client = redis.Redis(host="127.0.0.1", port=node.port, socket_timeout=1, decode_responses=True)
+                try:
+                    info = client.execute_command("CLUSTER", "INFO")
+                    states.append("cluster_state:ok" in info and "cluster_slots_assigned:16384" in info)
+                except redis.RedisError:
+                    states.append(False)
+                finally:
+                    client.close()
+            if states and all(states):
+                return
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"cluster not ok within {timeout_s}s: {states}")
+            time.sleep(0.1)
+
+    def masters(self) -> list[RedisServer]:
+        """The running nodes that are masters now (``ROLE``)."""
+        out = []
+        for node in self.running():
+            client = redis.Redis(host="127.0.0.1", port=node.port, socket_timeout=1)
+            try:
+                if client.execute_command("ROLE")[0] in (b"master", "master"):
+                    out.append(node)
+            except redis.RedisError:
+                pass
+            finally:
+                client.close()
+        return out
+
+    def stop(self) -> None:
+        for node in self.nodes:
+            node.stop(kill=True)

@@ -1,0 +1,353 @@
+"""Redis Cluster mode with partitioned streams (issue 13): the core delivery scenarios end to end,
+over HTTP, against a real 3-master/3-replica cluster with STREAM_PARTITIONS=6.
+
+The producer is the real app (aiohttp TestServer), the consumers are in-process
+:class:`consumer.worker.PartitionedWorker` s with redis-py's cluster client, the reclaimer is
+:class:`reclaimer.reclaim.PartitionedReclaimer`. Each test has its own stream names.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import subprocess
+import sys
+import time
+import zlib
+
+import pytest
+import redis
+from aiohttp.test_utils import TestClient, TestServer
+from prometheus_client import CollectorRegistry
+
+from consumer.settings import ConsumerSettings
+from consumer.worker import PartitionedWorker
+from producer.app import create_app
+from producer.settings import ProducerSettings
+from reclaimer.reclaim import PartitionedReclaimer
+from reclaimer.settings import ReclaimerSettings
+from streamcore.connection import create_redis
+from streamcore.keys import partition_keys, partition_of
+from streamcore.trimming import trim_pass
+from tests.handlers import applied_key, calls_key, done_key
+from tests.integration.consumer_support import wait_for
+
+N = 6
+HANDLER = "tests.handlers:scripted"
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+
+def common(url: str, names) -> dict:
+    return dict(redis_url=url, stream_name=names.stream, group_name=names.group, dlq_stream=names.dlq,
+                redis_cluster=True, stream_partitions=N)
+
+
+@contextlib.asynccontextmanager
+async def producer(url: str, names, **overrides):
+    client = TestClient(TestServer(create_app(ProducerSettings(**common(url, names), **overrides),
+                                              registry=CollectorRegistry())))
+    await client.start_server()
+    try:
+        yield client
+    finally:
+        await client.close()
+
+
+@contextlib.asynccontextmanager
+async def consumers(url: str, names, *pods: str, **overrides):
+    """In-process partitioned workers (one cluster client each); stopped and drained at the end."""
+    running = []
+    for pod in pods:
+        values = dict(common(url, names), pod_name=pod, handler=HANDLER, claim_idle_ms=200, block_ms=500,
+                      health_port=0, drain_timeout_seconds=5)
+        values.update(overrides)
+        settings = ConsumerSettings(**values)
+        r = create_redis(url, cluster=True, socket_timeout_s=settings.redis_socket_timeout_s)
+        worker = PartitionedWorker(settings, r, parts=settings.partitions)
+        stop = asyncio.Event()
+        running.append((worker, stop, asyncio.create_task(worker.run(stop)), r))
+    try:
+        yield [w for w, _, _, _ in running]
+    finally:
+        for _, stop, _, _ in running:
+            stop.set()
+        for _, _, task, r in running:
+            try:
+                await asyncio.wait_for(task, 20)
+            finally:
+                await r.aclose()
+
+
+@pytest.fixture
+async def rc(redis_cluster):
+    client = create_redis(redis_cluster.url, cluster=True)
+    yield client
+    await client.aclose()
+
+
+def parts_of(names):
+    return partition_keys(names.stream, names.group, names.dlq, N, cluster=True)
+
+
+def keys_of(names, order_id) -> object:
+    return parts_of(names)[partition_of(str(order_id), N)]
+
+
+async def applied(rc, names, order_ids) -> dict:
+    """orderId -> value of its applied counter (on its partition), for every orderId given."""
+    async with rc.pipeline() as pipe:
+        for oid in order_ids:
+            pipe.get(applied_key(keys_of(names, oid).stream, oid))
+        values = await pipe.execute()
+    return {oid: int(v or 0) for oid, v in zip(order_ids, values, strict=True)}
+
+
+def order(oid, **extra) -> dict:
+    return {"orderId": oid, "product": f"P-{oid}", "quantity": 1, "userId": 7, **extra}
+
+
+async def test_partitions_spread_over_the_three_masters(redis_cluster, names):
+    nodes = redis.Redis(host="127.0.0.1", port=redis_cluster.nodes[0].port, decode_responses=True)
+    try:
+        owners = []
+        for keys in parts_of(names):
+            slot = nodes.cluster("KEYSLOT", keys.stream)
+            for first, last, master, *_ in nodes.cluster("SLOTS"):
+                if first <= slot <= last:
+                    owners.append(master[1])
+    finally:
+        nodes.close()
+    assert len(owners) == N and sorted(owners.count(p) for p in set(owners)) == [2, 2, 2]
+
+
+async def test_orders_are_routed_processed_once_and_acked_across_partitions(redis_cluster, rc, names):
+    url = redis_cluster.url
+    async with producer(url, names) as api:
+        ids = {}
+        for oid in range(30):
+            resp = await api.post("/orders", json=order(oid))
+            assert resp.status == 201
+            ids[oid] = (await resp.json())["id"]
+        resp = await api.post("/orders/batch", json=[order(oid) for oid in range(30, 60)])
+        assert resp.status == 201 and (await resp.json())["count"] == 30
+        # The same orderId twice (an at-least-once client retry without a key): applied once.
+        assert (await api.post("/orders", json=order(5))).status == 201
+        # A replay under an Idempotency-Key appends nothing.
+        first = await api.post("/orders", json=order(77), headers={"Idempotency-Key": "k-77"})
+        again = await api.post("/orders", json=order(77), headers={"Idempotency-Key": "k-77"})
+        assert (first.status, again.status, again.headers.get("Idempotent-Replayed")) == (201, 201, "true")
+        assert (await first.json())["id"] == (await again.json())["id"]
+        every = list(range(60)) + [77]
+
+        # Each order is in the stream of partition crc32(orderId) % 6, and only there.
+        for oid in (0, 1, 59, 77):
+            home = keys_of(names, oid)
+            assert partition_of(str(oid), N) == zlib.crc32(str(oid).encode()) % N
+            found = [k.partition for k in parts_of(names)
+                     if any(f"\"orderId\":{oid}," in e[1]["data"] for e in await rc.xrange(k.stream))]
+            assert found == [home.partition]
+
+        info = await (await api.get("/stream/info")).json()
+        assert (info["length"], info["groupState"], len(info["partitions"])) == (62, "ok", N)
+        assert [g["lag"] for g in info["groups"]] == [62]
+        assert sum(p["length"] for p in info["partitions"]) == 62
+
+        async with consumers(url, names, "pod-a", "pod-b"):
+            await wait_for(lambda: _all_applied_once(rc, names, every), timeout=30, what="every order applied")
+            await wait_for(lambda: _drained(api), timeout=10, what="lag and pending at 0")
+        assert await applied(rc, names, every) == {oid: 1 for oid in every}
+        calls5 = int(await rc.get(calls_key(keys_of(names, 5).stream, 5)))
+        done5 = int(await rc.get(done_key(keys_of(names, 5).stream, 5)))
+        assert (calls5, done5) == (2, 2)  # delivered twice (two entries), applied once
+
+        status = await (await api.get("/orders/3")).json()
+        assert (status["status"], status["id"]) == ("processed", ids[3])
+        assert status["processed"]["consumer"] in ("pod-a", "pod-b")
+        assert (await api.get("/orders/999")).status == 404
+
+        # History: pages of 7 through every partition give each entry once, oldest first.
+        seen, cursor = [], None
+        while True:
+            q = {"limit": "7"} if cursor is None else {"limit": "7", "start": cursor}
+            page = await (await api.get("/orders/history", params=q)).json()
+            seen += [(o["id"], o["order"]["orderId"]) for o in page["orders"]]
+            cursor = page["next"]
+            if cursor is None:
+                break
+        assert len(seen) == 62 and sorted(oid for _, oid in seen) == sorted(every + [5])
+        order_key = [tuple(map(int, i.split("-"))) for i, _ in seen]
+        assert order_key == sorted(order_key)
+        last5 = await (await api.get("/orders/history", params={"count": "5"})).json()
+        assert [o["id"] for o in last5["orders"]] == [i for i, _ in seen[-5:]]
+
+
+async def _all_applied_once(rc, names, order_ids) -> bool:
+    return set((await applied(rc, names, order_ids)).values()) == {1}
+
+
+async def _drained(api) -> bool:
+    info = await (await api.get("/stream/info")).json()
+    pending = await (await api.get("/orders/pending")).json()
+    return info["groups"][0]["lag"] == 0 and info["groups"][0]["pending"] == 0 and pending["count"] == 0
+
+
+async def test_failures_retry_dead_letter_and_redrive_to_their_own_partition(redis_cluster, rc, names):
+    url = redis_cluster.url
+    async with producer(url, names) as api:
+        # 10 fail twice then succeed; 4 are poison (dead-lettered after MAX_DELIVERIES=3).
+        batch = [order(f"r{i}", fail_until=2) for i in range(10)] + [order(f"x{i}", poison=True) for i in range(4)]
+        assert (await api.post("/orders/batch", json=batch)).status == 201
+        async with consumers(url, names, "pod-a", max_deliveries=3):
+            await wait_for(lambda: _all_applied_once(rc, names, [f"r{i}" for i in range(10)]), timeout=30,
+                           what="retried orders applied")
+            dead = await wait_for(lambda: _dead(api, 4), timeout=30, what="4 dead letters")
+        assert sorted(d["orderId"] for d in dead["deadLetters"]) == [f"x{i}" for i in range(4)]
+        assert {d["orderId"]: d["partition"] for d in dead["deadLetters"]} == {
+            f"x{i}": partition_of(f"x{i}", N) for i in range(4)}
+        assert all(d["deliveries"] == 3 and d["reason"] == "max_deliveries" for d in dead["deadLetters"])
+        assert (await (await api.get("/stream/info")).json())["deadLetters"]["length"] == 4
+
+        # Re-drive one by its dlqId, then the rest: each goes back to its own partition's stream.
+        one = dead["deadLetters"][0]
+        resp = await api.post(f"/dead-letters/{one['dlqId']}/redrive")
+        assert resp.status == 200
+        body = await resp.json()
+        home = keys_of(names, one["orderId"])
+        assert [e[0] for e in await rc.xrange(home.stream, body["id"], body["id"])] == [body["id"]]
+        rest = await (await api.post("/dead-letters/redrive")).json()
+        assert (rest["redriven"], rest["remaining"], rest["skipped"]) == (3, 0, [])
+        for item in rest["items"]:
+            k = keys_of(names, item["orderId"])
+            assert len(await rc.xrange(k.stream, item["id"], item["id"])) == 1
+        assert (await (await api.get("/dead-letters")).json())["length"] == 0
+
+
+async def _dead(api, n):
+    got = await (await api.get("/dead-letters")).json()
+    return got if got["count"] == n else None
+
+
+async def test_reclaimer_takes_over_a_dead_consumers_entries_on_every_partition(redis_cluster, rc, names):
+    url = redis_cluster.url
+    async with producer(url, names) as api:
+        every = [f"o{i}" for i in range(24)]
+        assert (await api.post("/orders/batch", json=[order(o) for o in every])).status == 201
+        # A consumer that read everything and died: its entries are pending on all 6 partitions.
+        for keys in parts_of(names):
+            await rc.xreadgroup(keys.group, "ghost", {keys.stream: ">"}, count=100)
+        pending = await (await api.get("/orders/pending")).json()
+        assert pending["count"] == 24 and pending["consumers"] == [{"name": "ghost", "pending": 24}]
+        assert sorted({e["partition"] for e in pending["entries"]}) == sorted({partition_of(o, N) for o in every})
+        await asyncio.sleep(0.3)  # older than CLAIM_IDLE_MS (200 ms)
+        settings = ReclaimerSettings(**common(url, names), handler=HANDLER, claim_idle_ms=200)
+        reclaimer = PartitionedReclaimer(settings, rc, parts=settings.partitions)
+        summary = await wait_for(lambda: _claimed_all(reclaimer, 24), timeout=20, what="a pass claiming 24")
+        assert (summary.processed, summary.failed, summary.dead_lettered) == (24, 0, 0)
+        assert await applied(rc, names, every) == {o: 1 for o in every}
+        assert (await (await api.get("/orders/pending")).json())["count"] == 0
+
+
+async def _claimed_all(reclaimer, n):
+    summary = await reclaimer.run_once()
+    return summary if summary.claimed == n else None
+
+
+async def test_retention_trims_each_partition_only_below_its_safe_floor(redis_cluster, rc, names):
+    url = redis_cluster.url
+    async with producer(url, names) as api:
+        every = [f"t{i}" for i in range(60)]
+        assert (await api.post("/orders/batch", json=[order(o) for o in every])).status == 201
+        parts = parts_of(names)
+        lengths = [await rc.xlen(k.stream) for k in parts]
+        assert sum(lengths) == 60 and all(n >= 3 for n in lengths)
+        # Nothing delivered yet: no partition may be trimmed.
+        for keys in parts:
+            report = await trim_pass(rc, keys, maxlen=2, approximate=False)
+            assert (report.trimmed, report.lost, report.floor) == (0, 0, "0-1")
+        async with consumers(url, names, "pod-a"):
+            await wait_for(lambda: _all_applied_once(rc, names, every), timeout=30, what="all applied")
+            await wait_for(lambda: _drained(api), timeout=10, what="acked")
+        for keys, n in zip(parts, lengths, strict=True):
+            report = await trim_pass(rc, keys, maxlen=2, approximate=False)
+            assert (report.trimmed, report.lost) == (n - 2, 0)
+            assert await rc.xlen(keys.stream) == 2
+        info = await (await api.get("/stream/info")).json()
+        assert (info["length"], info["lostEntries"]) == (2 * N, 0)
+
+
+async def test_cluster_setting_against_a_standalone_server_exits_2(redis_url, names):
+    env = dict(os.environ, REDIS_URL=redis_url, REDIS_CLUSTER="true", STREAM_PARTITIONS="3", **names.env())
+    done = subprocess.run([sys.executable, "-m", "consumer"], cwd=ROOT, env=env, capture_output=True, text=True,
+                          timeout=60)
+    assert done.returncode == 2
+    assert done.stderr == ("python -m consumer: REDIS_CLUSTER=true but the server at REDIS_URL is not a cluster node "
+                           "(cluster_enabled:0)\n")
+
+
+async def test_sigkilled_master_fails_over_and_every_accepted_order_is_applied_once(tmp_path, names):
+    """One master is SIGKILLed while orders flow; its replica takes over (cluster-node-timeout
+    1000 ms) and processing resumes without restarting anything. Clients retry a failed POST with
+    the same Idempotency-Key, as the API asks."""
+    from tests.servers import RedisClusterServers, server_binary
+
+    cluster = RedisClusterServers(server_binary("redis"), tmp_path / "failover")
+    cluster.start()
+    try:
+        url = cluster.url
+        accepted: list[str] = []
+        stop_flow = asyncio.Event()
+        async with producer(url, names) as api, consumers(url, names, "pod-a", "pod-b"):
+            async def flow():
+                i = 0
+                while not stop_flow.is_set():
+                    oid = f"f{i}"
+                    deadline = time.monotonic() + 60
+                    while time.monotonic() < deadline:
+                        with contextlib.suppress(Exception):
+                            resp = await api.post("/orders", json=order(oid), headers={"Idempotency-Key": oid})
+                            if resp.status == 201:
+                                accepted.append(oid)
+                                break
+                        await asyncio.sleep(0.05)
+                    i += 1
+                    await asyncio.sleep(0.01)
+
+            task = asyncio.create_task(flow())
+            await wait_for(lambda: _count_at_least(accepted, 50), timeout=20, what="orders flowing")
+            # Kill the master of partition 0's slot (a seed node must stay up for the client).
+            victim = _master_of(cluster, parts_of(names)[0].stream)
+            before = len(accepted)
+            victim.stop(kill=True)
+            await asyncio.to_thread(cluster.wait_ok, 30)
+            await wait_for(lambda: _count_at_least(accepted, before + 100), timeout=60, what="orders after failover")
+            stop_flow.set()
+            await asyncio.wait_for(task, 70)
+            client = create_redis(url if victim is not cluster.nodes[0] else
+                                  f"redis://127.0.0.1:{cluster.running()[0].port}/0", cluster=True)
+            try:
+                await wait_for(lambda: _all_applied_once(client, names, accepted), timeout=60,
+                               what="every accepted order applied")
+                counts = await applied(client, names, accepted)
+            finally:
+                await client.aclose()
+        assert len(accepted) >= 150 and len(set(accepted)) == len(accepted)
+        assert counts == {oid: 1 for oid in accepted}
+    finally:
+        cluster.stop()
+
+
+async def _count_at_least(items, n):
+    return len(items) >= n
+
+
+def _master_of(cluster, key: str):
+    probe = redis.Redis(host="127.0.0.1", port=cluster.nodes[0].port, decode_responses=True)
+    try:
+        slot = probe.cluster("KEYSLOT", key)
+        for first, last, master, *_ in probe.cluster("SLOTS"):
+            if first <= slot <= last:
+                return next(n for n in cluster.nodes if n.port == int(master[1]))
+    finally:
+        probe.close()
+    raise AssertionError(f"no master for {key}")
