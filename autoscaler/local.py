@@ -62,7 +62,8 @@ async def run_local(
     actuator = LocalProcessActuator(processes.start, processes.stop)
     registry = CollectorRegistry()
     metrics = autoscaler_metrics(registry)
-    r = create_redis(settings.redis_url.get_secret_value(), socket_timeout_s=5.0, max_connections=4)
+    r = create_redis(settings.redis_url.get_secret_value(), socket_timeout_s=5.0, max_connections=4,
+                     **settings.redis_options())
     reader = SignalReader(r, [(settings.stream_name, settings.group_name)])
     runner = None
     if settings.metrics_port:

@@ -23,7 +23,7 @@ async def serve(settings: ConsumerSettings, stop: asyncio.Event | None = None) -
     stop = stop or asyncio.Event()
     install_shutdown_handlers(stop)
     r = create_redis(settings.redis_url.get_secret_value(), socket_timeout_s=settings.redis_socket_timeout_s,
-                     max_connections=pool_size(settings.concurrency))
+                     max_connections=pool_size(settings.concurrency), **settings.redis_options())
     try:
         worker = Worker(settings, r)
         runner = await start_health_server(worker, settings)

@@ -61,7 +61,8 @@ async def redis_ctx(app: web.Application) -> AsyncIterator[None]:
     starts (and recovers) without depending on start order.
     """
     settings = app[SETTINGS]
-    r = create_redis(settings.redis_url.get_secret_value(), socket_timeout_s=settings.redis_socket_timeout_s)
+    r = create_redis(settings.redis_url.get_secret_value(), socket_timeout_s=settings.redis_socket_timeout_s,
+                     **settings.redis_options())
     app[REDIS] = r
     app[SCRIPTS] = scripts = Scripts(r)
     appender = Appender(

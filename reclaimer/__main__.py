@@ -19,7 +19,7 @@ logger = logging.getLogger("reclaimer")
 
 async def amain(settings: ReclaimerSettings, loop: bool) -> int:
     r = create_redis(settings.redis_url.get_secret_value(), socket_timeout_s=settings.redis_socket_timeout_s,
-                     max_connections=pool_size(settings.concurrency))
+                     max_connections=pool_size(settings.concurrency), **settings.redis_options())
     try:
         reclaimer = Reclaimer(settings, r)
         if loop:

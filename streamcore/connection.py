@@ -46,7 +46,8 @@ def pool_size(concurrency: int) -> int:
 
 
 def create_redis(url: str, *, socket_timeout_s: float = 15.0, max_connections: int = 64,
-                 retries: int = 3) -> aioredis.Redis:
+                 retries: int = 3, ssl_ca_certs: str | None = None, ssl_certfile: str | None = None,
+                 ssl_keyfile: str | None = None) -> aioredis.Redis:
     """Create an asyncio Redis client with ``decode_responses=True`` and lossless decoding
     (``encoding_errors="surrogateescape"``, see the module docstring).
 
@@ -70,15 +71,28 @@ def create_redis(url: str, *, socket_timeout_s: float = 15.0, max_connections: i
             A retried append whose first attempt did reach Redis is answered from the
             idempotency record when the request had an ``Idempotency-Key``; without one it may
             append the order twice, which the handler's orderId marker applies once.
+        ssl_ca_certs: PEM file of the CA that signed the server's certificate (REDIS_TLS_CA_FILE);
+            None: the system's CA store. Only with a ``rediss://`` URL.
+        ssl_certfile, ssl_keyfile: PEM client certificate and key (REDIS_TLS_CERT_FILE,
+            REDIS_TLS_KEY_FILE), for servers with ``tls-auth-clients``. Only with ``rediss://``.
+            Components pass these as ``**settings.redis_options()``
+            (:meth:`streamcore.settings.CommonSettings.redis_options`). The server's certificate
+            is always verified, its host name included (redis-py's defaults).
 
     Returns:
         A client that owns its pool; the caller must ``await client.aclose()``.
 
     Raises:
-        ValueError: the URL is not a Redis URL.
+        ValueError: the URL is not a Redis URL, or TLS files come with a URL that is not
+            ``rediss://``.
     """
+    tls = {k: v for k, v in (("ssl_ca_certs", ssl_ca_certs), ("ssl_certfile", ssl_certfile),
+                             ("ssl_keyfile", ssl_keyfile)) if v is not None}
+    if tls and not url.startswith("rediss://"):
+        raise ValueError("TLS files need a rediss:// URL")
     pool = aioredis.BlockingConnectionPool.from_url(
         url,
+        **tls,
         decode_responses=True,
         encoding_errors=ENCODING_ERRORS,
         socket_timeout=socket_timeout_s,

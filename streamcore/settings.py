@@ -15,13 +15,14 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import re
 import sys
 import textwrap
 from collections.abc import Callable, Mapping
 from typing import Any, Literal, NoReturn, TypeVar
 
-from pydantic import Field, SecretStr, ValidationError, field_validator
+from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict, SettingsError
 
 from streamcore.groups import ABANDONED_AFTER_MS
@@ -65,6 +66,24 @@ class CommonSettings(BaseSettings):
     )
     log_level: str = Field(default="INFO", description="LOG_LEVEL: DEBUG, INFO, WARNING, ERROR.")
     log_format: Literal["text", "json"] = Field(default="text", description="LOG_FORMAT: text or json.")
+    redis_tls_ca_file: str | None = Field(
+        default=None,
+        description=(
+            "REDIS_TLS_CA_FILE: PEM file of the CA(s) that signed the Redis server's certificate (a private CA); "
+            "unset: the system's CA store. Needs a rediss:// REDIS_URL."
+        ),
+    )
+    redis_tls_cert_file: str | None = Field(
+        default=None,
+        description=(
+            "REDIS_TLS_CERT_FILE: PEM client certificate for servers that check clients (tls-auth-clients); "
+            "set together with REDIS_TLS_KEY_FILE. Needs a rediss:// REDIS_URL."
+        ),
+    )
+    redis_tls_key_file: str | None = Field(
+        default=None,
+        description="REDIS_TLS_KEY_FILE: PEM private key of REDIS_TLS_CERT_FILE (set both or neither).",
+    )
 
     @field_validator("redis_url")
     @classmethod
@@ -74,6 +93,50 @@ class CommonSettings(BaseSettings):
         if not value.get_secret_value().startswith(("redis://", "rediss://", "unix://")):
             raise ValueError("must start with redis://, rediss:// or unix://")
         return value
+
+    @field_validator("redis_tls_ca_file", "redis_tls_cert_file", "redis_tls_key_file")
+    @classmethod
+    def _readable_file(cls, value: str | None) -> str | None:
+        # A missing or unreadable file is a bad setting at start (exit 2 naming it), not a TLS
+        # handshake error on the first command.
+        if value is None or value == "":
+            return None
+        if not os.path.isfile(value):
+            raise ValueError("no such file")
+        try:
+            with open(value, "rb") as f:
+                f.read(1)
+        except OSError as exc:
+            raise ValueError(f"cannot read the file: {exc.strerror or exc}") from None
+        return value
+
+    @model_validator(mode="after")
+    def _tls_consistent(self) -> CommonSettings:
+        if (self.redis_tls_cert_file is None) != (self.redis_tls_key_file is None):
+            missing = "REDIS_TLS_KEY_FILE" if self.redis_tls_key_file is None else "REDIS_TLS_CERT_FILE"
+            raise ValueError(f"REDIS_TLS_CERT_FILE and REDIS_TLS_KEY_FILE go together; {missing} is unset")
+        if self.tls_files and not self.redis_url.get_secret_value().startswith("rediss://"):
+            raise ValueError("REDIS_TLS_* files are set but REDIS_URL does not start with rediss://")
+        return self
+
+    @property
+    def tls_files(self) -> dict[str, str]:
+        """The TLS files as redis-py connection keywords (``ssl_ca_certs``, ``ssl_certfile``,
+        ``ssl_keyfile``), only those that are set; from REDIS_TLS_CA_FILE, REDIS_TLS_CERT_FILE
+        and REDIS_TLS_KEY_FILE."""
+        found = {"ssl_ca_certs": self.redis_tls_ca_file, "ssl_certfile": self.redis_tls_cert_file,
+                 "ssl_keyfile": self.redis_tls_key_file}
+        return {k: v for k, v in found.items() if v is not None}
+
+    def redis_options(self) -> dict[str, Any]:
+        """Keyword arguments for :func:`streamcore.connection.create_redis` besides the URL,
+        socket timeout and pool size: how to reach Redis.
+
+        Today the TLS files (:attr:`tls_files`: ``ssl_ca_certs``, ``ssl_certfile``,
+        ``ssl_keyfile``; paths, read by redis-py's SSL connection when it connects). Every
+        component passes the whole dict, so a new way of connecting is added here once.
+        """
+        return dict(self.tls_files)
 
     @property
     def keys(self) -> Keys:
