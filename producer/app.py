@@ -73,6 +73,8 @@ async def redis_ctx(app: web.Application) -> AsyncIterator[None]:
         idempotency_ttl_s=settings.idempotency_ttl_seconds,
         order_index_ttl_s=settings.order_index_ttl_seconds,
         on_batch=app[METRICS].batch_size.observe,
+        wait_replicas=settings.redis_wait_replicas,
+        wait_timeout_ms=settings.redis_wait_timeout_ms,
     )
     app[APPENDER] = appender
     appender.start()

@@ -18,7 +18,10 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass
 
+import redis
 import redis.asyncio as aioredis
+from redis.asyncio.connection import parse_url
+from redis.asyncio.sentinel import Sentinel, SentinelConnectionPool
 from redis.asyncio.retry import Retry
 from redis.backoff import ExponentialBackoff
 from redis.exceptions import ConnectionError as RedisConnectionError
@@ -47,7 +50,8 @@ def pool_size(concurrency: int) -> int:
 
 def create_redis(url: str, *, socket_timeout_s: float = 15.0, max_connections: int = 64,
                  retries: int = 3, ssl_ca_certs: str | None = None, ssl_certfile: str | None = None,
-                 ssl_keyfile: str | None = None) -> aioredis.Redis:
+                 ssl_keyfile: str | None = None, sentinels: list[tuple[str, int]] | None = None,
+                 sentinel_master: str | None = None) -> aioredis.Redis:
     """Create an asyncio Redis client with ``decode_responses=True`` and lossless decoding
     (``encoding_errors="surrogateescape"``, see the module docstring).
 
@@ -78,6 +82,16 @@ def create_redis(url: str, *, socket_timeout_s: float = 15.0, max_connections: i
             Components pass these as ``**settings.redis_options()``
             (:meth:`streamcore.settings.CommonSettings.redis_options`). The server's certificate
             is always verified, its host name included (redis-py's defaults).
+        sentinels, sentinel_master: ``[(host, port), ...]`` of Redis Sentinels and the master
+            name they monitor (REDIS_SENTINELS, REDIS_SENTINEL_MASTER). The client then talks to
+            the primary the Sentinels name, through redis-py's
+            :class:`redis.asyncio.sentinel.Sentinel` and a master-bound pool (see
+            :class:`BlockingSentinelPool`); the URL's host and port are not used, its scheme,
+            user, password and db are. After a failover, connections to the old primary fail
+            (or answer READONLY, which redis-py turns into a connection error); the retry
+            reconnects and the pool asks the Sentinels for the new primary. The Sentinels
+            themselves are reached with the same socket timeouts and, for a ``rediss://`` URL,
+            the same TLS files, without a password.
 
     Returns:
         A client that owns its pool; the caller must ``await client.aclose()``.
@@ -90,8 +104,7 @@ def create_redis(url: str, *, socket_timeout_s: float = 15.0, max_connections: i
                              ("ssl_keyfile", ssl_keyfile)) if v is not None}
     if tls and not url.startswith("rediss://"):
         raise ValueError("TLS files need a rediss:// URL")
-    pool = aioredis.BlockingConnectionPool.from_url(
-        url,
+    options = dict(
         **tls,
         decode_responses=True,
         encoding_errors=ENCODING_ERRORS,
@@ -107,7 +120,68 @@ def create_redis(url: str, *, socket_timeout_s: float = 15.0, max_connections: i
         # answers 503 within it), not after ``retries`` times it.
         retry=Retry(ExponentialBackoff(cap=1.0, base=0.05), retries, supported_errors=(RedisConnectionError,)),
     )
+    if sentinels:
+        if not sentinel_master:
+            raise ValueError("sentinels need a master name")
+        return _sentinel_client(url, sentinels, sentinel_master, tls, options)
+    pool = aioredis.BlockingConnectionPool.from_url(url, **options)
     return aioredis.Redis.from_pool(pool)
+
+
+class BlockingSentinelPool(SentinelConnectionPool, aioredis.BlockingConnectionPool):
+    """redis-py's master-bound :class:`~redis.asyncio.sentinel.SentinelConnectionPool` (it asks
+    the Sentinels for the primary's address on every new connection and drops idle connections
+    when the address changed) with :class:`~redis.asyncio.BlockingConnectionPool`'s waiting for
+    a free connection, as :func:`create_redis` has without Sentinel."""
+
+
+def _sentinel_client(url: str, sentinels: list[tuple[str, int]], master: str, tls: dict[str, str],
+                     options: dict) -> aioredis.Redis:
+    parsed = parse_url(url)  # scheme, user, password, db; host and port come from the Sentinels
+    for unused in ("host", "port", "connection_class", "path"):
+        parsed.pop(unused, None)
+    sentinel_kwargs = {k: v for k, v in options.items() if k.startswith("socket_")}
+    if url.startswith("rediss://"):
+        sentinel_kwargs.update(ssl=True, **tls)
+        parsed["ssl"] = True  # SentinelConnectionPool picks its SSL connection class from this flag
+    manager = Sentinel(sentinels, sentinel_kwargs=sentinel_kwargs)
+    return manager.master_for(master, redis_class=aioredis.Redis, connection_pool_class=BlockingSentinelPool,
+                              **parsed, **options)
+
+
+def check_sentinel_master(sentinels: list[tuple[str, int]], master: str, *, timeout_s: float = 2.0,
+                          tls: dict[str, str] | None = None) -> bool | None:
+    """Ask each Sentinel (synchronously, before the event loop starts) whether it monitors
+    ``master``, with ``SENTINEL GET-MASTER-ADDR-BY-NAME``.
+
+    Args:
+        sentinels: ``[(host, port), ...]`` from REDIS_SENTINELS.
+        master: REDIS_SENTINEL_MASTER.
+        timeout_s: connect and read timeout per Sentinel, seconds.
+        tls: redis-py TLS keywords when the Sentinels speak TLS (``rediss://`` REDIS_URL).
+
+    Returns:
+        True when a Sentinel knows the master, False when at least one answered and none knows
+        it (a wrong name: a bad setting), None when none answered (unreachable: transient, the
+        process starts and retries like for an unreachable Redis).
+    """
+    answered = False
+    for host, port in sentinels:
+        client = redis.Redis(host=host, port=port, socket_timeout=timeout_s, socket_connect_timeout=timeout_s,
+                             **({"ssl": True, **tls} if tls is not None else {}))
+        try:
+            address = client.execute_command("SENTINEL", "GET-MASTER-ADDR-BY-NAME", master)
+        except (RedisConnectionError, RedisTimeoutError, OSError):
+            continue
+        except ResponseError:
+            answered = True
+            continue
+        finally:
+            client.close()
+        answered = True
+        if address:
+            return True
+    return False if answered else None
 
 
 @dataclass(frozen=True, slots=True)

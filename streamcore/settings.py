@@ -31,6 +31,24 @@ from streamcore.keys import Keys
 logger = logging.getLogger(__name__)
 
 
+def parse_sentinels(text: str) -> list[tuple[str, int]]:
+    """``"host:port,host:port"`` (REDIS_SENTINELS) as ``[(host, port), ...]``; ``[v6]:port`` for
+    IPv6 addresses.
+
+    Raises:
+        ValueError: an empty entry, a missing host, or a port that is not 1..65535.
+    """
+    found = []
+    for part in text.split(","):
+        part = part.strip()
+        host, sep, port = part.rpartition(":")
+        host = host[1:-1] if host.startswith("[") and host.endswith("]") else host
+        if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+            raise ValueError(f"{part!r} is not host:port")
+        found.append((host, int(port)))
+    return found
+
+
 class CommonSettings(BaseSettings):
     """What every component needs: where Redis is and which stream and group to use."""
 
@@ -66,6 +84,17 @@ class CommonSettings(BaseSettings):
     )
     log_level: str = Field(default="INFO", description="LOG_LEVEL: DEBUG, INFO, WARNING, ERROR.")
     log_format: Literal["text", "json"] = Field(default="text", description="LOG_FORMAT: text or json.")
+    redis_sentinels: str | None = Field(
+        default=None,
+        description=(
+            "REDIS_SENTINELS: host:port,host:port of Redis Sentinels; with REDIS_SENTINEL_MASTER the primary is the "
+            "one they name (followed across failovers) and REDIS_URL gives only scheme, user, password and db."
+        ),
+    )
+    redis_sentinel_master: str | None = Field(
+        default=None,
+        description="REDIS_SENTINEL_MASTER: the master name the Sentinels monitor (set with REDIS_SENTINELS).",
+    )
     redis_tls_ca_file: str | None = Field(
         default=None,
         description=(
@@ -110,8 +139,24 @@ class CommonSettings(BaseSettings):
             raise ValueError(f"cannot read the file: {exc.strerror or exc}") from None
         return value
 
+    @field_validator("redis_sentinels")
+    @classmethod
+    def _sentinel_addresses(cls, value: str | None) -> str | None:
+        if value is None or not value.strip():
+            return None
+        parse_sentinels(value)
+        return value
+
+    @field_validator("redis_sentinel_master")
+    @classmethod
+    def _master_name(cls, value: str | None) -> str | None:
+        return value.strip() or None if value is not None else None
+
     @model_validator(mode="after")
     def _tls_consistent(self) -> CommonSettings:
+        if (self.redis_sentinels is None) != (self.redis_sentinel_master is None):
+            missing = "REDIS_SENTINEL_MASTER" if self.redis_sentinel_master is None else "REDIS_SENTINELS"
+            raise ValueError(f"REDIS_SENTINELS and REDIS_SENTINEL_MASTER go together; {missing} is unset")
         if (self.redis_tls_cert_file is None) != (self.redis_tls_key_file is None):
             missing = "REDIS_TLS_KEY_FILE" if self.redis_tls_key_file is None else "REDIS_TLS_CERT_FILE"
             raise ValueError(f"REDIS_TLS_CERT_FILE and REDIS_TLS_KEY_FILE go together; {missing} is unset")
@@ -132,11 +177,17 @@ class CommonSettings(BaseSettings):
         """Keyword arguments for :func:`streamcore.connection.create_redis` besides the URL,
         socket timeout and pool size: how to reach Redis.
 
-        Today the TLS files (:attr:`tls_files`: ``ssl_ca_certs``, ``ssl_certfile``,
-        ``ssl_keyfile``; paths, read by redis-py's SSL connection when it connects). Every
-        component passes the whole dict, so a new way of connecting is added here once.
+        The TLS files (:attr:`tls_files`: ``ssl_ca_certs``, ``ssl_certfile``, ``ssl_keyfile``;
+        paths, read by redis-py's SSL connection when it connects) and, with Sentinel,
+        ``sentinels`` (``[(host, port), ...]`` from REDIS_SENTINELS) and ``sentinel_master``
+        (REDIS_SENTINEL_MASTER). Every component passes the whole dict, so a new way of
+        connecting is added here once.
         """
-        return dict(self.tls_files)
+        options: dict[str, Any] = dict(self.tls_files)
+        if self.redis_sentinels is not None:
+            options["sentinels"] = parse_sentinels(self.redis_sentinels)
+            options["sentinel_master"] = self.redis_sentinel_master
+        return options
 
     @property
     def keys(self) -> Keys:
@@ -297,19 +348,40 @@ def load_or_exit(factory: Callable[[], T], *, prog: str, settings_cls: type[Base
 
     Nothing has connected or listened yet when this runs (each ``__main__`` calls it first), so
     a bad setting never half-starts a process. A :class:`SystemExit` with a message raised by
-    ``factory`` (a cross-setting check) is turned into the same one-line exit 2.
+    ``factory`` (a cross-setting check) is turned into the same one-line exit 2. With
+    REDIS_SENTINELS set, the Sentinels are asked whether they monitor REDIS_SENTINEL_MASTER (the
+    one connection made here): a name none of them knows exits 2 the same way.
 
     Raises:
         SystemExit: code 2 after printing ``<prog>: invalid setting VAR=...: reason`` to stderr.
     """
     try:
-        return factory()
+        settings = factory()
     except (ValidationError, SettingsError) as exc:
         exit_usage(prog, describe_errors(exc, settings_cls))
     except SystemExit as exc:
         if isinstance(exc.code, str):
             exit_usage(prog, exc.code)
         raise
+    if isinstance(settings, CommonSettings) and settings.redis_sentinels is not None:
+        _check_master_or_exit(settings, prog)
+    return settings
+
+
+def _check_master_or_exit(settings: CommonSettings, prog: str) -> None:
+    # The one check that needs the network: only a Sentinel can say a master name is unknown.
+    # Unreachable Sentinels are not a bad setting (the process starts and retries, as it does
+    # for an unreachable Redis); Sentinels that answer and do not know the name are.
+    from streamcore.connection import check_sentinel_master
+
+    options = settings.redis_options()
+    tls = settings.tls_files if settings.redis_url.get_secret_value().startswith("rediss://") else None
+    known = check_sentinel_master(options["sentinels"], options["sentinel_master"], tls=tls)
+    if known is False:
+        exit_usage(prog, f"invalid setting REDIS_SENTINEL_MASTER={settings.redis_sentinel_master!r}: "
+                         f"no Sentinel of REDIS_SENTINELS monitors a master of that name")
+    if known is None:
+        logger.warning("no Sentinel of REDIS_SENTINELS answered; starting anyway, the connection is retried")
 
 
 def settings_from_command_line(settings_cls: type[S], *, prog: str, description: str, argv: list[str] | None = None,

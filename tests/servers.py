@@ -42,7 +42,9 @@ def server_binary(kind: str) -> str | None:
 class RedisServer:
     """One server process. ``url`` is ``redis://127.0.0.1:<port>/0``."""
 
-    def __init__(self, kind: str, binary: str, data_dir: Path, *, appendonly: bool = True) -> None:
+    def __init__(self, kind: str, binary: str, data_dir: Path, *, appendonly: bool = True,
+                 extra_args: tuple[str, ...] = ()) -> None:
+        self.extra_args = list(extra_args)
         self.kind = kind
         self.binary = binary
         self.data_dir = data_dir
@@ -68,7 +70,7 @@ class RedisServer:
         args = [
             self.binary, *self._listen_args(), "--bind", "127.0.0.1", "--dir", str(self.data_dir),
             "--save", "", "--appendonly", "yes" if self.appendonly else "no", "--appendfsync", "always",
-            "--protected-mode", "no", "--daemonize", "no", "--loglevel", "warning",
+            "--protected-mode", "no", "--daemonize", "no", "--loglevel", "warning", *self.extra_args,
         ]
         self.proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
         deadline = time.monotonic() + timeout_s

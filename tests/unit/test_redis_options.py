@@ -78,3 +78,33 @@ def test_tls_files_need_a_rediss_url(pem):
 def test_create_redis_refuses_tls_files_on_a_plain_url(pem):
     with pytest.raises(ValueError, match="rediss://"):
         create_redis("redis://127.0.0.1:6379/0", ssl_ca_certs=pem["ca.crt"])
+
+
+def test_sentinels_become_addresses_and_a_master_name():
+    s = CommonSettings(redis_sentinels="10.0.0.1:26379, sentinel-b:26380,[::1]:5000", redis_sentinel_master="mymaster")
+    assert s.redis_options() == {"sentinels": [("10.0.0.1", 26379), ("sentinel-b", 26380), ("::1", 5000)],
+                                 "sentinel_master": "mymaster"}
+
+
+@pytest.mark.parametrize("value", ["host", "host:", ":26379", "host:0", "host:70000", "a:1,,b:2", "host:port"])
+def test_a_bad_sentinel_address_names_the_setting(value):
+    line = error_line(redis_sentinels=value, redis_sentinel_master="m")
+    assert line.startswith(f"invalid setting REDIS_SENTINELS={value!r}: ") and "is not host:port" in line
+
+
+def test_sentinels_and_master_go_together():
+    assert error_line(redis_sentinels="h:1") == (
+        "invalid settings: REDIS_SENTINELS and REDIS_SENTINEL_MASTER go together; REDIS_SENTINEL_MASTER is unset")
+    assert error_line(redis_sentinel_master="m").endswith("REDIS_SENTINELS is unset")
+
+
+def test_create_redis_with_sentinels_binds_a_blocking_pool_to_the_master():
+    from streamcore.connection import BlockingSentinelPool
+
+    r = create_redis("redis://app:pw@ignored:1/2", max_connections=7, sentinels=[("127.0.0.1", 1)],
+                     sentinel_master="orders-primary")
+    pool = r.connection_pool
+    assert isinstance(pool, BlockingSentinelPool) and pool.is_master and pool.service_name == "orders-primary"
+    kwargs = pool.connection_kwargs
+    assert (kwargs["username"], kwargs["password"], kwargs["db"], pool.max_connections) == ("app", "pw", 2, 7)
+    assert kwargs["decode_responses"] is True and kwargs["encoding_errors"] == "surrogateescape"
