@@ -211,6 +211,68 @@ class TlsAclServer(RedisServer):
             pass
 
 
+class SentinelServer:
+    """One ``redis-server --sentinel`` on loopback monitoring ``master`` at ``primary_port``, with
+    short timings: down after ``down_after_ms``, failover timeout ``failover_timeout_ms``.
+    Its config file (Sentinel rewrites it) lives in ``data_dir``; ended by the PID we started."""
+
+    def __init__(self, binary: str, data_dir: Path, master: str, primary_port: int, *, quorum: int = 2,
+                 down_after_ms: int = 1000, failover_timeout_ms: int = 3000) -> None:
+        self.binary = binary
+        self.data_dir = data_dir
+        self.port = free_port()
+        self.proc: subprocess.Popen | None = None
+        data_dir.mkdir(parents=True, exist_ok=True)
+        self.conf = data_dir / "sentinel.conf"
+        self.conf.write_text("\n".join([
+            f"port {self.port}", "bind 127.0.0.1", f"dir {data_dir}", "daemonize no", "loglevel warning",
+            f"sentinel monitor {master} 127.0.0.1 {primary_port} {quorum}",
+            f"sentinel down-after-milliseconds {master} {down_after_ms}",
+            f"sentinel failover-timeout {master} {failover_timeout_ms}",
+            f"sentinel parallel-syncs {master} 2", "",
+        ]))
+
+    def start(self, timeout_s: float = 10.0) -> None:
+        """Start it and wait until it answers PING."""
+        self.proc = subprocess.Popen([self.binary, str(self.conf), "--sentinel"], stdout=subprocess.DEVNULL,
+                                     stderr=subprocess.PIPE)
+        deadline = time.monotonic() + timeout_s
+        client = redis.Redis(host="127.0.0.1", port=self.port, socket_timeout=1)
+        try:
+            while True:
+                try:
+                    client.ping()
+                    return
+                except redis.ConnectionError:
+                    if self.proc.poll() is not None:
+                        raise RuntimeError(f"sentinel exited: {self.proc.stderr.read().decode()}")
+                    if time.monotonic() > deadline:
+                        raise TimeoutError(f"sentinel on {self.port} did not answer PING in {timeout_s}s")
+                    time.sleep(0.05)
+        finally:
+            client.close()
+
+    def master(self, name: str) -> dict[str, str]:
+        """``SENTINEL MASTER name`` as a dict of text."""
+        client = redis.Redis(host="127.0.0.1", port=self.port, socket_timeout=2, decode_responses=True)
+        try:
+            reply = client.execute_command("SENTINEL", "MASTER", name)
+            return dict(zip(reply[::2], reply[1::2])) if isinstance(reply, list) else reply
+        finally:
+            client.close()
+
+    def stop(self) -> None:
+        """End the process we started (SIGKILL: a test's sentinel keeps no state worth saving)."""
+        if self.proc is None:
+            return
+        if self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait(timeout=10)
+        if self.proc.stderr:
+            self.proc.stderr.close()
+        self.proc = None
+
+
 def ci_requires_servers() -> bool:
     """In CI a missing server is a failure, not a skip."""
     return os.environ.get("CI", "").lower() in ("1", "true", "yes")
