@@ -78,6 +78,8 @@ SCENARIOS: dict[str, Obj] = {
         "networkPolicy": {"enabled": True},
         "serviceMonitor": {"enabled": True, "labels": {"release": "prometheus"}},
     },
+    # charts/orderstream/examples/external-redis-tls.yaml: TLS, Sentinel and WAIT (issue 13)
+    "external-redis-tls": yaml.safe_load((CHART_DIR / "examples" / "external-redis-tls.yaml").read_text()),
     "components-off": {
         "reclaimer": {"enabled": False},
         "autoscaler": {"enabled": False},
