@@ -113,3 +113,23 @@ def test_a_bad_cert_setting_exits_2_with_one_line_before_connecting(redis_server
     proc = subprocess.run([sys.executable, "-m", "consumer"], cwd=ROOT, env=full, capture_output=True, text=True,
                           timeout=30)
     assert (proc.returncode, proc.stderr, proc.stdout) == (2, line, "")
+
+
+async def test_the_operator_reaches_a_rediss_target_with_its_own_tls_files(app_client, redis_server, names, monkeypatch):
+    from autoscaler.handlers import Runtime
+    from autoscaler.settings import AutoscalerSettings
+
+    for var, value in redis_server.tls_env.items():
+        monkeypatch.setenv(var, value)
+    runtime = Runtime(settings=AutoscalerSettings(redis_url=redis_server.url), api=None, metrics=None)  # type: ignore[arg-type]
+    _, user = app_client
+    target = redis_server.user_url(user, "strict-secret")  # the URL a StreamAutoscaler's Secret holds
+    try:
+        client = runtime.redis_for(target)
+        assert await client.ping() is True
+        assert await client.xlen(names.stream) == 0
+        plain = runtime.redis_for("redis://127.0.0.1:1/0")  # a plain target gets no TLS options
+        assert "ssl_ca_certs" not in plain.connection_pool.connection_kwargs
+    finally:
+        for c in runtime.clients.values():
+            await c.aclose()
