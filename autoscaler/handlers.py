@@ -50,14 +50,20 @@ class Runtime:
     def redis_for(self, url: str) -> aioredis.Redis:
         """The shared client for ``url`` (created on first use; never logged: it holds secrets).
 
+        A ``rediss://`` URL is verified with the operator's own TLS files (REDIS_TLS_CA_FILE,
+        REDIS_TLS_CERT_FILE, REDIS_TLS_KEY_FILE of :class:`AutoscalerSettings`, mounted from the
+        chart's ``redis.tls.existingSecret``): the URL comes from the StreamAutoscaler's Secret,
+        the trust comes from the operator's deployment. A ``redis://`` URL gets no TLS.
+
         Raises ``RuntimeError`` once the runtime is closed (a late poll must not open clients
         that nobody will close).
         """
         if self.closed:
             raise RuntimeError('the operator is stopping')
         if url not in self.clients:
+            tls = self.settings.tls_files if url.startswith('rediss://') else {}
             self.clients[url] = create_redis(url, socket_timeout_s=5.0, max_connections=8,
-                                             cluster=self.settings.redis_cluster)
+                                             cluster=self.settings.redis_cluster, **tls)
         return self.clients[url]
 
     async def close(self) -> None:

@@ -63,7 +63,7 @@ async def run_local(
     registry = CollectorRegistry()
     metrics = autoscaler_metrics(registry)
     r = create_redis(settings.redis_url.get_secret_value(), socket_timeout_s=5.0, max_connections=4,
-                     cluster=settings.redis_cluster)
+                     **settings.redis_options())
     reader = SignalReader(r, [(settings.stream_name, settings.group_name)], partitions=settings.stream_partitions,
                           cluster=settings.redis_cluster)
     runner = None

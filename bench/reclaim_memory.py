@@ -189,7 +189,7 @@ async def child_pass() -> None:
 
     settings = ReclaimerSettings()
     r = create_redis(settings.redis_url.get_secret_value(), socket_timeout_s=settings.redis_socket_timeout_s,
-                     max_connections=pool_size(settings.concurrency))
+                     max_connections=pool_size(settings.concurrency), **settings.redis_options())
     try:
         rec = Reclaimer(settings, r)
         t0 = time.perf_counter()

@@ -24,7 +24,7 @@ async def serve(settings: ConsumerSettings, stop: asyncio.Event | None = None) -
     install_shutdown_handlers(stop)
     parts = settings.partitions
     r = create_redis(settings.redis_url.get_secret_value(), socket_timeout_s=settings.redis_socket_timeout_s,
-                     max_connections=pool_size(settings.concurrency) * len(parts), cluster=settings.redis_cluster)
+                     max_connections=pool_size(settings.concurrency) * len(parts), **settings.redis_options())
     try:
         worker: Worker | PartitionedWorker = Worker(settings, r) if len(parts) == 1 else PartitionedWorker(settings, r, parts=parts)
         runner = await start_health_server(worker, settings)

@@ -68,7 +68,7 @@ async def redis_ctx(app: web.Application) -> AsyncIterator[None]:
     """
     settings = app[SETTINGS]
     r = create_redis(settings.redis_url.get_secret_value(), socket_timeout_s=settings.redis_socket_timeout_s,
-                     cluster=settings.redis_cluster)
+                     **settings.redis_options())
     app[REDIS] = r
     app[SCRIPTS] = scripts = Scripts(r)
     appender = RoutedAppender(
@@ -79,6 +79,8 @@ async def redis_ctx(app: web.Application) -> AsyncIterator[None]:
         idempotency_ttl_s=settings.idempotency_ttl_seconds,
         order_index_ttl_s=settings.order_index_ttl_seconds,
         on_batch=app[METRICS].batch_size.observe,
+        wait_replicas=settings.redis_wait_replicas,
+        wait_timeout_ms=settings.redis_wait_timeout_ms,
     )
     app[APPENDER] = appender
     appender.start()

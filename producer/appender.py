@@ -31,7 +31,7 @@ import hiredis
 import redis.asyncio as aioredis
 from redis.asyncio.connection import Connection
 from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import NoScriptError, ResponseError
+from redis.exceptions import NoScriptError, RedisError, ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from streamcore.connection import is_cluster
@@ -43,6 +43,22 @@ logger = logging.getLogger(__name__)
 
 class Unencodable(ValueError):
     """An append holds text that cannot be encoded as UTF-8 (a lone surrogate); nothing was sent."""
+
+
+class NotReplicated(RedisError):
+    """Fewer replicas than required confirmed an append batch within the WAIT timeout
+    (REDIS_WAIT_REPLICAS, REDIS_WAIT_TIMEOUT_MS). The append did happen on the primary and may
+    survive, or be lost with it in a failover: the client retries with its Idempotency-Key.
+
+    Attributes:
+        confirmed: replicas that confirmed (WAIT's reply).
+        required: REDIS_WAIT_REPLICAS.
+    """
+
+    def __init__(self, confirmed: int, required: int) -> None:
+        super().__init__(f"{confirmed} of {required} replicas confirmed the append")
+        self.confirmed = confirmed
+        self.required = required
 
 
 @dataclass(slots=True)
@@ -88,6 +104,12 @@ class Appender:
         idempotency_ttl_s: TTL of idempotency records, seconds.
         order_index_ttl_s: TTL of the orderId → entry ID index, seconds.
         on_batch: called with the size of every batch sent (a metric).
+        wait_replicas: replicas that must confirm each batch (REDIS_WAIT_REPLICAS): ``WAIT
+            wait_replicas wait_timeout_ms`` is sent after the batch on the same connection, and
+            a batch confirmed by fewer replicas fails each of its appends with
+            :class:`NotReplicated`. 0: no WAIT.
+        wait_timeout_ms: WAIT's timeout, ms (REDIS_WAIT_TIMEOUT_MS); must be below the
+            client's socket timeout, in which the batch's replies are read.
     """
 
     def __init__(
@@ -101,8 +123,12 @@ class Appender:
         idempotency_ttl_s: int = 86400,
         order_index_ttl_s: int = ORDER_INDEX_TTL_S,
         on_batch: Callable[[int], None] | None = None,
+        wait_replicas: int = 0,
+        wait_timeout_ms: int = 1000,
     ) -> None:
         self._r = r
+        self._wait_replicas = wait_replicas
+        self._wait = (hiredis.pack_command((b"WAIT", wait_replicas, wait_timeout_ms)) if wait_replicas else b"")
         self._keys = keys
         self._scripts = scripts
         self._max_batch = max_batch
@@ -252,6 +278,7 @@ class Appender:
                     if not item.future.done():
                         item.future.set_exception(exc)
                 return
+            shortfall = self._shortfall(replies.pop()) if self._wait else None
             again: list[_Pending] = []
             for item, reply in zip(batch, replies, strict=True):
                 if item.future.done():  # the caller was cancelled
@@ -262,6 +289,8 @@ class Appender:
                     again.append(item)
                 elif isinstance(reply, Exception):
                     item.future.set_exception(reply)
+                elif shortfall is not None:
+                    item.future.set_exception(shortfall)
                 else:
                     item.future.set_result(append_result(reply, item.body_hash))
             if not again:
@@ -269,6 +298,17 @@ class Appender:
             self._script_loaded = False
             logger.warning("script cache flushed under an append pipeline; resending %d appends", len(again))
             batch = again
+
+    def _shortfall(self, reply: object) -> Exception | None:
+        """WAIT's reply as the error of the batch's appends, or None when enough replicas
+        confirmed. An error reply (WAIT refused) fails them as it is."""
+        if isinstance(reply, Exception):
+            return reply
+        confirmed = int(reply)  # type: ignore[call-overload]  # WAIT answers an integer
+        if confirmed >= self._wait_replicas:
+            return None
+        logger.warning("append batch confirmed by %d of %d replicas", confirmed, self._wait_replicas)
+        return NotReplicated(confirmed, self._wait_replicas)
 
     async def _load_script(self) -> None:
         """Make sure Redis has the append script: redis-py's pipeline check (``SCRIPT EXISTS``,
@@ -289,7 +329,9 @@ class Appender:
 
     async def _exchange(self, batch: list[_Pending]) -> list:
         """Send the batch's commands in one write on a pooled connection and read one reply per
-        command: the script's reply, or its error reply as an exception object (not raised).
+        command: the script's reply, or its error reply as an exception object (not raised);
+        with REDIS_WAIT_REPLICAS, ``WAIT``'s reply last (it waits for this connection's writes,
+        so for the whole batch).
 
         What ``pipeline(transaction=False)`` + ``execute(raise_on_error=False)`` does, with the
         commands packed once per append (by :meth:`_pending`) instead of argument by argument
@@ -311,11 +353,12 @@ class Appender:
                 for item in batch:
                     pipe.execute_command(*item.command)
                 return await pipe.execute(raise_on_error=False)
-        packed = b"".join(item.packed for item in batch)
+        packed = b"".join(item.packed for item in batch) + self._wait
+        count = len(batch) + (1 if self._wait else 0)
         pool = self._r.connection_pool
         conn = await pool.get_connection()
         try:
-            return await conn.retry.call_with_retry(lambda: self._send_and_read(conn, packed, len(batch)), lambda _error: conn.disconnect())
+            return await conn.retry.call_with_retry(lambda: self._send_and_read(conn, packed, count), lambda _error: conn.disconnect())
         finally:
             await pool.release(conn)
 

@@ -112,6 +112,8 @@ def _schemas(settings: ProducerSettings) -> dict[str, Any]:
                     "additionalProperties": {"type": "string"},
                     "description": "Reason per bad body field, query parameter or header (`<index>.<field>` in batches).",
                 },
+                "replicasConfirmed": {"type": "integer", "description": "503 of a WAIT shortfall: replicas that confirmed."},
+                "replicasRequired": {"type": "integer", "description": "503 of a WAIT shortfall: REDIS_WAIT_REPLICAS."},
             },
         },
         "HistoryItem": {
@@ -373,7 +375,9 @@ def openapi_document(settings: ProducerSettings) -> dict[str, Any]:
         "422": _error("The Idempotency-Key was already used with a different body."),
         "503": _error(
             "Redis is unavailable, or more than IN_FLIGHT_MAX_BYTES of request bodies are in flight; "
-            "nothing was changed (header `Retry-After`)."
+            "nothing was changed (header `Retry-After`). With REDIS_WAIT_REPLICAS set, a 503 carrying "
+            "`replicasConfirmed` < `replicasRequired` means the order was appended on the primary but not "
+            "confirmed by enough replicas: retry with the same Idempotency-Key."
         ),
     }
     return {

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from pydantic import Field, SecretStr
+from pydantic import Field, SecretStr, model_validator
 
 from streamcore.settings import CommonSettings
 
@@ -62,6 +62,20 @@ class ProducerSettings(CommonSettings):
             "this, ~215 MB with the default, most of it read-ahead buffers of the refused connections)."
         ),
     )
+    redis_wait_replicas: int = Field(
+        default=0,
+        ge=0,
+        description=(
+            "REDIS_WAIT_REPLICAS: replicas that must confirm each append batch (WAIT) before its orders are answered "
+            "201; fewer within REDIS_WAIT_TIMEOUT_MS gives 503 (the order may be in the stream: retry with the same "
+            "Idempotency-Key). 0: no WAIT."
+        ),
+    )
+    redis_wait_timeout_ms: int = Field(
+        default=1000,
+        ge=1,
+        description="REDIS_WAIT_TIMEOUT_MS: how long one WAIT may wait for REDIS_WAIT_REPLICAS replicas, ms; below REDIS_SOCKET_TIMEOUT_S.",
+    )
     append_batch_max: int = Field(
         default=128,
         ge=1,
@@ -81,3 +95,17 @@ class ProducerSettings(CommonSettings):
         gt=0,
         description="SHUTDOWN_TIMEOUT_S: how long in-flight requests may finish after SIGTERM, seconds.",
     )
+
+    @model_validator(mode="after")
+    def _wait_within_the_socket_timeout(self) -> ProducerSettings:
+        # The WAIT reply is read within the socket timeout of the append batch: a longer WAIT
+        # would turn every shortfall into a timeout and a dropped connection.
+        if self.redis_wait_replicas and self.redis_wait_timeout_ms >= self.redis_socket_timeout_s * 1000:
+            raise ValueError(
+                f"REDIS_WAIT_TIMEOUT_MS ({self.redis_wait_timeout_ms}) must be below REDIS_SOCKET_TIMEOUT_S "
+                f"({self.redis_socket_timeout_s:g} s)")
+        if self.redis_wait_replicas and self.redis_cluster:
+            # WAIT names no key: in a cluster it would go to some node, not to the one that took the batch.
+            raise ValueError("REDIS_WAIT_REPLICAS is not supported with REDIS_CLUSTER=true (WAIT would not reach "
+                             "the node that took the append); a cluster's replicas are written asynchronously")
+        return self

@@ -24,7 +24,7 @@ from redis.exceptions import RedisClusterException, RedisError, ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from producer import audit, deadletters, partitioned
-from producer.appender import AppendCall
+from producer.appender import AppendCall, NotReplicated
 from producer.backlog import read_backlog
 from producer.appkeys import APPENDER, IN_FLIGHT, LIFECYCLE, LIMITS, METRICS, REDIS, REGISTRY, SETTINGS
 from producer.encoding import order_fields
@@ -57,6 +57,9 @@ _MIN_CHARGE = 16 * 1024
 _INT64_MAX = 2**63 - 1
 #: The 503 message: an append may or may not have happened when the connection broke mid-call.
 UNAVAILABLE = "Redis is unavailable; retry later (with the same Idempotency-Key, a retry never appends twice)"
+#: The 503 message when fewer than REDIS_WAIT_REPLICAS replicas confirmed the append.
+NOT_REPLICATED = ("not enough Redis replicas confirmed the order; it may have been appended: retry with the "
+                  "same Idempotency-Key (a retry never appends twice)")
 
 
 class ApiError(Exception):
@@ -116,7 +119,9 @@ def api_handler(route: str, handler: Handler) -> Handler:
     ``ApiError`` → its status; aiohttp's own HTTP errors (413 from ``client_max_size``) → the
     same status with a JSON body; Redis unreachable or timing out → 503 with
     :data:`UNAVAILABLE` and ``Retry-After: 1``; an error reply from Redis (OOM, READONLY,
-    WRONGTYPE) → 503 naming it; any other exception → 500 ``{"error": "internal error"}`` (logged
+    WRONGTYPE) → 503 naming it; fewer replicas than REDIS_WAIT_REPLICAS confirmed
+    (:class:`producer.appender.NotReplicated`) → 503 with ``replicasConfirmed``,
+    ``replicasRequired`` and ``Retry-After: 1``; any other exception → 500 ``{"error": "internal error"}`` (logged
     with its trace, never sent). The in-flight bytes a request reserved (``_json_body``) are
     given back when it ends.
 
@@ -153,6 +158,11 @@ def api_handler(route: str, handler: Handler) -> Handler:
             # during a failover.
             logger.warning("%s %s: Redis unavailable: %s", request.method, request.path, exc)
             response = web.json_response({"error": UNAVAILABLE, "fields": {}}, status=503)
+            response.headers["Retry-After"] = "1"
+        except NotReplicated as exc:
+            logger.warning("%s %s: %s", request.method, request.path, exc)
+            response = web.json_response({"error": NOT_REPLICATED, "fields": {}, "replicasConfirmed": exc.confirmed,
+                                          "replicasRequired": exc.required}, status=503)
             response.headers["Retry-After"] = "1"
         except RedisError as exc:  # the server answered with an error (OOM, READONLY, WRONGTYPE, ...)
             logger.warning("%s %s: Redis refused: %s", request.method, request.path, exc)

@@ -20,7 +20,7 @@ logger = logging.getLogger("reclaimer")
 async def amain(settings: ReclaimerSettings, loop: bool) -> int:
     parts = settings.partitions
     r = create_redis(settings.redis_url.get_secret_value(), socket_timeout_s=settings.redis_socket_timeout_s,
-                     max_connections=pool_size(settings.concurrency), cluster=settings.redis_cluster)
+                     max_connections=pool_size(settings.concurrency), **settings.redis_options())
     try:
         reclaimer: Reclaimer | PartitionedReclaimer = (Reclaimer(settings, r) if len(parts) == 1
                                                        else PartitionedReclaimer(settings, r, parts=parts))

@@ -14,6 +14,12 @@
   ``--fixed`` runs exactly ``--consumers`` consumers instead;
 * the reclaimer in ``--loop`` mode.
 
+``up --sentinel`` starts, instead of one Redis, a primary (``--redis-port``), two replicas (the
+next two ports) and three Sentinels (``redis-server --sentinel``, ports ``--redis-port`` + 20000,
++20001, +20002, master name ``orderstream``, down after 5 s), and runs the components on
+``REDIS_SENTINELS``/``REDIS_SENTINEL_MASTER``: kill the primary and watch them follow the promoted
+replica. Each start writes fresh Sentinel configs that name ``--redis-port`` as the primary.
+
 Ctrl-C or SIGTERM stops everything: the components get SIGTERM and drain (deadline
 ``--grace`` seconds, then SIGKILL), Redis is stopped last so its AOF is complete. A second
 ``up`` resumes with the data kept.
@@ -215,6 +221,96 @@ async def wait_for_redis(port: int, timeout_s: float) -> None:
         await asyncio.sleep(0.1)
 
 
+#: ``up --sentinel``: the Sentinels listen on ``--redis-port`` plus this (6379 → 26379..26381).
+SENTINEL_PORT_OFFSET = 20000
+#: ``up --sentinel``: the master name the Sentinels monitor (REDIS_SENTINEL_MASTER).
+SENTINEL_MASTER = "orderstream"
+
+
+class SentinelSet:
+    """The replicas and Sentinels of ``up --sentinel`` (children with their output pumps)."""
+
+    def __init__(self) -> None:
+        self.children: list[tuple[Child, asyncio.Task]] = []
+
+    async def add(self, child: Child) -> None:
+        await child.start()
+        self.children.append((child, asyncio.create_task(child.pump())))
+
+    async def stop(self, grace: float) -> None:
+        """Stop the Sentinels first (no failover while the servers stop), then the replicas."""
+        for child, task in reversed(self.children):
+            await child.stop(grace)
+            await task
+
+
+async def start_sentinel_set(data_root: Path, primary_port: int, replica_ports: list[int], sentinel_ports: list[int],
+                             env: dict[str, str], grace: float) -> SentinelSet:
+    """Start the replicas of the primary on ``primary_port`` and three Sentinels monitoring it
+    as :data:`SENTINEL_MASTER` (quorum 2, down after 5 s, failover timeout 10 s); wait until each
+    answers PING. Sentinel configs are written fresh in ``data_root/sentinel-<n>/``.
+
+    Raises:
+        SystemExit: a server did not answer in time (what started is stopped first).
+    """
+    started = SentinelSet()
+    binary = redis_binary()
+    try:
+        for i, port in enumerate(replica_ports, start=1):
+            data = data_root / f"redis-replica-{i}"
+            data.mkdir(parents=True, exist_ok=True)
+            argv = [binary, "--port", str(port), "--bind", "127.0.0.1", "--dir", str(data), "--appendonly", "yes",
+                    "--appendfsync", "everysec", "--save", "", "--daemonize", "no", "--loglevel", "warning",
+                    "--replicaof", "127.0.0.1", str(primary_port)]
+            await started.add(Child(f"redis-replica-{i}", argv, env, COLORS[0], restart=False))
+            await wait_for_redis(port, 15)
+        for port in replica_ports:
+            # Until its first sync a replica is empty, and Sentinel would promote it all the same:
+            # a failover then would lose every order. So the stack starts on synced replicas.
+            await wait_for_sync(port, 60)
+        for i, port in enumerate(sentinel_ports, start=1):
+            data = data_root / f"sentinel-{i}"
+            data.mkdir(parents=True, exist_ok=True)
+            conf = data / "sentinel.conf"
+            conf.write_text("\n".join([
+                f"port {port}", "bind 127.0.0.1", f"dir {data}", "daemonize no", "loglevel warning",
+                f"sentinel monitor {SENTINEL_MASTER} 127.0.0.1 {primary_port} 2",
+                f"sentinel down-after-milliseconds {SENTINEL_MASTER} 5000",
+                f"sentinel failover-timeout {SENTINEL_MASTER} 10000", "",
+            ]))
+            await started.add(Child(f"sentinel-{i}", [binary, str(conf), "--sentinel"], env, COLORS[0], restart=False))
+            await wait_for_redis(port, 15)
+    except BaseException:
+        await started.stop(grace)
+        raise
+    return started
+
+
+async def wait_for_sync(port: int, timeout_s: float) -> None:
+    """Poll ``INFO replication`` on the replica at ``127.0.0.1:port`` until
+    ``master_link_status:up`` (its first sync is done); deadline ``timeout_s`` seconds.
+
+    Raises:
+        SystemExit: not in sync within the deadline.
+    """
+    deadline = time.monotonic() + timeout_s
+    while True:
+        try:
+            reader, writer = await asyncio.open_connection("127.0.0.1", port)
+            writer.write(b"INFO replication\r\n")
+            await writer.drain()
+            header = await reader.readline()  # $<length>
+            body = await reader.readexactly(int(header[1:]) + 2) if header.startswith(b"$") else b""
+            writer.close()
+            if b"master_link_status:up" in body:
+                return
+        except (OSError, ValueError, asyncio.IncompleteReadError):
+            pass
+        if time.monotonic() > deadline:
+            raise SystemExit(f"the replica on port {port} did not sync within {timeout_s}s")
+        await asyncio.sleep(0.2)
+
+
 async def up(args: argparse.Namespace, settings: UpSettings | None = None) -> int:
     """Run the local stack until SIGINT/SIGTERM; returns the exit code (2 when a component
     exited 2: a bad setting).
@@ -238,10 +334,17 @@ async def up(args: argparse.Namespace, settings: UpSettings | None = None) -> in
     redis_child: Child | None = None
 
     starts_redis = not env.get("REDIS_URL")
+    sentinel = bool(getattr(args, "sentinel", False))
+    if sentinel and not starts_redis:
+        print("orderstream up: --sentinel starts its own Redis servers and Sentinels; unset REDIS_URL", file=sys.stderr)
+        return EXIT_USAGE
+    redis_ports = [settings.local_redis_port + i for i in range(3 if sentinel else 1)]
+    sentinel_ports = [settings.local_redis_port + SENTINEL_PORT_OFFSET + i for i in range(3)] if sentinel else []
     n_health = settings.consumers if args.fixed else max(settings.consumers, settings.max_consumers)
     check_ports(
         [(settings.port, "set PORT to another one")]
-        + ([(settings.local_redis_port, "pass --redis-port (LOCAL_REDIS_PORT) or set REDIS_URL to use that server")] if starts_redis else [])
+        + ([(p, "pass --redis-port (LOCAL_REDIS_PORT) or set REDIS_URL to use that server") for p in redis_ports + sentinel_ports]
+           if starts_redis else [])
         + [(settings.consumer_health_port + i, "pass --consumer-health-port (CONSUMER_HEALTH_PORT), or 0 to serve no consumer probes")
            for i in range(n_health if settings.consumer_health_port else 0)]
     )
@@ -256,6 +359,8 @@ async def up(args: argparse.Namespace, settings: UpSettings | None = None) -> in
             redis_binary(), "--port", str(port), "--bind", "127.0.0.1", "--dir", str(data),
             "--appendonly", "yes", "--appendfsync", "everysec", "--save", "", "--daemonize", "no", "--loglevel", "warning",
         ]
+        if sentinel:
+            argv += ["--repl-diskless-sync-delay", "0"]  # the replicas' first sync at once, not after 5 s
         redis_child = Child("redis", argv, env, COLORS[0], restart=False)
         await redis_child.start()
         redis_task = asyncio.create_task(redis_child.pump())
@@ -268,6 +373,18 @@ async def up(args: argparse.Namespace, settings: UpSettings | None = None) -> in
             raise
         env["REDIS_URL"] = f"redis://127.0.0.1:{port}/0"
         redis_child.say(f"ready at {env['REDIS_URL']} (AOF in {data})")
+        if sentinel:
+            try:
+                replication = await start_sentinel_set(Path(settings.orderstream_data).resolve(), port, redis_ports[1:],
+                                                       sentinel_ports, env, grace)
+            except BaseException:
+                await redis_child.stop(grace)
+                await redis_task
+                raise
+            env["REDIS_SENTINELS"] = ",".join(f"127.0.0.1:{p}" for p in sentinel_ports)
+            env["REDIS_SENTINEL_MASTER"] = SENTINEL_MASTER
+            redis_child.say(f"primary of Sentinel master {SENTINEL_MASTER!r}; replicas on {redis_ports[1:]}, "
+                            f"Sentinels on {sentinel_ports}")
 
     stop = asyncio.Event()
     children.append(Child("producer", [py, "-m", "producer"], env, COLORS[1], restart=True, on_usage_error=stop.set))
@@ -304,6 +421,8 @@ async def up(args: argparse.Namespace, settings: UpSettings | None = None) -> in
     print("stopping: components drain first, then Redis", flush=True)
     await asyncio.gather(*(c.stop(grace) for c in children))
     await asyncio.gather(*tasks, return_exceptions=True)
+    if sentinel:
+        await replication.stop(grace)
     if redis_child is not None:
         await redis_child.stop(grace)
         await redis_task
@@ -353,6 +472,9 @@ def build_parser() -> argparse.ArgumentParser:
     p_up.add_argument("--redis-port", type=int, help="port of the local Redis (LOCAL_REDIS_PORT, 6379)")
     p_up.add_argument("--consumer-health-port", type=int,
                       help="first consumer's HEALTH_PORT (CONSUMER_HEALTH_PORT, 8081); the next ones count up; 0: no consumer probe servers")
+    p_up.add_argument("--sentinel", action="store_true",
+                      help="start a primary, two replicas (the next two ports) and three Sentinels (--redis-port + 20000..20002) "
+                           "and run the stack on REDIS_SENTINELS")
     p_up.add_argument("--grace", type=_positive_seconds, help=f"seconds each process gets to drain before SIGKILL ({DEFAULT_GRACE_S:g})")
     p_burst = sub.add_parser(
         "burst", help="post a burst of orders to a running producer (POST /orders/batch)",

@@ -18,8 +18,11 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass
 
+import redis
 import redis.asyncio as aioredis
 from redis.asyncio.cluster import RedisCluster
+from redis.asyncio.connection import parse_url
+from redis.asyncio.sentinel import Sentinel, SentinelConnectionPool
 from redis.asyncio.retry import Retry
 from redis.backoff import ExponentialBackoff
 from redis.exceptions import ConnectionError as RedisConnectionError
@@ -48,7 +51,9 @@ def pool_size(concurrency: int) -> int:
 
 
 def create_redis(url: str, *, socket_timeout_s: float = 15.0, max_connections: int = 64,
-                 retries: int = 3, cluster: bool = False) -> aioredis.Redis:
+                 retries: int = 3, ssl_ca_certs: str | None = None, ssl_certfile: str | None = None,
+                 ssl_keyfile: str | None = None, sentinels: list[tuple[str, int]] | None = None,
+                 sentinel_master: str | None = None, cluster: bool = False) -> aioredis.Redis:
     """Create an asyncio Redis client with ``decode_responses=True`` and lossless decoding
     (``encoding_errors="surrogateescape"``, see the module docstring).
 
@@ -72,6 +77,23 @@ def create_redis(url: str, *, socket_timeout_s: float = 15.0, max_connections: i
             A retried append whose first attempt did reach Redis is answered from the
             idempotency record when the request had an ``Idempotency-Key``; without one it may
             append the order twice, which the handler's orderId marker applies once.
+        ssl_ca_certs: PEM file of the CA that signed the server's certificate (REDIS_TLS_CA_FILE);
+            None: the system's CA store. Only with a ``rediss://`` URL.
+        ssl_certfile, ssl_keyfile: PEM client certificate and key (REDIS_TLS_CERT_FILE,
+            REDIS_TLS_KEY_FILE), for servers with ``tls-auth-clients``. Only with ``rediss://``.
+            Components pass these as ``**settings.redis_options()``
+            (:meth:`streamcore.settings.CommonSettings.redis_options`). The server's certificate
+            is always verified, its host name included (redis-py's defaults).
+        sentinels, sentinel_master: ``[(host, port), ...]`` of Redis Sentinels and the master
+            name they monitor (REDIS_SENTINELS, REDIS_SENTINEL_MASTER). The client then talks to
+            the primary the Sentinels name, through redis-py's
+            :class:`redis.asyncio.sentinel.Sentinel` and a master-bound pool (see
+            :class:`BlockingSentinelPool`); the URL's host and port are not used, its scheme,
+            user, password and db are. After a failover, connections to the old primary fail
+            (or answer READONLY, which redis-py turns into a connection error); the retry
+            reconnects and the pool asks the Sentinels for the new primary. The Sentinels
+            themselves are reached with the same socket timeouts and, for a ``rediss://`` URL,
+            the same TLS files, without a password.
 
         cluster: return redis-py's :class:`redis.asyncio.cluster.RedisCluster` instead (``url``
             names any seed node; see :func:`create_cluster_redis`).
@@ -80,13 +102,15 @@ def create_redis(url: str, *, socket_timeout_s: float = 15.0, max_connections: i
         A client that owns its pool; the caller must ``await client.aclose()``.
 
     Raises:
-        ValueError: the URL is not a Redis URL.
+        ValueError: the URL is not a Redis URL, or TLS files come with a URL that is not
+            ``rediss://``.
     """
-    if cluster:
-        return create_cluster_redis(url, socket_timeout_s=socket_timeout_s, max_connections=max_connections,
-                                    retries=retries)  # type: ignore[return-value]
-    pool = aioredis.BlockingConnectionPool.from_url(
-        url,
+    tls = {k: v for k, v in (("ssl_ca_certs", ssl_ca_certs), ("ssl_certfile", ssl_certfile),
+                             ("ssl_keyfile", ssl_keyfile)) if v is not None}
+    if tls and not url.startswith("rediss://"):
+        raise ValueError("TLS files need a rediss:// URL")
+    options = dict(
+        **tls,
         decode_responses=True,
         encoding_errors=ENCODING_ERRORS,
         socket_timeout=socket_timeout_s,
@@ -94,15 +118,84 @@ def create_redis(url: str, *, socket_timeout_s: float = 15.0, max_connections: i
         health_check_interval=30,
         max_connections=max_connections,
         timeout=socket_timeout_s,
+        # No CLIENT SETINFO at connect: one round trip less per connection, and the ACL user of
+        # streamcore.acl needs no CLIENT permission (Redis 7.0 cannot even name that subcommand).
+        driver_info=None,
         # Not timeouts: a hung server must surface within one socket timeout (the producer
         # answers 503 within it), not after ``retries`` times it.
         retry=Retry(ExponentialBackoff(cap=1.0, base=0.05), retries, supported_errors=(RedisConnectionError,)),
     )
+    if cluster:
+        if sentinels:
+            raise ValueError("REDIS_CLUSTER and REDIS_SENTINELS exclude each other")
+        return create_cluster_redis(url, socket_timeout_s=socket_timeout_s, max_connections=max_connections,
+                                    retries=retries, **tls)  # type: ignore[return-value]
+    if sentinels:
+        if not sentinel_master:
+            raise ValueError("sentinels need a master name")
+        return _sentinel_client(url, sentinels, sentinel_master, tls, options)
+    pool = aioredis.BlockingConnectionPool.from_url(url, **options)
     return aioredis.Redis.from_pool(pool)
 
 
+class BlockingSentinelPool(SentinelConnectionPool, aioredis.BlockingConnectionPool):
+    """redis-py's master-bound :class:`~redis.asyncio.sentinel.SentinelConnectionPool` (it asks
+    the Sentinels for the primary's address on every new connection and drops idle connections
+    when the address changed) with :class:`~redis.asyncio.BlockingConnectionPool`'s waiting for
+    a free connection, as :func:`create_redis` has without Sentinel."""
+
+
+def _sentinel_client(url: str, sentinels: list[tuple[str, int]], master: str, tls: dict[str, str],
+                     options: dict) -> aioredis.Redis:
+    parsed = parse_url(url)  # scheme, user, password, db; host and port come from the Sentinels
+    for unused in ("host", "port", "connection_class", "path"):
+        parsed.pop(unused, None)
+    sentinel_kwargs = {k: v for k, v in options.items() if k.startswith("socket_")}
+    if url.startswith("rediss://"):
+        sentinel_kwargs.update(ssl=True, **tls)
+        parsed["ssl"] = True  # SentinelConnectionPool picks its SSL connection class from this flag
+    manager = Sentinel(sentinels, sentinel_kwargs=sentinel_kwargs)
+    return manager.master_for(master, redis_class=aioredis.Redis, connection_pool_class=BlockingSentinelPool,
+                              **parsed, **options)
+
+
+def check_sentinel_master(sentinels: list[tuple[str, int]], master: str, *, timeout_s: float = 2.0,
+                          tls: dict[str, str] | None = None) -> bool | None:
+    """Ask each Sentinel (synchronously, before the event loop starts) whether it monitors
+    ``master``, with ``SENTINEL GET-MASTER-ADDR-BY-NAME``.
+
+    Args:
+        sentinels: ``[(host, port), ...]`` from REDIS_SENTINELS.
+        master: REDIS_SENTINEL_MASTER.
+        timeout_s: connect and read timeout per Sentinel, seconds.
+        tls: redis-py TLS keywords when the Sentinels speak TLS (``rediss://`` REDIS_URL).
+
+    Returns:
+        True when a Sentinel knows the master, False when at least one answered and none knows
+        it (a wrong name: a bad setting), None when none answered (unreachable: transient, the
+        process starts and retries like for an unreachable Redis).
+    """
+    answered = False
+    for host, port in sentinels:
+        client = redis.Redis(host=host, port=port, socket_timeout=timeout_s, socket_connect_timeout=timeout_s,
+                             **({"ssl": True, **tls} if tls is not None else {}))
+        try:
+            address = client.execute_command("SENTINEL", "GET-MASTER-ADDR-BY-NAME", master)
+        except (RedisConnectionError, RedisTimeoutError, OSError):
+            continue
+        except ResponseError:
+            answered = True
+            continue
+        finally:
+            client.close()
+        answered = True
+        if address:
+            return True
+    return False if answered else None
+
+
 def create_cluster_redis(url: str, *, socket_timeout_s: float = 15.0, max_connections: int = 64,
-                         retries: int = 3) -> RedisCluster:
+                         retries: int = 3, **tls: str) -> RedisCluster:
     """Create redis-py's asyncio :class:`~redis.asyncio.cluster.RedisCluster` (``REDIS_CLUSTER=true``)
     with the same decoding, timeouts and retry policy as :func:`create_redis`.
 
@@ -111,11 +204,15 @@ def create_cluster_redis(url: str, *, socket_timeout_s: float = 15.0, max_connec
     resharding. ``max_connections`` is per node. Scripts: ``EVALSHA`` goes to the node of the
     script's first key, and redis-py sends ``SCRIPT LOAD`` to every primary on a ``NOSCRIPT``.
 
+    ``tls``: ``ssl_ca_certs``, ``ssl_certfile``, ``ssl_keyfile`` as for :func:`create_redis`
+    (every node is reached with them).
+
     Raises:
         ValueError: the URL is not a Redis URL, or names a database other than 0.
     """
     return RedisCluster.from_url(
         url,
+        **tls,
         decode_responses=True,
         encoding_errors=ENCODING_ERRORS,
         socket_timeout=socket_timeout_s,

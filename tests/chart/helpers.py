@@ -80,6 +80,8 @@ SCENARIOS: dict[str, Obj] = {
         "prometheusRule": {"enabled": True, "labels": {"release": "prometheus"}},
         "grafanaDashboard": {"enabled": True, "annotations": {"grafana_folder": "Orders"}},
     },
+    # charts/orderstream/examples/external-redis-tls.yaml: TLS, Sentinel and WAIT (issue 13)
+    "external-redis-tls": yaml.safe_load((CHART_DIR / "examples" / "external-redis-tls.yaml").read_text()),
     "components-off": {
         "reclaimer": {"enabled": False},
         "autoscaler": {"enabled": False},

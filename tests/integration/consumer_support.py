@@ -64,7 +64,7 @@ class RunningWorker:
     def __init__(self, settings: ConsumerSettings, handler=None) -> None:
         self.settings = settings
         self.client = aioredis.Redis.from_url(settings.redis_url.get_secret_value(), decode_responses=True, encoding_errors="surrogateescape",
-                                              socket_timeout=settings.redis_socket_timeout_s)
+                                              socket_timeout=settings.redis_socket_timeout_s, **settings.tls_files)
         self.worker = Worker(settings, self.client, handler=handler)
         self.stop_event = asyncio.Event()
         self.task = asyncio.create_task(self.worker.run(self.stop_event))
@@ -137,6 +137,8 @@ def reclaimer_for(url_or_client, names, **overrides):
 
     values = dict(stream_name=names.stream, group_name=names.group, dlq_stream=names.dlq, handler=HANDLER,
                   claim_idle_ms=200)
+    if not isinstance(url_or_client, str):  # a client made by the test: the TLS settings are not used
+        values.update(redis_tls_ca_file=None, redis_tls_cert_file=None, redis_tls_key_file=None)
     values.update(overrides)
     return Reclaimer(ReclaimerSettings(**values), url_or_client)
 

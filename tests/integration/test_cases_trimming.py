@@ -8,6 +8,9 @@ from streamcore.trimming import trim_pass
 from tests.handlers import applied_key, calls_key
 from tests.integration.consumer_support import keys_for, pending_ids, post, reclaimer_for, running, wait_for
 
+#: Also run against Redis over mutual TLS as the least-privilege ACL user (tests/conftest.py).
+EXTRA_SERVER_KINDS = ("tls-acl",)
+
 
 async def test_c15_restarted_consumer_acks_body_less_history_and_carries_on(r, redis_url, names):
     keys = keys_for(names)

@@ -18,6 +18,9 @@ from producer.views import UNAVAILABLE
 from streamcore.streams import Scripts, dead_letter, ensure_group
 from tests.integration.producer_support import api, keys, make_api, make_settings  # noqa: F401 (fixtures)
 
+#: Also run against Redis over mutual TLS as the least-privilege ACL user (tests/conftest.py).
+EXTRA_SERVER_KINDS = ("tls-acl",)
+
 
 def seed_order(i: int) -> dict:
     return {"orderId": i, "product": f"Item-{i}", "quantity": 1, "userId": 100}
@@ -156,7 +159,7 @@ async def test_stream_info_consumers(api, r, keys, redis_server):
     [consumer] = info["groups"][0]["consumers"]
     assert (consumer["name"], consumer["pending"]) == ("pod-a", 1)
     assert consumer["idleMs"] >= 0
-    if redis_server.kind == "redis" and redis_server.version.startswith("7.0"):
+    if redis_server.kind in ("redis", "tls-acl") and redis_server.version.startswith("7.0"):
         assert consumer["inactiveMs"] is None  # not reported before 7.2
     else:
         assert isinstance(consumer["inactiveMs"], int)

@@ -20,6 +20,9 @@ from tests.integration.consumer_support import (HANDLER, ROOT, keys_for, pending
                                                 wait_for, wait_idle)
 from tests.servers import RedisServer, free_port, server_binary
 
+#: Also run against Redis over mutual TLS as the least-privilege ACL user (tests/conftest.py).
+EXTRA_SERVER_KINDS = ("tls-acl",)
+
 #: The largest entry ID (spelled out: older code has no name for it).
 MAX_ID = "18446744073709551615-18446744073709551615"
 

@@ -9,6 +9,9 @@ from streamcore import envelope
 from streamcore.keys import Keys
 from streamcore.streams import Scripts, append_order, dead_letter, ensure_group
 
+#: Also run against Redis over mutual TLS as the least-privilege ACL user (tests/conftest.py).
+EXTRA_SERVER_KINDS = ("tls-acl",)
+
 
 def keys_for(names) -> Keys:
     return Keys(stream=names.stream, group=names.group, dlq=names.dlq)

@@ -156,6 +156,20 @@ REDIS_URL from its Secret.
     secretKeyRef:
       name: {{ include "orderstream.redis.secretName" . }}
       key: {{ include "orderstream.redis.secretKey" . }}
+{{- if .Values.redis.tls.enabled }}
+- name: REDIS_TLS_CA_FILE
+  value: /etc/orderstream/redis-tls/ca.crt
+- name: REDIS_TLS_CERT_FILE
+  value: /etc/orderstream/redis-tls/tls.crt
+- name: REDIS_TLS_KEY_FILE
+  value: /etc/orderstream/redis-tls/tls.key
+{{- end }}
+{{- if .Values.redis.sentinel.hosts }}
+- name: REDIS_SENTINELS
+  value: {{ join "," .Values.redis.sentinel.hosts | quote }}
+- name: REDIS_SENTINEL_MASTER
+  value: {{ .Values.redis.sentinel.masterName | quote }}
+{{- end }}
 {{- end }}
 
 {{- define "orderstream.sharedEnvFrom" -}}
@@ -178,6 +192,31 @@ The writable /tmp every orderstream container gets (the root filesystem is read-
 {{- end }}
 
 {{/*
+With redis.tls.enabled: the Secret redis.tls.existingSecret (ca.crt, tls.crt, tls.key), mounted
+read-only where REDIS_TLS_* (orderstream.sharedEnv) point. Group-readable only: the pods run
+with fsGroup 10001. Templates include these only when redis.tls.enabled.
+*/}}
+{{- define "orderstream.redisTlsVolume" -}}
+- name: redis-tls
+  secret:
+    secretName: {{ .Values.redis.tls.existingSecret }}
+    defaultMode: 0440
+    items:
+      - key: ca.crt
+        path: ca.crt
+      - key: tls.crt
+        path: tls.crt
+      - key: tls.key
+        path: tls.key
+{{- end }}
+
+{{- define "orderstream.redisTlsVolumeMount" -}}
+- name: redis-tls
+  mountPath: /etc/orderstream/redis-tls
+  readOnly: true
+{{- end }}
+
+{{/*
 Fail rendering on value combinations the schema cannot express.
 */}}
 {{- define "orderstream.validate" -}}
@@ -186,6 +225,21 @@ Fail rendering on value combinations the schema cannot express.
 {{- end }}
 {{- if and .Values.redis.external.url .Values.redis.external.existingSecret }}
 {{- fail "set only one of redis.external.url and redis.external.existingSecret" }}
+{{- end }}
+{{- if and .Values.redis.tls.enabled (not .Values.redis.tls.existingSecret) }}
+{{- fail "redis.tls.enabled needs redis.tls.existingSecret (a Secret with ca.crt, tls.crt and tls.key)" }}
+{{- end }}
+{{- if and .Values.redis.tls.enabled (include "orderstream.redis.builtin" .) }}
+{{- fail "redis.tls.enabled needs an external Redis (redis.external.url or existingSecret, a rediss:// URL): the built-in Redis has no TLS" }}
+{{- end }}
+{{- if and .Values.redis.tls.enabled .Values.redis.external.url (not (hasPrefix "rediss://" .Values.redis.external.url)) }}
+{{- fail "redis.tls.enabled needs a rediss:// redis.external.url" }}
+{{- end }}
+{{- if ne (empty .Values.redis.sentinel.hosts) (empty .Values.redis.sentinel.masterName) }}
+{{- fail "set redis.sentinel.hosts and redis.sentinel.masterName together" }}
+{{- end }}
+{{- if and .Values.redis.sentinel.hosts (include "orderstream.redis.builtin" .) }}
+{{- fail "redis.sentinel needs an external Redis URL (redis.external.url or existingSecret) for its scheme, user, password and db" }}
 {{- end }}
 {{- if and .Values.autoscaler.streamAutoscaler.enabled (gt (int .Values.autoscaler.streamAutoscaler.minReplicas) (int .Values.autoscaler.streamAutoscaler.maxReplicas)) }}
 {{- fail "autoscaler.streamAutoscaler.minReplicas must not exceed maxReplicas" }}
