@@ -53,7 +53,10 @@ class Runtime:
         A ``rediss://`` URL is verified with the operator's own TLS files (REDIS_TLS_CA_FILE,
         REDIS_TLS_CERT_FILE, REDIS_TLS_KEY_FILE of :class:`AutoscalerSettings`, mounted from the
         chart's ``redis.tls.existingSecret``): the URL comes from the StreamAutoscaler's Secret,
-        the trust comes from the operator's deployment. A ``redis://`` URL gets no TLS.
+        the trust comes from the operator's deployment. A ``redis://`` URL gets no TLS. The
+        operator's own REDIS_URL (the chart's StreamAutoscaler reads the same Secret) gets all of
+        :meth:`~streamcore.settings.CommonSettings.redis_options`, Sentinel included, so it
+        follows the same primary as the components.
 
         Raises ``RuntimeError`` once the runtime is closed (a late poll must not open clients
         that nobody will close).
@@ -61,9 +64,13 @@ class Runtime:
         if self.closed:
             raise RuntimeError('the operator is stopping')
         if url not in self.clients:
-            tls = self.settings.tls_files if url.startswith('rediss://') else {}
-            self.clients[url] = create_redis(url, socket_timeout_s=5.0, max_connections=8,
-                                             cluster=self.settings.redis_cluster, **tls)
+            if url == self.settings.redis_url.get_secret_value():
+                options = self.settings.redis_options()
+            else:
+                options = dict(self.settings.tls_files) if url.startswith('rediss://') else {}
+                if self.settings.redis_cluster:
+                    options['cluster'] = True
+            self.clients[url] = create_redis(url, socket_timeout_s=5.0, max_connections=8, **options)
         return self.clients[url]
 
     async def close(self) -> None:

@@ -50,6 +50,10 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
     ``EXTRA_SERVER_KINDS`` (opt-in, e.g. ``("tls-acl",)``), or over the module's
     ``ONLY_SERVER_KINDS`` alone when it sets that."""
     if "redis_server" in metafunc.fixturenames:
+        for marker in metafunc.definition.iter_markers("parametrize"):
+            names = marker.args[0] if marker.args else marker.kwargs.get("argnames", "")
+            if "redis_server" in ([n.strip() for n in names.split(",")] if isinstance(names, str) else names):
+                return  # the test chose its server kinds itself (e.g. RBAC tests: ['redis'])
         kinds = tuple(getattr(metafunc.module, "ONLY_SERVER_KINDS", ())) or (
             SERVER_KINDS + tuple(getattr(metafunc.module, "EXTRA_SERVER_KINDS", ())))
         metafunc.parametrize("redis_server", kinds, indirect=True, scope="session")

@@ -108,3 +108,16 @@ def test_create_redis_with_sentinels_binds_a_blocking_pool_to_the_master():
     kwargs = pool.connection_kwargs
     assert (kwargs["username"], kwargs["password"], kwargs["db"], pool.max_connections) == ("app", "pw", 2, 7)
     assert kwargs["decode_responses"] is True and kwargs["encoding_errors"] == "surrogateescape"
+
+
+def test_the_operator_follows_sentinel_for_its_own_url_only():
+    from autoscaler.handlers import Runtime
+    from autoscaler.settings import AutoscalerSettings
+    from streamcore.connection import BlockingSentinelPool
+
+    own = "redis://app:pw@redis-primary:6379/0"
+    settings = AutoscalerSettings(redis_url=own, redis_sentinels="127.0.0.1:1", redis_sentinel_master="orders-primary")
+    runtime = Runtime(settings=settings, api=None, metrics=None)  # type: ignore[arg-type]
+    assert isinstance(runtime.redis_for(own).connection_pool, BlockingSentinelPool)
+    other = runtime.redis_for("redis://elsewhere:6379/0").connection_pool
+    assert not isinstance(other, BlockingSentinelPool) and other.connection_kwargs["host"] == "elsewhere"
