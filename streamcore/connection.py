@@ -101,6 +101,21 @@ def create_redis(url: str, *, socket_timeout_s: float = 15.0, max_connections: i
     return aioredis.Redis.from_pool(pool)
 
 
+class _Cluster(RedisCluster):
+    """redis-py's :class:`~redis.asyncio.cluster.RedisCluster` whose ``SCRIPT LOAD`` goes to every
+    node, replicas included, instead of the primaries only: the script cache is not replicated,
+    so a replica promoted by a failover answered ``NOSCRIPT`` to every script, and the client
+    (whose node list still had it as a replica) loaded the script everywhere but there."""
+
+    async def script_load(self, script):  # type: ignore[override]
+        """``SCRIPT LOAD`` on every node; returns the script's SHA1."""
+        return await self.execute_command("SCRIPT LOAD", script, target_nodes=RedisCluster.ALL_NODES)
+
+
+#: Lowest per-node connection cap of a cluster client (see :func:`create_cluster_redis`).
+CLUSTER_MIN_NODE_CONNECTIONS = 100_000
+
+
 def create_cluster_redis(url: str, *, socket_timeout_s: float = 15.0, max_connections: int = 64,
                          retries: int = 3) -> RedisCluster:
     """Create redis-py's asyncio :class:`~redis.asyncio.cluster.RedisCluster` (``REDIS_CLUSTER=true``)
@@ -108,13 +123,21 @@ def create_cluster_redis(url: str, *, socket_timeout_s: float = 15.0, max_connec
 
     ``url`` names any one node (the seed); the client reads the slot map (``CLUSTER SLOTS``) on
     first use, follows ``MOVED``/``ASK`` redirections and re-reads the map after a failover or a
-    resharding. ``max_connections`` is per node. Scripts: ``EVALSHA`` goes to the node of the
-    script's first key, and redis-py sends ``SCRIPT LOAD`` to every primary on a ``NOSCRIPT``.
+    resharding. ``max_connections`` is per node, at least :data:`CLUSTER_MIN_NODE_CONNECTIONS`
+    (see the comment in the body). Scripts: ``EVALSHA`` goes to the node of the script's first
+    key; on ``NOSCRIPT`` redis-py loads the script and retries, and our client loads it on every
+    node, replicas too, so a replica promoted by a failover already has it.
 
     Raises:
         ValueError: the URL is not a Redis URL, or names a database other than 0.
     """
-    return RedisCluster.from_url(
+    # Per node, and far above what we use at once: redis-py's cluster node keeps a connection
+    # whose connect failed (its node was down) counted against the cap without ever freeing it,
+    # so during a failover every retried command used one up; at 64 the client then refused
+    # every command for that node with MaxConnectionsError, which never refreshes the slot map
+    # (the producer stayed at 503 after the replica took over). Such connections hold no socket.
+    max_connections = max(max_connections, CLUSTER_MIN_NODE_CONNECTIONS)
+    return _Cluster.from_url(
         url,
         decode_responses=True,
         encoding_errors=ENCODING_ERRORS,

@@ -159,8 +159,10 @@ class RedisClusterServers:
         """Start every node in cluster mode, create the cluster, wait until ``cluster_state:ok``
         on every node (deadline ``timeout_s`` seconds)."""
         for node in self.nodes:
+            # Diskless full syncs start at once (the default waits 5 s for more replicas): a
+            # replica that has not synced yet never takes over its master.
             node.start_args = ["--cluster-enabled", "yes", "--cluster-config-file", "nodes.conf",
-                               "--cluster-node-timeout", str(self.node_timeout_ms)]
+                               "--cluster-node-timeout", str(self.node_timeout_ms), "--repl-diskless-sync-delay", "0"]
             node.start()
         cli = shutil.which("redis-cli") or "redis-cli"
         subprocess.run([cli, "--cluster", "create", *(f"127.0.0.1:{n.port}" for n in self.nodes),
@@ -172,8 +174,8 @@ class RedisClusterServers:
         return [n for n in self.nodes if n.proc is not None and n.proc.poll() is None]
 
     def wait_ok(self, timeout_s: float = 30.0) -> None:
-        """Wait until every running node says ``cluster_state:ok`` and agrees on the masters'
-        slots (deadline ``timeout_s``)."""
+        """Wait until every running node says ``cluster_state:ok`` with all 16384 slots assigned,
+        and every running replica's link to its master is up (deadline ``timeout_s``)."""
         deadline = time.monotonic() + timeout_s
         while True:
             states = []
@@ -181,7 +183,9 @@ class RedisClusterServers:
                 client = redis.Redis(host="127.0.0.1", port=node.port, socket_timeout=1, decode_responses=True)
                 try:
                     info = client.execute_command("CLUSTER", "INFO")
-                    states.append("cluster_state:ok" in info and "cluster_slots_assigned:16384" in info)
+                    replication = client.info("replication")
+                    linked = replication.get("role") != "slave" or replication.get("master_link_status") == "up"
+                    states.append("cluster_state:ok" in info and "cluster_slots_assigned:16384" in info and linked)
                 except redis.RedisError:
                     states.append(False)
                 finally:

@@ -319,6 +319,9 @@ async def test_sigkilled_master_fails_over_and_every_accepted_order_is_applied_o
             victim = _master_of(cluster, parts_of(names)[0].stream)
             before = len(accepted)
             victim.stop(kill=True)
+            # Its replica is promoted once the others flag it failed (cluster-node-timeout 1 s).
+            await wait_for(lambda: asyncio.to_thread(_promoted, cluster), timeout=30, interval=0.2,
+                           what="the killed master's replica promoted")
             await asyncio.to_thread(cluster.wait_ok, 30)
             await wait_for(lambda: _count_at_least(accepted, before + 100), timeout=60, what="orders after failover")
             stop_flow.set()
@@ -339,6 +342,11 @@ async def test_sigkilled_master_fails_over_and_every_accepted_order_is_applied_o
 
 async def _count_at_least(items, n):
     return len(items) >= n
+
+
+def _promoted(cluster) -> bool:
+    """Three masters among the running nodes again (the killed one's replica took over)."""
+    return len(cluster.masters()) == 3
 
 
 def _master_of(cluster, key: str):
