@@ -102,14 +102,29 @@ def create_redis(url: str, *, socket_timeout_s: float = 15.0, max_connections: i
 
 
 class _Cluster(RedisCluster):
-    """redis-py's :class:`~redis.asyncio.cluster.RedisCluster` whose ``SCRIPT LOAD`` goes to every
-    node, replicas included, instead of the primaries only: the script cache is not replicated,
-    so a replica promoted by a failover answered ``NOSCRIPT`` to every script, and the client
-    (whose node list still had it as a replica) loaded the script everywhere but there."""
+    """redis-py's :class:`~redis.asyncio.cluster.RedisCluster` with two fixes: ``SCRIPT LOAD``
+    goes to every node, replicas included, instead of the primaries only (the script cache is not
+    replicated, so a replica promoted by a failover answered ``NOSCRIPT`` to every script, and the
+    client, whose node list still had it as a replica, loaded the script everywhere but there);
+    ``aclose`` always closes (see :meth:`aclose`)."""
 
     async def script_load(self, script):  # type: ignore[override]
         """``SCRIPT LOAD`` on every node; returns the script's SHA1."""
         return await self.execute_command("SCRIPT LOAD", script, target_nodes=RedisCluster.ALL_NODES)
+
+    async def aclose(self) -> None:
+        """Close every connection to every node. redis-py's own ``aclose`` does nothing while the
+        client is marked for re-initialisation, which any connection error leaves it (a node
+        restarting, a failover): its sockets then stayed open after the process closed it."""
+        await super().aclose()
+        manager = self.nodes_manager
+        nodes = {id(n): n for n in [*manager.nodes_cache.values(), *manager.startup_nodes.values(),
+                                    *(n for slot in manager.slots_cache.values() for n in slot)]}
+        for node in nodes.values():
+            try:
+                await node.disconnect()
+            except (RedisError, OSError):
+                pass
 
 
 #: Lowest per-node connection cap of a cluster client (see :func:`create_cluster_redis`).

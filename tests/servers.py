@@ -163,7 +163,15 @@ class RedisClusterServers:
             # replica that has not synced yet never takes over its master.
             node.start_args = ["--cluster-enabled", "yes", "--cluster-config-file", "nodes.conf",
                                "--cluster-node-timeout", str(self.node_timeout_ms), "--repl-diskless-sync-delay", "0"]
-            node.start()
+            for attempt in range(5):  # a port (or its bus port) taken since it was picked: another
+                try:
+                    node.start()
+                    break
+                except RuntimeError:
+                    node.stop(kill=True)
+                    if attempt == 4:
+                        raise
+                    node.port = free_cluster_port({n.port for n in self.nodes})
         cli = shutil.which("redis-cli") or "redis-cli"
         subprocess.run([cli, "--cluster", "create", *(f"127.0.0.1:{n.port}" for n in self.nodes),
                         "--cluster-replicas", str(self.replicas), "--cluster-yes"],
