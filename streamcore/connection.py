@@ -194,6 +194,36 @@ def check_sentinel_master(sentinels: list[tuple[str, int]], master: str, *, time
     return False if answered else None
 
 
+class _Cluster(RedisCluster):
+    """redis-py's :class:`~redis.asyncio.cluster.RedisCluster` with two fixes: ``SCRIPT LOAD``
+    goes to every node, replicas included, instead of the primaries only (the script cache is not
+    replicated, so a replica promoted by a failover answered ``NOSCRIPT`` to every script, and the
+    client, whose node list still had it as a replica, loaded the script everywhere but there);
+    ``aclose`` always closes (see :meth:`aclose`)."""
+
+    async def script_load(self, script):  # type: ignore[override]
+        """``SCRIPT LOAD`` on every node; returns the script's SHA1."""
+        return await self.execute_command("SCRIPT LOAD", script, target_nodes=RedisCluster.ALL_NODES)
+
+    async def aclose(self) -> None:
+        """Close every connection to every node. redis-py's own ``aclose`` does nothing while the
+        client is marked for re-initialisation, which any connection error leaves it (a node
+        restarting, a failover): its sockets then stayed open after the process closed it."""
+        await super().aclose()
+        manager = self.nodes_manager
+        nodes = {id(n): n for n in [*manager.nodes_cache.values(), *manager.startup_nodes.values(),
+                                    *(n for slot in manager.slots_cache.values() for n in slot)]}
+        for node in nodes.values():
+            try:
+                await node.disconnect()
+            except (RedisError, OSError):
+                pass
+
+
+#: Lowest per-node connection cap of a cluster client (see :func:`create_cluster_redis`).
+CLUSTER_MIN_NODE_CONNECTIONS = 100_000
+
+
 def create_cluster_redis(url: str, *, socket_timeout_s: float = 15.0, max_connections: int = 64,
                          retries: int = 3, **tls: str) -> RedisCluster:
     """Create redis-py's asyncio :class:`~redis.asyncio.cluster.RedisCluster` (``REDIS_CLUSTER=true``)
@@ -201,8 +231,10 @@ def create_cluster_redis(url: str, *, socket_timeout_s: float = 15.0, max_connec
 
     ``url`` names any one node (the seed); the client reads the slot map (``CLUSTER SLOTS``) on
     first use, follows ``MOVED``/``ASK`` redirections and re-reads the map after a failover or a
-    resharding. ``max_connections`` is per node. Scripts: ``EVALSHA`` goes to the node of the
-    script's first key, and redis-py sends ``SCRIPT LOAD`` to every primary on a ``NOSCRIPT``.
+    resharding. ``max_connections`` is per node, at least :data:`CLUSTER_MIN_NODE_CONNECTIONS`
+    (see the comment in the body). Scripts: ``EVALSHA`` goes to the node of the script's first
+    key; on ``NOSCRIPT`` redis-py loads the script and retries, and our client loads it on every
+    node, replicas too, so a replica promoted by a failover already has it.
 
     ``tls``: ``ssl_ca_certs``, ``ssl_certfile``, ``ssl_keyfile`` as for :func:`create_redis`
     (every node is reached with them).
@@ -210,7 +242,13 @@ def create_cluster_redis(url: str, *, socket_timeout_s: float = 15.0, max_connec
     Raises:
         ValueError: the URL is not a Redis URL, or names a database other than 0.
     """
-    return RedisCluster.from_url(
+    # Per node, and far above what we use at once: redis-py's cluster node keeps a connection
+    # whose connect failed (its node was down) counted against the cap without ever freeing it,
+    # so during a failover every retried command used one up; at 64 the client then refused
+    # every command for that node with MaxConnectionsError, which never refreshes the slot map
+    # (the producer stayed at 503 after the replica took over). Such connections hold no socket.
+    max_connections = max(max_connections, CLUSTER_MIN_NODE_CONNECTIONS)
+    return _Cluster.from_url(
         url,
         **tls,
         decode_responses=True,

@@ -328,9 +328,19 @@ class RedisClusterServers:
         """Start every node in cluster mode, create the cluster, wait until ``cluster_state:ok``
         on every node (deadline ``timeout_s`` seconds)."""
         for node in self.nodes:
+            # Diskless full syncs start at once (the default waits 5 s for more replicas): a
+            # replica that has not synced yet never takes over its master.
             node.start_args = ["--cluster-enabled", "yes", "--cluster-config-file", "nodes.conf",
-                               "--cluster-node-timeout", str(self.node_timeout_ms)]
-            node.start()
+                               "--cluster-node-timeout", str(self.node_timeout_ms), "--repl-diskless-sync-delay", "0"]
+            for attempt in range(5):  # a port (or its bus port) taken since it was picked: another
+                try:
+                    node.start()
+                    break
+                except RuntimeError:
+                    node.stop(kill=True)
+                    if attempt == 4:
+                        raise
+                    node.port = free_cluster_port({n.port for n in self.nodes})
         cli = shutil.which("redis-cli") or "redis-cli"
         subprocess.run([cli, "--cluster", "create", *(f"127.0.0.1:{n.port}" for n in self.nodes),
                         "--cluster-replicas", str(self.replicas), "--cluster-yes"],
@@ -341,8 +351,8 @@ class RedisClusterServers:
         return [n for n in self.nodes if n.proc is not None and n.proc.poll() is None]
 
     def wait_ok(self, timeout_s: float = 30.0) -> None:
-        """Wait until every running node says ``cluster_state:ok`` and agrees on the masters'
-        slots (deadline ``timeout_s``)."""
+        """Wait until every running node says ``cluster_state:ok`` with all 16384 slots assigned,
+        and every running replica's link to its master is up (deadline ``timeout_s``)."""
         deadline = time.monotonic() + timeout_s
         while True:
             states = []
@@ -350,7 +360,9 @@ class RedisClusterServers:
                 client = redis.Redis(host="127.0.0.1", port=node.port, socket_timeout=1, decode_responses=True)
                 try:
                     info = client.execute_command("CLUSTER", "INFO")
-                    states.append("cluster_state:ok" in info and "cluster_slots_assigned:16384" in info)
+                    replication = client.info("replication")
+                    linked = replication.get("role") != "slave" or replication.get("master_link_status") == "up"
+                    states.append("cluster_state:ok" in info and "cluster_slots_assigned:16384" in info and linked)
                 except redis.RedisError:
                     states.append(False)
                 finally:
