@@ -23,6 +23,7 @@ import tempfile
 import time
 import urllib.request
 
+import pytest
 import redis.asyncio as aioredis
 
 from streamcore import envelope
@@ -132,6 +133,7 @@ async def test_item4_redis_restarts_cost_no_delivery_and_everyone_recovers(own_r
         await r.aclose()
 
 
+@pytest.mark.timeout(300)  # a hang guard for 50 process lifecycles (~1 s each idle, more on a loaded machine)
 async def test_item11_sigterm_under_load_finishes_what_was_read_50_times(r, redis_url, names):
     """5,000 orders XADDed, SIGTERM 30 ms later, 50 times: every run exits 0 within the drain
     deadline, having handled and acknowledged every entry it read (its PEL is empty)."""
