@@ -13,7 +13,7 @@ from __future__ import annotations
 from aiohttp import web
 from aiohttp.web_urldispatcher import MatchInfoError
 
-from producer import views
+from producer import docs, views
 
 #: ``(method, path template, handler)`` of every route. ``GET`` routes also take ``HEAD``.
 ROUTES: tuple[tuple[str, str, views.Handler], ...] = (
@@ -30,6 +30,8 @@ ROUTES: tuple[tuple[str, str, views.Handler], ...] = (
     ("GET", "/readyz", views.readyz),
     ("GET", "/metrics", views.metrics),
     ("GET", "/openapi.json", views.openapi),
+    ("GET", "/docs", docs.page),
+    ("GET", "/docs/{asset}", docs.asset),
 )
 
 
