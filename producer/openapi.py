@@ -76,7 +76,7 @@ def _template() -> dict[str, Any]:
         operation: dict[str, Any] = {"summary": op.summary}
         doc = inspect.getdoc(handlers[(method, path)])
         if doc:
-            operation["description"] = re.sub(r"``(.+?)``", r"`\1`", re.sub(r":\w+:`~?([^`]+)`", r"`\1`", doc))
+            operation["description"] = re.sub(r"``(.+?)``", r"`\1`", re.sub(r":\w+:`~?([^`]+)`", r"`\1`", doc), flags=re.DOTALL)
         if op.params:
             operation["parameters"] = [
                 {"name": p.name, "in": p.where, "required": p.required, "description": p.description, "schema": p.schema}
