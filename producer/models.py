@@ -454,7 +454,10 @@ _BODY_ERRORS = {
         "nothing was changed (header `Retry-After`)."
     ),
 }
-_PAGE_MAX = {"type": "integer", "minimum": 1}
+#: Count or page size clamped to the cap by the view; more than 19 digits is refused (400).
+_PAGE_MAX = {"type": "integer", "minimum": 1, "maximum": 10**19 - 1}
+#: Page size refused (400) above HISTORY_MAX_COUNT.
+_PAGE_CAPPED = {"type": "integer", "minimum": 1, "x-setting": {"maximum": "history_max_count"}}
 
 #: ``(method, path template)`` → what the route takes and answers. Every route of
 #: :data:`producer.routes.ROUTES` has one (a test checks both ways).
@@ -482,7 +485,7 @@ OPERATIONS: dict[tuple[str, str], Operation] = {
             _START,
             _END,
             Param("count", "query", "The last N of the range (capped at {history_max_count}); not with `limit`.", _PAGE_MAX),
-            Param("limit", "query", "Page size, at most {history_max_count}.", _PAGE_MAX),
+            Param("limit", "query", "Page size (larger is clamped to {history_max_count}).", _PAGE_MAX),
         ),
         answers={
             200: Answer("One page, at most {history_max_bytes} bytes of orders (at least one entry).", History),
@@ -493,14 +496,14 @@ OPERATIONS: dict[tuple[str, str], Operation] = {
     ("GET", "/orders/pending"): Operation(
         "The group's pending entries (XPENDING summary + extended form)",
         params=(
-            Param("consumer", "query", "Only this consumer's entries.", {"type": "string"}),
+            Param("consumer", "query", "Only this consumer's entries.", {"type": "string", "minLength": 1, "maxLength": 256}),
             Param(
                 "minIdleMs", "query", "Only entries idle at least this many milliseconds.",
                 {"type": "integer", "minimum": 0, "maximum": 2**63 - 1},
             ),
             _START,
             _END,
-            Param("limit", "query", "Page size (default 100, at most {history_max_count}).", _PAGE_MAX),
+            Param("limit", "query", "Page size (default 100, at most {history_max_count}).", _PAGE_CAPPED),
         ),
         answers={200: Answer("Summary and one page.", Pending), 400: Answer("Invalid parameter."), 503: _UNAVAILABLE},
     ),
@@ -520,7 +523,7 @@ OPERATIONS: dict[tuple[str, str], Operation] = {
     ),
     ("GET", "/dead-letters"): Operation(
         "List dead letters, oldest first",
-        params=(_START, _END, Param("limit", "query", "Page size (default 100, at most {history_max_count}).", _PAGE_MAX)),
+        params=(_START, _END, Param("limit", "query", "Page size (default 100; larger is clamped to {history_max_count}).", _PAGE_MAX)),
         answers={200: Answer("One page.", DeadLetters), 400: Answer("Invalid parameter."), 503: _UNAVAILABLE},
     ),
     ("POST", "/dead-letters/redrive"): Operation(

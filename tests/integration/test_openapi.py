@@ -61,7 +61,9 @@ async def test_limits_come_from_the_settings(make_api):
     [limit] = doc["paths"]["/dead-letters/redrive"]["post"]["parameters"]
     assert (limit["schema"]["maximum"], limit["description"]) == (5, "At most this many (default and cap 5).")
     params = {p["name"]: p for p in doc["paths"]["/orders/history"]["get"]["parameters"]}
-    assert params["limit"]["description"] == "Page size, at most 13."
+    assert params["limit"]["description"] == "Page size (larger is clamped to 13)."
+    pending = {p["name"]: p for p in doc["paths"]["/orders/pending"]["get"]["parameters"]}
+    assert pending["limit"]["schema"] == {"type": "integer", "minimum": 1, "maximum": 13}
     headers = doc["paths"]["/orders"]["post"]["responses"]["201"]["headers"]
     assert headers["Location"]["description"] == "`/orders/{orderId}`."
 
