@@ -2,7 +2,10 @@
 
 The Swagger UI files come from the ``swagger-ui-bundle`` package (its ``dist`` folder); the
 page at ``/docs`` loads them from ``/docs/<file>`` and the document from ``/openapi.json``, all
-by relative URLs, so it also works behind a path prefix.
+by relative URLs, so it also works behind a path prefix. swagger-ui-bundle ships Swagger UI
+4.15, which renders only OpenAPI 3.0 documents: the page fetches the 3.1 document and hands it
+to Swagger UI as 3.0.3 (``null`` in a type list becomes ``nullable``); ``/openapi.json`` itself
+stays 3.1.
 """
 
 from __future__ import annotations
@@ -33,13 +36,40 @@ PAGE = """<!DOCTYPE html>
   <script src="docs/swagger-ui-bundle.js" charset="UTF-8"></script>
   <script src="docs/swagger-ui-standalone-preset.js" charset="UTF-8"></script>
   <script>
-    window.ui = SwaggerUIBundle({
-      url: new URL("openapi.json", window.location.href).href,
-      dom_id: "#swagger-ui",
-      deepLinking: true,
-      validatorUrl: null,
-      presets: [SwaggerUIBundle.presets.apis, SwaggerUIStandalonePreset],
-      layout: "StandaloneLayout"
+    // Swagger UI 4 (what swagger-ui-bundle ships) renders only "3.0.x" documents: show the 3.1
+    // document as 3.0.3, with `null` in a type list or an anyOf/oneOf branch as `nullable`.
+    function as30(node) {
+      if (Array.isArray(node)) return node.map(as30);
+      if (node === null || typeof node !== "object") return node;
+      const out = {};
+      for (const [key, value] of Object.entries(node)) out[key] = as30(value);
+      if (Array.isArray(out.type) && out.type.includes("null")) {
+        const rest = out.type.filter((t) => t !== "null");
+        out.type = rest.length === 1 ? rest[0] : undefined;
+        out.nullable = true;
+        if (out.type === undefined) delete out.type;
+      }
+      for (const key of ["anyOf", "oneOf"]) {
+        if (Array.isArray(out[key]) && out[key].some((s) => s && s.type === "null")) {
+          const rest = out[key].filter((s) => !(s && s.type === "null"));
+          out.nullable = true;
+          if (rest.length === 1) { delete out[key]; Object.assign(out, rest[0].$ref ? {allOf: [rest[0]]} : rest[0]); }
+          else out[key] = rest;
+        }
+      }
+      return out;
+    }
+    fetch(new URL("openapi.json", window.location.href)).then((r) => r.json()).then((doc) => {
+      const spec = as30(doc);
+      spec.openapi = "3.0.3";
+      window.ui = SwaggerUIBundle({
+        spec: spec,
+        dom_id: "#swagger-ui",
+        deepLinking: true,
+        validatorUrl: null,
+        presets: [SwaggerUIBundle.presets.apis, SwaggerUIStandalonePreset],
+        layout: "StandaloneLayout"
+      });
     });
   </script>
 </body>

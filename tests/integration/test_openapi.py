@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import asyncio
 import re
+import shutil
 
+import pytest
 from jsonschema import Draft202012Validator
 
 from producer.models import OPERATIONS
@@ -96,3 +99,25 @@ async def test_docs_assets_outside_the_dist_folder_are_json_404(api):
         assert (await resp.json())["error"] == "Not Found"
     resp = await api.post("/docs")
     assert (resp.status, resp.headers["Allow"]) == (405, "GET,HEAD")
+
+
+@pytest.mark.skipif(shutil.which("chromium") is None, reason="no chromium to render the page")
+async def test_docs_page_renders_every_operation_in_a_headless_browser(api, tmp_path):
+    """Swagger UI 4 refuses a 3.1 document ("Unable to render this definition"); the page hands it
+    the document as 3.0.3, and every operation shows up."""
+    proc = await asyncio.create_subprocess_exec(
+        shutil.which("chromium"), "--headless", "--no-sandbox", "--disable-gpu", f"--user-data-dir={tmp_path}",
+        "--virtual-time-budget=15000", "--dump-dom", str(api.make_url("/docs")),
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.DEVNULL,
+    )
+    try:
+        dom = (await asyncio.wait_for(proc.communicate(), 60))[0].decode()
+    finally:
+        if proc.returncode is None:
+            proc.kill()
+            await proc.wait()
+    assert "Unable to render" not in dom
+    shown = set(re.findall(r'data-path="([^"]+)"[^>]*>', dom))
+    assert shown == {path for _, path, _ in ROUTES}
+    assert len(re.findall(r'opblock-summary-method">(GET|POST)', dom)) == len(ROUTES)
+    assert "errors-wrapper" not in dom
