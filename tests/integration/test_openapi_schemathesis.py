@@ -27,6 +27,7 @@ from schemathesis import GenerationMode
 from schemathesis.checks import not_a_server_error
 from schemathesis.specs.openapi.checks import response_schema_conformance, status_code_conformance
 
+from streamcore.keys import Keys
 from tests.servers import free_port
 
 #: Examples per operation and generation mode (each one HTTP request); SCHEMATHESIS_EXAMPLES=500 for a longer hunt.
@@ -66,35 +67,67 @@ def live_producer(redis_url, names):
         assert "Traceback" not in stderr, stderr[-4000:]
 
 
-def _seed(base: str, redis_url: str, names) -> None:
-    """Orders, a group with pending entries and dead letters (good and unreadable), so reads and
-    re-drives return non-trivial answers."""
+def _seed(base: str, redis_url: str, names) -> dict[str, str]:
+    """Orders, a group with pending entries (one consumer name not UTF-8), a processed marker and
+    dead letters (re-drivable and unreadable), so reads and re-drives return every kind of
+    answer; returns the dead letters' IDs by name."""
     for i in range(3):
-        order = {"orderId": f"seed-{i}", "product": "widget", "quantity": i + 1, "userId": 7}
+        order = {"orderId": f"seed-{i}", "product": "widget", "quantity": i + 1, "userId": 7, "extra": {"n": [1, None]}}
         assert requests.post(f"{base}/orders", json=order, timeout=5).status_code == 201
+    keys = Keys(stream=names.stream, group=names.group, dlq=names.dlq)
     r = redis.Redis.from_url(redis_url)
     try:
         try:
             r.xgroup_create(names.stream, names.group, id="0", mkstream=True)
         except redis.ResponseError:  # BUSYGROUP: the producer created it
             pass
-        r.xreadgroup(names.group, "worker-1", {names.stream: ">"}, count=2)
+        r.xreadgroup(names.group, "worker-1", {names.stream: ">"}, count=1)
+        r.xreadgroup(names.group, b"worker-\xff", {names.stream: ">"}, count=1)
+        r.hset(keys.processed("seed-1"), mapping={"consumer": "worker-1", "entry_id": "1-0", "at_ms": "7"})
         good = json.dumps({"orderId": "dead-1", "product": "widget", "quantity": 1, "userId": 1})
-        r.xadd(names.dlq, {"data": good, "order_id": "dead-1", "v": "1", "source_id": "1-0", "reason": "max_deliveries",
-                           "error": "boom", "deliveries": "5", "consumer": "worker-1"})
-        r.xadd(names.dlq, {b"data": b"{\xff", b"order_id": b"b\xff", b"source_id": b"2-0", b"reason": b"not_utf8"})
+        dead = {
+            "good": r.xadd(names.dlq, {"data": good, "order_id": "dead-1", "v": "1", "source_id": "1-0",
+                                       "reason": "max_deliveries", "error": "boom", "deliveries": "5",
+                                       "consumer": "worker-1"}).decode(),
+            "unreadable": r.xadd(names.dlq, {b"data": b"{\xff", b"order_id": b"b\xff", b"source_id": b"2-0",
+                                             b"reason": b"not_utf8", b"consumer": b"w\xff"}).decode(),
+        }
+        r.set(keys.dlq_index("dead-1"), dead["good"])
+        return dead
     finally:
         r.close()
 
 
 def test_every_operation_conforms_to_the_document(live_producer, redis_url, names):
     base = live_producer
-    _seed(base, redis_url, names)
+    dead = _seed(base, redis_url, names)
     document = requests.get(f"{base}/openapi.json", timeout=5).json()
     schema = schemathesis.openapi.from_dict(document)
     schema.config.update(base_url=base)
     checks = [not_a_server_error, response_schema_conformance, status_code_conformance]
     session = requests.Session()
+
+    # The seeded data first (generated requests would re-drive it away): every kind of answer.
+    def explicit(method: str, path: str, expected: int, **data) -> dict:
+        case = schema[path][method].Case(**data)
+        response = case.call_and_validate(base_url=base, session=session, checks=checks, timeout=10)
+        assert response.status_code == expected, (method, path, data, response.text)
+        return response.json()
+
+    status = {f"seed-{i}": explicit("GET", "/orders/{orderId}", 200, path_parameters={"orderId": f"seed-{i}"})["status"]
+              for i in range(3)}
+    assert status == {"seed-0": "pending", "seed-1": "processed", "seed-2": "waiting"}
+    assert explicit("GET", "/orders/{orderId}", 200, path_parameters={"orderId": "dead-1"})["status"] == "dead_lettered"
+    pending = explicit("GET", "/orders/pending", 200)
+    assert pending["count"] == 2 and {"name": None, "nameBase64": "d29ya2VyLf8=", "pending": 1} in pending["consumers"]
+    assert explicit("GET", "/stream/info", 200)["groupState"] == "ok"
+    assert explicit("GET", "/orders/history", 200, query={"count": "2"})["count"] == 2
+    assert [d["dlqId"] for d in explicit("GET", "/dead-letters", 200)["deadLetters"]] == [dead["good"], dead["unreadable"]]
+    explicit("POST", "/dead-letters/{dlqId}/redrive", 409, path_parameters={"dlqId": dead["unreadable"]})
+    assert explicit("POST", "/dead-letters/{dlqId}/redrive", 200, path_parameters={"dlqId": dead["good"]})["orderId"] == "dead-1"
+    assert explicit("POST", "/dead-letters/redrive", 200)["skipped"][0]["reason"] == "not_utf8"
+    explicit("POST", "/orders/batch", 400, body=[{"orderId": 1}], media_type="application/json")
+
     tested = []
     unbreakable: list[str] = []
     for result, mode in ((r, m) for r in schema.get_all_operations() for m in GenerationMode):
