@@ -127,6 +127,9 @@ def test_every_operation_conforms_to_the_document(live_producer, redis_url, name
     assert explicit("POST", "/dead-letters/{dlqId}/redrive", 200, path_parameters={"dlqId": dead["good"]})["orderId"] == "dead-1"
     assert explicit("POST", "/dead-letters/redrive", 200)["skipped"][0]["reason"] == "not_utf8"
     explicit("POST", "/orders/batch", 400, body=[{"orderId": 1}], media_type="application/json")
+    assert explicit("POST", "/orders", 415, body="x", media_type="text/plain")["fields"] == {"Content-Type": "must be application/json"}
+    explicit("POST", "/orders", 413, body="x" * (1024 * 1024 + 1), media_type="application/json")
+    assert explicit("POST", "/orders", 400, body={"orderId": 1}, media_type="application/json")["fields"].keys() == {"product", "quantity", "userId"}
 
     tested = []
     unbreakable: list[str] = []
