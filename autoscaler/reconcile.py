@@ -25,11 +25,13 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 import redis.asyncio as aioredis
+from redis.exceptions import RedisError
 
 from autoscaler import policy
 from autoscaler.actuators import KubeApi, KubeError, KubeNotFound
 from autoscaler.metrics import AutoscalerMetrics
 from autoscaler.signals import SignalReader, Signals, StreamSignals
+from streamcore import decisions
 from streamcore.groups import ABANDONED_AFTER_MS
 
 logger = logging.getLogger(__name__)
@@ -373,6 +375,17 @@ async def _reconcile(
         if metrics is not None:
             metrics.scalings.labels(key, 'up' if decision.desired > current else 'down').inc()
     state.history = state.history.recorded(decision, now, parsed.rules, applied)
+    outcome = ('scaled' if applied else 'failed' if error else
+               'dry_run' if parsed.dry_run and decision.changes and status.get('desiredReplicas') != decision.desired
+               else None)
+    if outcome is not None:
+        record = decisions.Decision(autoscaler=key, target=parsed.target.name, current=current, desired=decision.desired,
+                                    outcome=outcome, reason=decision.reason, message=decision.message,
+                                    backlog=signals.backlog)
+        try:
+            await decisions.record(redis_for(url), sorted({stream for stream, _ in parsed.streams}), record)
+        except (RedisError, OSError) as e:  # the decision stands; only its record for the console is missing
+            logger.warning('%s: cannot record the decision in Redis: %s', key, e)
 
     if not signals.reachable and transition('RedisReachable', 'False'):
         events.append(EventSpec('Warning', 'RedisUnreachable', f'{signals.error}; holding {current} replicas'))

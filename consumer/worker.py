@@ -26,6 +26,10 @@ Shape of one worker (one per pod, consumer name = pod name):
   ``XCLAIM JUSTID``, C05); the claim pass every ``CLAIM_INTERVAL_MS`` (default
   ``max(1 s, CLAIM_IDLE_MS/4)``): :func:`streamcore.claiming.claim_due` with back-off by delivery
   count. A permanently failing pending entry therefore never stops new orders being read (C22).
+* **Pause** (``POST /groups/{group}/pause`` sets ``keys.paused(group)``): the timer reads the key
+  with each heartbeat (one pipeline, every BLOCK_MS/2); while it is set no new read and no claim
+  pass start (what reads in flight deliver is handled and acked), ``/healthz`` counts ``paused``
+  as progress, and the consumer reads again within BLOCK_MS/2 of the resume. No restart.
 * **Errors**: NOGROUP (stream flushed, deleted, empty restart) recreates the group at ``0`` with
   capped, jittered back-off, counted in ``orderstream_nogroup_incidents_total`` and in the health
   details (C09, C10); transient Redis errors (unreachable, restarting, LOADING, BUSY; redis-py
@@ -154,9 +158,14 @@ class Worker:
         self._group_ok = False
         #: True once the own PEL has been re-read at start; the claim pass waits for it (see _claim).
         self._own_pel_done = False
+        #: The group's paused key as the timer last read it (``POST /groups/{group}/pause``), and
+        #: an event set while the group is not paused (the read loop waits on it).
+        self.paused = False
+        self._unpaused = asyncio.Event()
+        self._unpaused.set()
 
         # State shown by /healthz and /readyz.
-        self.state = "starting"  # starting | reading | waiting | backoff | draining | stopped
+        self.state = "starting"  # starting | reading | waiting | paused | backoff | draining | stopped
         self.last_progress = time.monotonic()
         self.reads = 0
         #: Entries whose handling ended (any outcome but cancelled), since start.
@@ -286,14 +295,14 @@ class Worker:
         capacity while handlers run counts as progress; a Redis outage longer than that does
         not, C14), and no supervised background task keeps failing."""
         age = time.monotonic() - self.last_progress
-        ok = self.state in ("starting", "waiting", "draining", "stopped") or age < self.stall_after_s
+        ok = self.state in ("starting", "waiting", "paused", "draining", "stopped") or age < self.stall_after_s
         tasks_ok, task_details = self.supervisor.healthy()
         return ok and tasks_ok, {**self.details(age), **task_details}
 
     def ready(self) -> tuple[bool, dict]:
         """Readiness: not shutting down, and the group is usable."""
         stopping = self._stopping or (self._stop is not None and self._stop.is_set())
-        ok = not stopping and self._group_ok and self.state in ("reading", "waiting")
+        ok = not stopping and self._group_ok and self.state in ("reading", "waiting", "paused")
         return ok, self.details(time.monotonic() - self.last_progress)
 
     def details(self, age: float) -> dict:
@@ -337,8 +346,13 @@ class Worker:
                     self._resync = False
                 if not self._reads and not await self._wait_capacity(stop):
                     break
+                if self.paused and not self._reads:
+                    if not await self._wait_unpaused(stop):
+                        break
+                    continue
                 self.state = "reading"
-                self._issue_reads()
+                if not self.paused:  # paused: only the reads already in flight are taken
+                    self._issue_reads()
                 head, count = self._reads[0]
                 reply = await self._until_stop(head)
                 if reply is _STOPPED:
@@ -494,6 +508,29 @@ class Worker:
                     self._dispatch(entry_id, fields, counts[entry_id] + 1)
             start = entries[-1][0]
             self.last_progress = time.monotonic()
+
+    async def _wait_unpaused(self, stop: asyncio.Event) -> bool:
+        """While the group is paused: issue no read (what was read is still handled and acked),
+        until the timer sees the paused key gone; False if ``stop`` was set meanwhile."""
+        self.state = "paused"
+        logger.info("group %s is paused: %s reads no more until it is resumed", self.keys.group, self.name)
+        resumed = asyncio.ensure_future(self._unpaused.wait())
+        try:
+            await asyncio.wait({resumed, self._stopper}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            resumed.cancel()
+        if stop.is_set():
+            return False
+        logger.info("group %s resumed: %s reads again", self.keys.group, self.name)
+        self.last_progress = time.monotonic()
+        return True
+
+    def _set_paused(self, paused: bool) -> None:
+        self.paused = paused
+        if paused:
+            self._unpaused.clear()
+        else:
+            self._unpaused.set()
 
     async def _wait_capacity(self, stop: asyncio.Event) -> bool:
         """Wait until fewer than ``capacity`` entries are held; False if ``stop`` was set meanwhile."""
@@ -693,8 +730,13 @@ class Worker:
             now = time.monotonic()
             try:
                 if now >= next_heartbeat:
-                    await self.r.set(self.keys.heartbeat(self.name), str(int(time.time() * 1000)),
-                                     px=3 * self.settings.block_ms)
+                    # The heartbeat and the group's paused key in one round trip, every BLOCK_MS/2.
+                    async with self.r.pipeline(transaction=False) as pipe:
+                        pipe.set(self.keys.heartbeat(self.name), str(int(time.time() * 1000)),
+                                 px=3 * self.settings.block_ms)
+                        pipe.exists(self.keys.paused(self.keys.group))
+                        _, paused = await pipe.execute()
+                    self._set_paused(bool(paused))
                     self.redis_health.ok()
                     next_heartbeat = now + self.heartbeat_interval_s
                 await self._renew(now)
@@ -727,7 +769,7 @@ class Worker:
 
     async def _claim(self) -> None:
         free = self.capacity - len(self.held)
-        if free <= 0 or self._stopping or not self._own_pel_done:
+        if free <= 0 or self._stopping or not self._own_pel_done or self.paused:
             # Not before the own PEL is re-read: a claim during that phase takes our own not yet
             # re-read entries (idle since we died) and others' entries into our PEL, and the
             # re-read then handed them to the handler a second time with a wrong delivery count.

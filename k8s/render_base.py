@@ -9,7 +9,9 @@ then made kustomize-friendly:
 - Helm's own labels (``helm.sh/chart``, ``app.kubernetes.io/managed-by``) and checksum
   annotations are dropped, and so is ``metadata.namespace`` (the kustomization sets it);
 - the Redis URL names the Service without a namespace, and the operator learns its namespace
-  from the downward API, so an overlay may change ``namespace:`` and nothing else breaks.
+  from the downward API, so an overlay may change ``namespace:`` and nothing else breaks;
+- the admin token Secret the chart generates (random data) is left out and the producer's
+  reference to it is optional: create ``orderstream-admin`` (key ``token``) to set ADMIN_TOKEN.
 """
 
 from __future__ import annotations
@@ -77,12 +79,24 @@ def to_plain(obj: dict[str, Any]) -> dict[str, Any]:
         subject["namespace"] = NAMESPACE  # kustomize rewrites it together with `namespace:`.
     if obj["kind"] == "Secret":
         obj["stringData"]["url"] = f"redis://{RELEASE}-redis:6379/0"
+    if obj["kind"] == "Deployment" and obj["metadata"]["name"] == f"{RELEASE}-producer":
+        # The admin token's Secret is not in the base (a token committed to git is no secret):
+        # the reference is optional, so the API starts without one (admin routes open, as the
+        # producer logs); create it to close them (k8s/README.md).
+        for env in obj["spec"]["template"]["spec"]["containers"][0]["env"]:
+            if env["name"] == "ADMIN_TOKEN":
+                env["valueFrom"]["secretKeyRef"]["optional"] = True
     if obj["kind"] == "Deployment" and obj["metadata"]["name"] == f"{RELEASE}-autoscaler":
         ctr = obj["spec"]["template"]["spec"]["containers"][0]
         assert ctr["command"][-2:] == ["--namespace", NAMESPACE], ctr["command"]
         ctr["command"][-1] = "$(POD_NAMESPACE)"
         ctr["env"].insert(0, {"name": "POD_NAMESPACE", "valueFrom": {"fieldRef": {"fieldPath": "metadata.namespace"}}})
     return obj
+
+
+def is_generated_admin_secret(obj: dict[str, Any]) -> bool:
+    """The admin token Secret the chart generates with random data: left out of the base."""
+    return obj["kind"] == "Secret" and obj["metadata"]["name"] == f"{RELEASE}-admin"
 
 
 def component_of(obj: dict[str, Any]) -> str:
@@ -105,7 +119,7 @@ def render_base() -> dict[str, str]:
         if not path.endswith(".yaml"):
             continue
         for obj in yaml.safe_load_all(text):
-            if not obj:
+            if not obj or is_generated_admin_secret(obj):
                 continue
             plain = to_plain(obj)
             rel = f"{component_of(plain)}/{FILE_NAMES[plain['kind']]}.yaml"

@@ -12,6 +12,8 @@ socket), which uvloop runs in C; asyncio's default loop is the fallback, and ``O
 chooses it (:func:`streamcore.lifecycle.new_event_loop`).
 """
 
+import logging
+
 from aiohttp import web
 from prometheus_client import REGISTRY
 
@@ -30,6 +32,10 @@ def main(argv: list[str] | None = None) -> None:
     )
     configure_logging(settings.log_level, settings.log_format)
     settings.log_effective("producer")
+    if settings.admin_token is None:
+        logging.getLogger("producer").warning(
+            "ADMIN_TOKEN is not set: the admin routes (re-drive, delete a dead letter, pause, resume) are open to "
+            "whoever reaches this API")
     app = create_app(settings, registry=REGISTRY)
     web.run_app(app, host=settings.host, port=settings.port, shutdown_timeout=settings.shutdown_timeout_s, access_log=None, print=None,
                 loop=new_event_loop())

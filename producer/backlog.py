@@ -30,6 +30,7 @@ class GroupBacklog:
         consumers: consumers the group lists (``XINFO GROUPS`` ``consumers``), live or not.
         oldest_pending_ms: the milliseconds part of the smallest pending entry ID (when that
             order was appended, Redis's clock), or None with nothing pending.
+        paused: the group's paused key exists (``POST /groups/{group}/pause``).
     """
 
     name: str
@@ -37,6 +38,7 @@ class GroupBacklog:
     pending: int
     consumers: int
     oldest_pending_ms: int | None
+    paused: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -80,12 +82,14 @@ async def read_backlog(r: aioredis.Redis, keys: Keys) -> Backlog:
     elif isinstance(groups, Exception):
         raise groups
     oldest = {name: ids.parse_id(entry_id)[0] for name, entry_id in (await oldest_pending(r, keys, groups)).items()}
+    paused = await paused_groups(r, keys, [g["name"] for g in groups])
     return Backlog(
         stream=keys.stream,
         dlq=keys.dlq,
         groups=[GroupBacklog(name=g["name"], lag=None if g.get("lag") is None else int(g["lag"]),
                              pending=int(g["pending"]), consumers=int(g["consumers"]),
-                             oldest_pending_ms=oldest.get(g["name"])) for g in groups],
+                             oldest_pending_ms=oldest.get(g["name"]), paused=g["name"] in paused)
+                for g in groups],
         dead_letters=int(dead_letters),
         reclaimer_last_pass_ms=int(last_pass) if last_pass and str(last_pass).isdigit() else None,
     )
@@ -116,3 +120,18 @@ async def oldest_pending(r: aioredis.Redis, keys: Keys, groups: list[dict]) -> d
         if isinstance(summary, dict) and summary.get("min"):
             out[name] = summary["min"]
     return out
+
+
+async def paused_groups(r: aioredis.Redis, keys: Keys, names: list[str]) -> set[str]:
+    """Which of the groups ``names`` are paused: one pipelined ``EXISTS keys.paused(group)`` each.
+
+    Raises:
+        redis.exceptions.RedisError: Redis failed.
+    """
+    if not names:
+        return set()
+    async with r.pipeline(transaction=False) as pipe:
+        for name in names:
+            pipe.exists(keys.paused(name))
+        found = await pipe.execute()
+    return {name for name, n in zip(names, found, strict=True) if n}

@@ -45,6 +45,7 @@ class ProducerMetrics:
             ``orderstream_group_oldest_pending_age_seconds`` (how long ago the oldest entry still
             pending was appended; 0 with nothing pending), set by :meth:`show_backlog` at every
             scrape (:mod:`producer.backlog`).
+        group_paused: ``orderstream_group_paused{group}``, 1 while the group is paused.
         dead_letters: ``orderstream_dead_letter_entries{stream}``, entries in the dead-letter
             stream (labelled with its name).
         reclaimer_last_pass: ``orderstream_reclaimer_last_pass_timestamp_seconds{stream}``, when
@@ -63,6 +64,7 @@ class ProducerMetrics:
     group_pending: Gauge
     group_consumers: Gauge
     group_oldest_pending_age: Gauge
+    group_paused: Gauge
     dead_letters: Gauge
     reclaimer_last_pass: Gauge
     #: ``(route, method, status)`` → the labelled children of ``requests`` and ``latency``.
@@ -95,7 +97,8 @@ class ProducerMetrics:
     def show_backlog(self, backlog: Backlog | None, now_s: float) -> None:
         """Replace the backlog series with ``backlog`` (:func:`producer.backlog.read_backlog`)
         read at ``now_s`` (seconds since the epoch); None (Redis could not tell) removes them."""
-        per_group = (self.group_lag, self.group_pending, self.group_consumers, self.group_oldest_pending_age)
+        per_group = (self.group_lag, self.group_pending, self.group_consumers, self.group_oldest_pending_age,
+                     self.group_paused)
         for gauge in (*per_group, self.dead_letters, self.reclaimer_last_pass):
             gauge.clear()
         if backlog is None:
@@ -107,6 +110,7 @@ class ProducerMetrics:
             self.group_consumers.labels(name).set(g.consumers)
             age = 0.0 if g.oldest_pending_ms is None else max(now_s - g.oldest_pending_ms / 1000.0, 0.0)
             self.group_oldest_pending_age.labels(name).set(age)
+            self.group_paused.labels(name).set(1 if g.paused else 0)
         self.dead_letters.labels(readable(backlog.dlq)).set(backlog.dead_letters)
         if backlog.reclaimer_last_pass_ms is not None:
             self.reclaimer_last_pass.labels(readable(backlog.stream)).set(backlog.reclaimer_last_pass_ms / 1000.0)
@@ -148,6 +152,8 @@ def producer_metrics(registry: CollectorRegistry) -> ProducerMetrics:
         group_oldest_pending_age=Gauge("orderstream_group_oldest_pending_age_seconds", "Seconds since the oldest entry "
                                        "still pending in the group was appended (0 with nothing pending).", ["group"],
                                        registry=registry),
+        group_paused=Gauge("orderstream_group_paused", "1 while the group is paused (POST /groups/{group}/pause).",
+                           ["group"], registry=registry),
         dead_letters=Gauge("orderstream_dead_letter_entries", "Entries in the dead-letter stream.", ["stream"],
                            registry=registry),
         reclaimer_last_pass=Gauge("orderstream_reclaimer_last_pass_timestamp_seconds", "When the last reclaimer pass "

@@ -232,6 +232,7 @@ class Group(TypedDict, total=False):
     lastDeliveredId: str
     entriesRead: NullableInt
     undeliveredDeleted: _describe(bool, "Entries were trimmed or deleted before this group read them.")
+    paused: _describe(bool, "POST /groups/{group}/pause is in force: no consumer reads.")
     oldestPendingId: _describe(NullableId, "The group's smallest pending entry ID (XPENDING summary); null with nothing pending.")
     oldestPendingAgeMs: _describe(NullableInt, "How long ago that entry was appended (now minus its ID's milliseconds).")
     consumers: list[Consumer]
@@ -388,6 +389,70 @@ class RedriveAll(TypedDict, total=False):
     remaining: int
 
 
+class DeadLetterDeleted(TypedDict):
+    """DELETE /dead-letters/{dlqId}: the dead letter is gone (XDEL)."""
+
+    dlqId: str
+    deleted: _describe(int, "Entries deleted (1).")
+
+
+class PauseState(TypedDict):
+    """POST /groups/{group}/pause and /resume: the group's state after the call."""
+
+    group: str
+    paused: bool
+
+
+class AuditEntry(TypedDict, total=False):
+    """One admin mutation (see :func:`producer.audit.read`)."""
+
+    id: str
+    action: _text("`redrive`, `redrive_all`, `delete_dead_letter`, `pause` or `resume`.")
+    target: _text("The dlqId or group acted on (`*` for all).")
+    count: _describe(NullableInt, "How many items the action touched.")
+    atMs: _describe(NullableInt, "When, Unix milliseconds.")
+    actor: Text
+    remote: _text("The client's address.")
+    userAgent: Text
+    auth: _text("How the request was authorised (token checked or not).")
+    actionBase64: Base64
+    targetBase64: Base64
+    actorBase64: Base64
+    remoteBase64: Base64
+    userAgentBase64: Base64
+    authBase64: Base64
+
+
+class Audit(TypedDict, total=False):
+    """GET /audit: the newest entries of the audit stream, newest first."""
+
+    stream: str
+    entries: list[AuditEntry]
+
+
+class Decision(TypedDict, total=False):
+    """One scaling decision of the autoscaler (see :func:`streamcore.decisions.read`); fields another
+    writer left malformed are null."""
+
+    id: str
+    autoscaler: str | None
+    target: str | None
+    current: _describe(NullableInt, "Replicas before.")
+    desired: _describe(NullableInt, "Replicas decided.")
+    outcome: str | None
+    reason: str | None
+    message: str | None
+    backlog: _describe(NullableInt, "The backlog the decision was made from; null when unknown.")
+    atMs: _describe(NullableInt, "When, Unix milliseconds.")
+
+
+class Decisions(TypedDict, total=False):
+    """GET /autoscaler/decisions: newest first; empty when no operator scales on this stream."""
+
+    stream: str
+    decisions: list[Decision]
+
+
 class Probe(TypedDict):
     """GET /healthz and /readyz."""
 
@@ -426,9 +491,12 @@ class Operation:
     """What one route of :data:`producer.routes.ROUTES` takes and answers."""
 
     summary: str
-    answers: dict[int, Answer]
+    answers: dict[int, Answer]  # status → answer
     params: tuple[Param, ...] = ()
     body: Any = None
+    #: A mutating admin route: with ADMIN_TOKEN set it takes ``Authorization: Bearer <token>``
+    #: and answers 401 without it (:func:`producer.views.require_admin`); the generator adds both.
+    admin: bool = False
 
 
 _BOUND = (
@@ -455,12 +523,15 @@ _BODY_ERRORS = {
     ),
 }
 #: Count or page size clamped to the cap by the view; more than 19 digits is refused (400).
+_DLQ_ID = Param("dlqId", "path", "Dead-letter entry ID.", {"type": "string", "pattern": ID_PATTERN}, required=True)
+_GROUP = Param("group", "path", "Consumer group of the stream.", {"type": "string"}, required=True)
 _PAGE_MAX = {"type": "integer", "minimum": 1, "maximum": 10**19 - 1}
 #: Page size refused (400) above HISTORY_MAX_COUNT.
 _PAGE_CAPPED = {"type": "integer", "minimum": 1, "x-setting": {"maximum": "history_max_count"}}
 
 #: ``(method, path template)`` → what the route takes and answers. Every route of
-#: :data:`producer.routes.ROUTES` has one (a test checks both ways).
+#: :data:`producer.routes.ROUTES` has one (a test checks both ways); the pages of
+#: :data:`producer.routes.PAGES` (the console, /docs) are not part of the JSON API.
 OPERATIONS: dict[tuple[str, str], Operation] = {
     ("POST", "/orders"): Operation(
         "Accept one order (XADD)",
@@ -528,6 +599,7 @@ OPERATIONS: dict[tuple[str, str], Operation] = {
     ),
     ("POST", "/dead-letters/redrive"): Operation(
         "Re-drive the oldest dead letters",
+        admin=True,
         params=(
             Param(
                 "limit", "query", "At most this many (default and cap {redrive_max}).",
@@ -538,7 +610,8 @@ OPERATIONS: dict[tuple[str, str], Operation] = {
     ),
     ("POST", "/dead-letters/{dlqId}/redrive"): Operation(
         "Append one dead letter's order to the stream again, then delete the dead letter",
-        params=(Param("dlqId", "path", "Dead-letter entry ID.", {"type": "string", "pattern": ID_PATTERN}, required=True),),
+        admin=True,
+        params=(_DLQ_ID,),
         answers={
             200: Answer("Re-driven (idempotent per dead letter).", Redriven),
             400: Answer("Malformed dlqId."),
@@ -550,6 +623,39 @@ OPERATIONS: dict[tuple[str, str], Operation] = {
             503: _UNAVAILABLE,
         },
     ),
+    ("DELETE", "/dead-letters/{dlqId}"): Operation(
+        "Delete one dead letter (the order is given up; recorded in the audit stream)",
+        admin=True,
+        params=(_DLQ_ID,),
+        answers={
+            200: Answer("Deleted.", DeadLetterDeleted),
+            400: Answer("Malformed dlqId."),
+            404: Answer("No such dead letter."),
+            503: _UNAVAILABLE,
+        },
+    ),
+    ("POST", "/groups/{group}/pause"): Operation(
+        "Pause a consumer group: its consumers issue no new read within BLOCK_MS/2 and claim nothing",
+        admin=True,
+        params=(_GROUP,),
+        answers={200: Answer("Paused.", PauseState), 404: Answer("The stream has no such group."), 503: _UNAVAILABLE},
+    ),
+    ("POST", "/groups/{group}/resume"): Operation(
+        "Resume a paused consumer group",
+        admin=True,
+        params=(_GROUP,),
+        answers={200: Answer("Resumed.", PauseState), 404: Answer("The stream has no such group."), 503: _UNAVAILABLE},
+    ),
+    ("GET", "/audit"): Operation(
+        "Admin mutations (re-drive, delete, pause, resume), newest first",
+        params=(Param("limit", "query", "At most this many (default 100; larger is clamped to {history_max_count}).", _PAGE_MAX),),
+        answers={200: Answer("The newest entries of the audit stream.", Audit), 400: Answer("Invalid limit."), 503: _UNAVAILABLE},
+    ),
+    ("GET", "/autoscaler/decisions"): Operation(
+        "The autoscaler's scaling decisions about this stream, newest first",
+        params=(Param("limit", "query", "At most this many (default 20; larger is clamped to {history_max_count}).", _PAGE_MAX),),
+        answers={200: Answer("Decisions.", Decisions), 400: Answer("Invalid limit."), 503: _UNAVAILABLE},
+    ),
     ("GET", "/healthz"): Operation("Liveness (no Redis call)", answers={200: Answer("Alive.", Probe)}),
     ("GET", "/readyz"): Operation(
         "Readiness: Redis answers PING and the process is not shutting down",
@@ -557,15 +663,6 @@ OPERATIONS: dict[tuple[str, str], Operation] = {
     ),
     ("GET", "/metrics"): Operation("Prometheus metrics", answers={200: Answer("Prometheus text format.", "text/plain")}),
     ("GET", "/openapi.json"): Operation(
-        "This document", answers={200: Answer("OpenAPI 3.1, generated from producer/models.py.", dict[str, Any])}
-    ),
-    ("GET", "/docs"): Operation(
-        "This document in Swagger UI (served by the producer itself, no CDN)",
-        answers={200: Answer("The Swagger UI page.", "text/html")},
-    ),
-    ("GET", "/docs/{asset}"): Operation(
-        "A file of Swagger UI (JavaScript, CSS, images) from the swagger-ui-bundle package",
-        params=(Param("asset", "path", "File name in the Swagger UI dist folder.", {"type": "string"}, required=True),),
-        answers={200: Answer("The file, with its content type.", "any"), 404: Answer("No such file.")},
+        "This document", answers={200: Answer("OpenAPI 3.1, generated from producer/models.py; browsable at `/docs`.", dict[str, Any])}
     ),
 }

@@ -30,6 +30,9 @@ _ERROR_DESCRIPTION = (
 )
 
 
+_ADMIN_401 = models.Answer("ADMIN_TOKEN is set and the request has no valid `Authorization: Bearer` token (header `WWW-Authenticate`).")
+
+
 class _Schema(GenerateJsonSchema):
     """pydantic's JSON schema without a title on every property (the property name says it)."""
 
@@ -82,10 +85,13 @@ def _template() -> dict[str, Any]:
                 {"name": p.name, "in": p.where, "required": p.required, "description": p.description, "schema": p.schema}
                 for p in op.params
             ]
+        if op.admin:
+            operation["security"] = [{}, {"adminToken": []}]  # no token needed unless ADMIN_TOKEN is set
         if op.body is not None:
             operation["requestBody"] = {"required": True, "content": {"application/json": {"schema": by_type[id(op.body)]}}}
         responses: dict[str, Any] = {}
-        for status, answer in sorted(op.answers.items()):
+        answers = {**op.answers, **({401: _ADMIN_401} if op.admin else {})}
+        for status, answer in sorted(answers.items()):
             response: dict[str, Any] = {"description": answer.description}
             if isinstance(answer.body, str):
                 response["content"] = _text_body(answer.body)
@@ -100,7 +106,16 @@ def _template() -> dict[str, Any]:
         "openapi": "3.1.0",
         "info": {"title": "orderstream producer", "version": "0.1.0", "description": _ERROR_DESCRIPTION},
         "paths": paths,
-        "components": {"schemas": definitions.get("$defs", definitions)},
+        "components": {
+            "schemas": definitions.get("$defs", definitions),
+            "securitySchemes": {
+                "adminToken": {
+                    "type": "http",
+                    "scheme": "bearer",
+                    "description": "ADMIN_TOKEN: when set, the mutating admin routes need `Authorization: Bearer <ADMIN_TOKEN>`.",
+                }
+            },
+        },
     }
 
 

@@ -15,7 +15,7 @@ from typing import Any
 import redis.asyncio as aioredis
 from redis.exceptions import ResponseError
 
-from producer.backlog import oldest_pending
+from producer.backlog import oldest_pending, paused_groups
 from producer.rendering import BASE64_SUFFIX, put_text, raw_fields, readable, text_fields
 from producer.validation import MAX_NESTING, too_deep
 from streamcore import envelope, ids
@@ -372,7 +372,8 @@ async def stream_info(r: aioredis.Redis, keys: Keys, *, abandoned_after_ms: int 
         "lostEntries", "deadLetters": {"stream", "length"}, "group" (the configured group's name),
         "groupState", "groups": [{"name", "state", "consumerCount", "pending", "lag" (None when the
         server cannot tell — never turned into 0), "lastDeliveredId", "entriesRead",
-        "undeliveredDeleted", "oldestPendingId", "oldestPendingAgeMs" (the smallest pending entry ID
+        "undeliveredDeleted", "paused" (``POST /groups/{group}/pause``), "oldestPendingId",
+        "oldestPendingAgeMs" (the smallest pending entry ID
         from the ``XPENDING`` summary, and how long ago it was appended: now minus the ID's
         milliseconds; None with nothing pending), "consumers": [{"name", "pending", "idleMs",
         "inactiveMs" (None where not reported)}]}]}``.
@@ -412,6 +413,7 @@ async def stream_info(r: aioredis.Redis, keys: Keys, *, abandoned_after_ms: int 
     info, groups = state
     consumers_by_group = await _consumers_of(r, keys, groups)
     oldest = await oldest_pending(r, keys, groups)
+    paused = await paused_groups(r, keys, [g["name"] for g in groups])
     now_ms = int(time.time() * 1000)
     answer.update(
         exists=True,
@@ -439,6 +441,7 @@ async def stream_info(r: aioredis.Redis, keys: Keys, *, abandoned_after_ms: int 
                 "lastDeliveredId": last,
                 "entriesRead": _int_or_none(g.get("entries-read")),
                 "undeliveredDeleted": undelivered_deleted,
+                "paused": g["name"] in paused,
                 "oldestPendingId": oldest.get(g["name"]),
                 "oldestPendingAgeMs": (max(now_ms - ids.parse_id(oldest[g["name"]])[0], 0)
                                        if g["name"] in oldest else None),

@@ -26,10 +26,23 @@ ROUTES: tuple[tuple[str, str, views.Handler], ...] = (
     ("GET", "/dead-letters", views.get_dead_letters),
     ("POST", "/dead-letters/redrive", views.post_redrive_all),
     ("POST", "/dead-letters/{dlqId}/redrive", views.post_redrive_one),
+    ("DELETE", "/dead-letters/{dlqId}", views.delete_dead_letter),
+    ("POST", "/groups/{group}/pause", views.post_pause),
+    ("POST", "/groups/{group}/resume", views.post_resume),
+    ("GET", "/audit", views.get_audit),
+    ("GET", "/autoscaler/decisions", views.get_autoscaler_decisions),
     ("GET", "/healthz", views.healthz),
     ("GET", "/readyz", views.readyz),
     ("GET", "/metrics", views.metrics),
     ("GET", "/openapi.json", views.openapi),
+)
+
+
+#: Routes that are not part of the JSON API (left out of the OpenAPI document): the web console
+#: and the document in Swagger UI.
+PAGES: tuple[tuple[str, str, views.Handler], ...] = (
+    ("GET", "/ui", views.ui_page),
+    ("GET", "/ui/{asset}", views.ui_asset),
     ("GET", "/docs", docs.page),
     ("GET", "/docs/{asset}", docs.asset),
 )
@@ -45,7 +58,7 @@ def _add(router: web.UrlDispatcher, method: str, path: str, handler: views.Handl
 def setup_routes(app: web.Application) -> None:
     """Register every route of :data:`ROUTES` on ``app`` (wrapped), then the catch-all."""
     table = web.UrlDispatcher()
-    for method, path, handler in ROUTES:
+    for method, path, handler in (*ROUTES, *PAGES):
         _add(app.router, method, path, views.api_handler(path, handler))
         _add(table, method, path, handler)
 

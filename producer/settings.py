@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from pydantic import Field
+from pydantic import Field, SecretStr
 
 from streamcore.settings import CommonSettings
 
@@ -68,6 +68,14 @@ class ProducerSettings(CommonSettings):
         description="APPEND_BATCH_MAX: most appends of concurrent requests sent to Redis in one pipeline.",
     )
     redrive_max: int = Field(default=100, ge=1, description="REDRIVE_MAX: most dead letters one POST /dead-letters/redrive moves.")
+    admin_token: SecretStr | None = Field(
+        default=None,
+        description=(
+            "ADMIN_TOKEN: when set, every mutating admin route (re-drive, delete a dead letter, pause and resume a "
+            "group) needs 'Authorization: Bearer <token>' and answers 401 without it; read-only routes never do. "
+            "Unset: those routes are open to whoever reaches the API (the chart always sets it from a Secret)."
+        ),
+    )
     shutdown_timeout_s: float = Field(
         default=10.0,
         gt=0,

@@ -8,9 +8,11 @@ failing gives 503 ``{"error": ...}``; nothing ever answers with a stack trace.
 from __future__ import annotations
 
 import asyncio
+import hmac
 import logging
 import re
 import time
+from pathlib import Path
 from collections.abc import Awaitable, Callable
 from typing import Any
 from urllib.parse import quote
@@ -18,10 +20,10 @@ from urllib.parse import quote
 import orjson
 from aiohttp import web
 from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import RedisError
+from redis.exceptions import RedisError, ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
-from producer import deadletters, queries
+from producer import audit, deadletters, queries
 from producer.appender import AppendCall
 from producer.backlog import read_backlog
 from producer.appkeys import APPENDER, IN_FLIGHT, LIFECYCLE, LIMITS, METRICS, REDIS, REGISTRY, SETTINGS
@@ -35,7 +37,8 @@ from producer.validation import (
     parse_json,
     validate_order,
 )
-from streamcore import ids
+from streamcore import decisions, ids
+from streamcore.streams import is_no_such_key
 from streamcore.metrics import CONTENT_TYPE_LATEST, render
 
 logger = logging.getLogger(__name__)
@@ -83,6 +86,26 @@ class ApiError(Exception):
 UNMATCHED = "unmatched"
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+def require_admin(request: web.Request) -> bool:
+    """Check the admin token of a mutating admin route; returns whether one was checked.
+
+    With ADMIN_TOKEN set, the request must carry ``Authorization: Bearer <token>`` (compared in
+    constant time); otherwise 401 with ``WWW-Authenticate: Bearer`` and a JSON body naming the
+    header. With ADMIN_TOKEN unset every caller passes (False: nothing was checked).
+
+    Raises:
+        ApiError: 401, the token is missing or wrong.
+    """
+    expected = request.app[SETTINGS].admin_token
+    if expected is None:
+        return False
+    scheme, _, given = request.headers.get("Authorization", "").partition(" ")
+    if scheme.lower() != "bearer" or not hmac.compare_digest(given.strip().encode(), expected.get_secret_value().encode()):
+        raise ApiError(401, "admin token required", {"Authorization": "Bearer <ADMIN_TOKEN> is required for this route"},
+                       headers={"WWW-Authenticate": 'Bearer realm="orderstream admin"'})
+    return True
 
 
 def api_handler(route: str, handler: Handler) -> Handler:
@@ -463,13 +486,8 @@ async def post_redrive_one(request: web.Request) -> web.Response:
     404 unknown dlqId; 409 naming the dlqId when it holds no order that can be appended again
     (:class:`producer.deadletters.DeadLetterUnreadable`: e.g. a field that is not UTF-8), which
     leaves it in the dead-letter stream."""
-    dlq_id = request.match_info["dlqId"]
-    try:
-        if not _FULL_ID.fullmatch(dlq_id):
-            raise ids.InvalidStreamId(f"{dlq_id!r} is not a full entry ID <ms>-<seq>")
-        ids.parse_id(dlq_id)
-    except ids.InvalidStreamId as exc:
-        raise ApiError(400, "invalid dlqId", {"dlqId": str(exc)}) from None
+    checked = require_admin(request)
+    dlq_id = _dlq_id(request)
     settings = request.app[SETTINGS]
     try:
         done = await deadletters.redrive_one(request.app[REDIS], settings.keys, request.app[APPENDER], dlq_id)
@@ -479,16 +497,104 @@ async def post_redrive_one(request: web.Request) -> web.Response:
         raise ApiError(404, f"dead letter {dlq_id} is not in {settings.dlq_stream}", {"dlqId": "not found"})
     if not done.replayed:
         request.app[METRICS].accepted.inc()
+    await audit.record(request.app[REDIS], settings.keys, request, action="redrive", target=dlq_id, count=1,
+                       token_checked=checked)
     return web.json_response(done.as_json())
+
+
+def _dlq_id(request: web.Request) -> str:
+    """The ``{dlqId}`` of the path, a full entry ID; 400 naming it otherwise."""
+    dlq_id = request.match_info["dlqId"]
+    try:
+        if not _FULL_ID.fullmatch(dlq_id):
+            raise ids.InvalidStreamId(f"{dlq_id!r} is not a full entry ID <ms>-<seq>")
+        ids.parse_id(dlq_id)
+    except ids.InvalidStreamId as exc:
+        raise ApiError(400, "invalid dlqId", {"dlqId": str(exc)}) from None
+    return dlq_id
+
+
+async def delete_dead_letter(request: web.Request) -> web.Response:
+    """DELETE /dead-letters/{dlqId} → 200 ``{"dlqId", "deleted": 1}`` (``XDEL`` from the
+    dead-letter stream; the order is given up, the audit stream records it); 404 unknown dlqId."""
+    checked = require_admin(request)
+    dlq_id = _dlq_id(request)
+    settings = request.app[SETTINGS]
+    deleted = int(await request.app[REDIS].xdel(settings.keys.dlq, dlq_id))
+    if not deleted:
+        raise ApiError(404, f"dead letter {dlq_id} is not in {settings.dlq_stream}", {"dlqId": "not found"})
+    await audit.record(request.app[REDIS], settings.keys, request, action="delete_dead_letter", target=dlq_id,
+                       count=deleted, token_checked=checked)
+    return web.json_response({"dlqId": dlq_id, "deleted": deleted})
+
+
+async def _group_of(request: web.Request) -> str:
+    """The ``{group}`` of the path, which must be a consumer group of the stream (404 otherwise)."""
+    group = request.match_info["group"]
+    settings = request.app[SETTINGS]
+    try:
+        groups = await request.app[REDIS].xinfo_groups(settings.keys.stream)
+    except ResponseError as exc:
+        if not is_no_such_key(exc):
+            raise
+        groups = []
+    if group not in {g["name"] for g in groups}:
+        raise ApiError(404, f"{settings.stream_name} has no consumer group {group!r}", {"group": "not found"})
+    return group
+
+
+async def post_pause(request: web.Request) -> web.Response:
+    """POST /groups/{group}/pause → 200 ``{"group", "paused": true}``: ``SET`` the group's paused
+    key. Its consumers issue no new read within BLOCK_MS/2 (what a read in flight delivers is
+    still handled) and claim nothing, the reclaimer claims nothing for it, until resumed; no
+    process restarts. 404 when the stream has no such group."""
+    checked = require_admin(request)
+    group = await _group_of(request)
+    keys = request.app[SETTINGS].keys
+    await request.app[REDIS].set(keys.paused(group), str(int(time.time() * 1000)))
+    await audit.record(request.app[REDIS], keys, request, action="pause", target=group, count=0, token_checked=checked)
+    return web.json_response({"group": group, "paused": True})
+
+
+async def post_resume(request: web.Request) -> web.Response:
+    """POST /groups/{group}/resume → 200 ``{"group", "paused": false}``: ``DEL`` the paused key;
+    consumers read again within BLOCK_MS/2. 404 when the stream has no such group."""
+    checked = require_admin(request)
+    group = await _group_of(request)
+    keys = request.app[SETTINGS].keys
+    await request.app[REDIS].delete(keys.paused(group))
+    await audit.record(request.app[REDIS], keys, request, action="resume", target=group, count=0, token_checked=checked)
+    return web.json_response({"group": group, "paused": False})
+
+
+async def get_autoscaler_decisions(request: web.Request) -> web.Response:
+    """GET /autoscaler/decisions?limit → ``{"stream", "decisions": [...]}``: what the autoscaler
+    decided about this stream and when, newest first (``limit`` ≤ HISTORY_MAX_COUNT, default 20;
+    see :func:`streamcore.decisions.read`). Empty when no operator scales on this stream."""
+    settings = request.app[SETTINGS]
+    limit = min(_uint(request, "limit", minimum=1) or 20, settings.history_max_count)
+    found = await decisions.read(request.app[REDIS], settings.keys, limit)
+    return web.json_response({"stream": settings.keys.autoscaler_decisions, "decisions": found})
+
+
+async def get_audit(request: web.Request) -> web.Response:
+    """GET /audit?limit → the newest ``limit`` (≤ HISTORY_MAX_COUNT, default 100) admin
+    mutations, newest first (see :func:`producer.audit.read`)."""
+    settings = request.app[SETTINGS]
+    limit = min(_uint(request, "limit", minimum=1) or 100, settings.history_max_count)
+    return web.json_response(await audit.read(request.app[REDIS], settings.keys, limit))
 
 
 async def post_redrive_all(request: web.Request) -> web.Response:
     """POST /dead-letters/redrive?limit → 200 ``{"redriven", "items", "skipped", "remaining"}``
     (at most ``limit`` ≤ REDRIVE_MAX dead letters, oldest first)."""
+    checked = require_admin(request)
     settings = request.app[SETTINGS]
     limit = _uint(request, "limit", minimum=1, maximum=settings.redrive_max) or settings.redrive_max
     answer = await deadletters.redrive_many(request.app[REDIS], settings.keys, request.app[APPENDER], limit=limit)
     request.app[METRICS].accepted.inc(sum(1 for i in answer["items"] if not i["replayed"]))
+    await audit.record(request.app[REDIS], settings.keys, request, action="redrive_all", target="*",
+                       count=answer["redriven"], token_checked=checked)
     return web.json_response(answer)
 
 
@@ -551,3 +657,39 @@ async def metrics(request: web.Request) -> web.Response:
 async def openapi(request: web.Request) -> web.Response:
     """GET /openapi.json → the OpenAPI 3.1 document of this API."""
     return web.json_response(openapi_document(request.app[SETTINGS]))
+
+
+# ---- the web console -----------------------------------------------------------------------------
+
+#: The console's files (producer/ui/), served from memory: name → (content type, bytes).
+_UI_DIR = Path(__file__).parent / "ui"
+_UI_TYPES = {".html": "text/html", ".js": "text/javascript", ".css": "text/css"}
+_UI_FILES: dict[str, tuple[str, bytes]] = {
+    p.name: (_UI_TYPES[p.suffix], p.read_bytes()) for p in sorted(_UI_DIR.iterdir()) if p.suffix in _UI_TYPES
+}
+#: What the console's page may load: only the app itself (no CDN; works without internet).
+_UI_HEADERS = {
+    "Content-Security-Policy": "default-src 'self'; img-src 'self' data:; frame-ancestors 'none'; base-uri 'none'",
+    "X-Content-Type-Options": "nosniff",
+    "Cache-Control": "no-cache",
+}
+
+
+def _ui_file(name: str) -> web.Response:
+    kind, body = _UI_FILES[name]
+    return web.Response(body=body, content_type=kind, charset="utf-8", headers=_UI_HEADERS)
+
+
+async def ui_page(request: web.Request) -> web.Response:
+    """GET /ui → the web console (producer/ui/index.html): groups, consumers, dead letters, live
+    rates, order search and the admin actions, all from this API; no token to read, the admin
+    token (typed in the page) for actions."""
+    return _ui_file("index.html")
+
+
+async def ui_asset(request: web.Request) -> web.Response:
+    """GET /ui/{asset} → the console's script or style sheet; 404 for anything else."""
+    name = request.match_info["asset"]
+    if name not in _UI_FILES or name == "index.html":
+        raise ApiError(404, f"no console file {name!r}", {"asset": "not found"})
+    return _ui_file(name)

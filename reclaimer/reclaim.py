@@ -131,8 +131,14 @@ class Reclaimer:
             await self._record_pass()
             return s
         await ensure_group(self.r, self.keys, "0")
-        claim_dead_lettered = await self._claim_backoff(s)
-        claim_dead_lettered += await self._sweep(s, self.settings.reclaim_limit - s.claimed)
+        if await self.r.exists(self.keys.paused(self.keys.group)):
+            # Paused (POST /groups/{group}/pause): no handler runs for the group, so nothing is
+            # claimed; dead consumers are still removed and the stream still trimmed.
+            logger.info("group %s is paused: nothing claimed this pass", self.keys.group)
+            claim_dead_lettered = 0
+        else:
+            claim_dead_lettered = await self._claim_backoff(s)
+            claim_dead_lettered += await self._sweep(s, self.settings.reclaim_limit - s.claimed)
         s.consumers_removed = await self._remove_dead_consumers()
         report = await trim_pass(self.r, self.keys, maxlen=self.settings.stream_maxlen,
                                  max_step=self.settings.trim_max_step, metrics=self.trim_metrics)

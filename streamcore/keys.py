@@ -69,6 +69,22 @@ class Keys:
         ``orderstream_reclaimer_last_pass_timestamp_seconds`` for the "reclaimer not running" alert)."""
         return f"{self.stream}:reclaimer:last-pass"
 
+    def paused(self, group: str) -> str:
+        """String key: present while ``group`` is paused (``POST /groups/{group}/pause``); its
+        consumers issue no new read and claim nothing, the reclaimer claims nothing for it."""
+        return f"{self.stream}:paused:{group}"
+
+    @property
+    def autoscaler_decisions(self) -> str:
+        """Stream key: the autoscaler's scaling decisions about this stream, capped
+        (:mod:`streamcore.decisions`)."""
+        return f"{self.stream}:autoscaler"
+
+    @property
+    def audit(self) -> str:
+        """Stream key: one entry per admin mutation (who, what, when, how many entries), capped."""
+        return f"{self.stream}:audit"
+
     def heartbeat(self, consumer: str) -> str:
         """String key with a TTL: present while ``consumer`` is alive (refreshed by its read loop).
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
+import base64
 import pytest
 
 from tests.chart.helpers import (
@@ -308,7 +309,7 @@ def test_external_url_replaces_builtin_redis(renders: dict[str, list[Obj]]) -> N
 def test_existing_secret_replaces_builtin_redis_and_chart_secret(renders: dict[str, list[Obj]]) -> None:
     objects = renders["external-redis-secret"]
     assert not by_kind(objects, "StatefulSet")
-    assert not by_kind(objects, "Secret")
+    assert [o["metadata"]["name"] for o in by_kind(objects, "Secret")] == ["orderstream-admin"]  # no Redis URL Secret
     assert _redis_url_refs(objects) == {("prod-redis", "REDIS_URL")}
 
 
@@ -449,3 +450,22 @@ def test_the_uninstall_hook_deletes_the_release_streamautoscalers_with_least_pri
 
 def test_no_uninstall_hook_without_a_streamautoscaler(chart: Any) -> None:
     assert render_objects(chart, SCENARIOS["defaults"], hooks=True) == []
+
+
+def _admin_token_ref(objects: list[Obj]) -> dict:
+    producer = one(objects, "Deployment", "orderstream-producer")
+    [env] = [e for e in producer["spec"]["template"]["spec"]["containers"][0]["env"] if e["name"] == "ADMIN_TOKEN"]
+    return env["valueFrom"]["secretKeyRef"]
+
+
+def test_admin_token_comes_from_a_generated_secret_by_default(default_objects: list[Obj]) -> None:
+    secret = one(default_objects, "Secret", "orderstream-admin")
+    token = base64.b64decode(secret["data"]["token"]).decode()
+    assert len(token) == 40 and token.isalnum()
+    assert _admin_token_ref(default_objects) == {"name": "orderstream-admin", "key": "token"}
+
+
+def test_admin_token_from_an_existing_secret(chart) -> None:
+    objects = render_objects(chart, {"producer": {"adminToken": {"existingSecret": "ops-admin", "existingSecretKey": "t"}}})
+    assert "orderstream-admin" not in {o["metadata"]["name"] for o in by_kind(objects, "Secret")}
+    assert _admin_token_ref(objects) == {"name": "ops-admin", "key": "t"}

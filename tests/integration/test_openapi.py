@@ -10,7 +10,7 @@ import pytest
 from jsonschema import Draft202012Validator
 
 from producer.models import OPERATIONS
-from producer.routes import ROUTES
+from producer.routes import PAGES, ROUTES
 from tests.integration.producer_support import api, keys, make_api  # noqa: F401 - fixtures
 
 
@@ -21,6 +21,7 @@ async def test_document_covers_exactly_the_routes(api):
     assert doc["openapi"] == "3.1.0"
     documented = {(method.upper(), path) for path, item in doc["paths"].items() for method in item}
     assert documented == {(method, path) for method, path, _ in ROUTES}
+    assert not {path for _, path, _ in PAGES} & set(doc["paths"])  # the console and /docs are pages
     assert set(OPERATIONS) == {(method, path) for method, path, _ in ROUTES}
     for method, path, handler in ROUTES:
         op = doc["paths"][path][method.lower()]
@@ -71,6 +72,23 @@ async def test_limits_come_from_the_settings(make_api):
     assert headers["Location"]["description"] == "`/orders/{orderId}`."
 
 
+async def test_admin_routes_document_the_token_and_their_401_matches(make_api):
+    api = await make_api(admin_token="s3cret")
+    doc = await (await api.get("/openapi.json")).json()
+    admin = {(m.upper(), p) for p, item in doc["paths"].items() for m, op in item.items() if "security" in op}
+    assert admin == {("POST", "/dead-letters/redrive"), ("POST", "/dead-letters/{dlqId}/redrive"),
+                     ("DELETE", "/dead-letters/{dlqId}"), ("POST", "/groups/{group}/pause"), ("POST", "/groups/{group}/resume")}
+    assert doc["components"]["securitySchemes"]["adminToken"]["scheme"] == "bearer"
+    error = {"$ref": "#/components/schemas/Error", "components": doc["components"]}
+    for method, path in sorted(admin):
+        assert doc["paths"][path][method.lower()]["responses"]["401"]["content"]["application/json"]["schema"] == {
+            "$ref": "#/components/schemas/Error"}
+        resp = await api.request(method, path.replace("{dlqId}", "1-0").replace("{group}", "g"))
+        body = await resp.json()
+        assert (resp.status, list(body["fields"])) == (401, ["Authorization"]), path
+        assert list(Draft202012Validator(error).iter_errors(body)) == []
+
+
 async def test_docs_page_and_its_assets_are_served_by_the_app(api):
     resp = await api.get("/docs")
     assert (resp.status, resp.content_type) == (200, "text/html")
@@ -119,5 +137,5 @@ async def test_docs_page_renders_every_operation_in_a_headless_browser(api, tmp_
     assert "Unable to render" not in dom
     shown = set(re.findall(r'data-path="([^"]+)"[^>]*>', dom))
     assert shown == {path for _, path, _ in ROUTES}
-    assert len(re.findall(r'opblock-summary-method">(GET|POST)', dom)) == len(ROUTES)
+    assert len(re.findall(r'opblock-summary-method">(GET|POST|DELETE)', dom)) == len(ROUTES)
     assert "errors-wrapper" not in dom

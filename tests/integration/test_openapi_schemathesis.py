@@ -126,6 +126,13 @@ def test_every_operation_conforms_to_the_document(live_producer, redis_url, name
     explicit("POST", "/dead-letters/{dlqId}/redrive", 409, path_parameters={"dlqId": dead["unreadable"]})
     assert explicit("POST", "/dead-letters/{dlqId}/redrive", 200, path_parameters={"dlqId": dead["good"]})["orderId"] == "dead-1"
     assert explicit("POST", "/dead-letters/redrive", 200)["skipped"][0]["reason"] == "not_utf8"
+    assert explicit("POST", "/groups/{group}/pause", 200, path_parameters={"group": names.group})["paused"] is True
+    assert [g.get("paused") for g in explicit("GET", "/stream/info", 200)["groups"] if g["name"] == names.group] == [True]
+    assert explicit("POST", "/groups/{group}/resume", 200, path_parameters={"group": names.group})["paused"] is False
+    assert explicit("DELETE", "/dead-letters/{dlqId}", 200, path_parameters={"dlqId": dead["unreadable"]})["deleted"] == 1
+    actions = [e["action"] for e in explicit("GET", "/audit", 200)["entries"]]
+    assert actions == ["delete_dead_letter", "resume", "pause", "redrive_all", "redrive"]
+    assert explicit("GET", "/autoscaler/decisions", 200)["decisions"] == []
     explicit("POST", "/orders/batch", 400, body=[{"orderId": 1}], media_type="application/json")
     assert explicit("POST", "/orders", 415, body="x", media_type="text/plain")["fields"] == {"Content-Type": "must be application/json"}
     explicit("POST", "/orders", 413, body="x" * (1024 * 1024 + 1), media_type="application/json")

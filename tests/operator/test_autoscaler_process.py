@@ -52,6 +52,11 @@ async def test_entry_point_serves_probes_and_scales(kube, cluster, tmp_path, r, 
         status, _ = await eventually(lambda: _ok(f'http://127.0.0.1:{health}/healthz'), 10, 'kopf liveness')
         text = await eventually(lambda: _metric(f'http://127.0.0.1:{metrics}/metrics'), 10, 'metrics')
         assert f'orderstream_autoscaler_desired_replicas{{autoscaler="{NS}/sas"}} 3.0' in text
+        # The decision is kept beside the stream, for the producer's console.
+        [(_, decision)] = await r.xrange(f'{names.stream}:autoscaler')
+        assert {k: decision[k] for k in ('autoscaler', 'target', 'current', 'desired', 'outcome', 'backlog')} == {
+            'autoscaler': f'{NS}/sas', 'target': 'consumer', 'current': '1', 'desired': '3', 'outcome': 'scaled',
+            'backlog': '250'}
         # The dashboard's autoscaler panels name only metrics this live operator exports.
         used = {n for n in dashboard_metric_names() if n.startswith('orderstream_autoscaler_')}
         assert used and sorted(used - families(text)) == []

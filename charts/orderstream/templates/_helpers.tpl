@@ -191,3 +191,11 @@ Fail rendering on value combinations the schema cannot express.
 {{- fail "autoscaler.streamAutoscaler.minReplicas must not exceed maxReplicas" }}
 {{- end }}
 {{- end }}
+
+{{/*
+The Secret holding ADMIN_TOKEN: producer.adminToken.existingSecret, else the one the chart
+generates (templates/producer/admin-secret.yaml).
+*/}}
+{{- define "orderstream.adminSecretName" -}}
+{{- default (printf "%s-admin" (include "orderstream.fullname" .)) .Values.producer.adminToken.existingSecret -}}
+{{- end }}
