@@ -13,7 +13,7 @@ from __future__ import annotations
 from aiohttp import web
 from aiohttp.web_urldispatcher import MatchInfoError
 
-from producer import views
+from producer import docs, views
 
 #: ``(method, path template, handler)`` of every route. ``GET`` routes also take ``HEAD``.
 ROUTES: tuple[tuple[str, str, views.Handler], ...] = (
@@ -38,10 +38,13 @@ ROUTES: tuple[tuple[str, str, views.Handler], ...] = (
 )
 
 
-#: Routes that are not part of the JSON API (left out of the OpenAPI document): the web console.
+#: Routes that are not part of the JSON API (left out of the OpenAPI document): the web console
+#: and the document in Swagger UI.
 PAGES: tuple[tuple[str, str, views.Handler], ...] = (
     ("GET", "/ui", views.ui_page),
     ("GET", "/ui/{asset}", views.ui_asset),
+    ("GET", "/docs", docs.page),
+    ("GET", "/docs/{asset}", docs.asset),
 )
 
 
