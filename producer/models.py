@@ -264,6 +264,8 @@ class StreamInfo(TypedDict, total=False):
     entriesAdded: NullableInt
     recordedFirstEntryId: NullableId
     lostEntries: _describe(int, "Entries the reclaimer found trimmed or deleted before they were acknowledged.")
+    failedDeliveries: _describe(int, "Handler failures so far (deliveries that failed and were retried or "
+                                     "dead-lettered), counted in Redis by the consumers and the reclaimer.")
     deadLetters: DeadLetterStream
     group: _describe(str, "The configured group (GROUP_NAME).")
     groupState: _describe(

@@ -296,6 +296,7 @@ async def stream_info(r: aioredis.Redis, parts: Parts, *, abandoned_after_ms: in
         "entriesAdded": _sum_or_none([a["entriesAdded"] for a in present]) if present else None,
         "recordedFirstEntryId": min(recorded, key=_key) if recorded else None,
         "lostEntries": sum(a["lostEntries"] for a in answers),
+        "failedDeliveries": sum(a["failedDeliveries"] for a in answers),
         "deadLetters": {"stream": dlq_name or parts[0].dlq, "length": sum(a["deadLetters"]["length"] for a in answers)},
         "group": parts[0].group,
         "groupState": states.get(parts[0].group, "no-stream"),

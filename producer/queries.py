@@ -369,7 +369,8 @@ async def stream_info(r: aioredis.Redis, keys: Keys, *, abandoned_after_ms: int 
         The answer and the :class:`GroupHealth` it shows (for the metrics). The answer is
         ``{"stream", "exists", "length", "firstEntry", "lastEntry" (:func:`order_item` or None),
         "lastGeneratedId", "maxDeletedEntryId", "entriesAdded", "recordedFirstEntryId",
-        "lostEntries", "deadLetters": {"stream", "length"}, "group" (the configured group's name),
+        "lostEntries", "failedDeliveries" (handler failures counted by the consumers and the
+        reclaimer, :attr:`streamcore.keys.Keys.failed_counter`), "deadLetters": {"stream", "length"}, "group" (the configured group's name),
         "groupState", "groups": [{"name", "state", "consumerCount", "pending", "lag" (None when the
         server cannot tell — never turned into 0), "lastDeliveredId", "entriesRead",
         "undeliveredDeleted", "paused" (``POST /groups/{group}/pause``), "oldestPendingId",
@@ -390,7 +391,8 @@ async def stream_info(r: aioredis.Redis, keys: Keys, *, abandoned_after_ms: int 
     async with r.pipeline(transaction=False) as pipe:
         pipe.get(keys.lost_counter)
         pipe.xlen(keys.dlq)
-        lost, dlq_len = await pipe.execute()
+        pipe.get(keys.failed_counter)
+        lost, dlq_len, failed = await pipe.execute()
     answer: dict[str, Any] = {
         "stream": keys.stream,
         "exists": False,
@@ -402,6 +404,7 @@ async def stream_info(r: aioredis.Redis, keys: Keys, *, abandoned_after_ms: int 
         "entriesAdded": None,
         "recordedFirstEntryId": None,
         "lostEntries": _int_or_none(lost) or 0,
+        "failedDeliveries": _int_or_none(failed) or 0,
         "deadLetters": {"stream": keys.dlq, "length": int(dlq_len)},
         "group": keys.group,
         "groupState": "no-stream",

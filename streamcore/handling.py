@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 import redis.asyncio as aioredis
+from redis.exceptions import RedisError
 
 from streamcore.connection import is_transient
 from streamcore.envelope import Envelope, EnvelopeError, decode
@@ -418,6 +419,10 @@ class EntryRunner:
     async def _failed_delivery(self, order: Envelope, deliveries: int, consumer: str, exc: BaseException | str) -> str:
         """Count a failed delivery; dead-letter the order if it was the last one allowed."""
         self._failed.inc()
+        try:
+            await self.r.incrby(self.keys.failed_counter, 1)
+        except RedisError as count_error:  # the count is for the console; the delivery's fate does not wait on it
+            logger.debug("failed deliveries not counted in Redis: %s", count_error)
         error = exc if isinstance(exc, str) else f"{type(exc).__name__}: {exc}"
         if deliveries >= self.max_deliveries:
             logger.error("%s: order %s (entry %s) failed on delivery %d of %d: %s; dead-lettering it", self.component,

@@ -100,6 +100,12 @@ class Keys:
         return f"{self.stream}:autoscaler"
 
     @property
+    def failed_counter(self) -> str:
+        """Integer key: handler failures (failed deliveries, retried or dead-lettered) since the
+        stream began, for the console's failed-per-second rate (``INCRBY`` per failure)."""
+        return f"{self.stream}:failed"
+
+    @property
     def audit(self) -> str:
         """Stream key: one entry per admin mutation (who, what, when, how many entries), capped."""
         return f"{self.stream}:audit"

@@ -63,7 +63,7 @@ async function act(method, path, what) {
 
 function renderRates(info, at) {
   const group = (info.groups || []).find((g) => g.name === info.group);
-  const now = { at, added: info.entriesAdded, dlq: info.deadLetters.length,
+  const now = { at, added: info.entriesAdded, dlq: info.deadLetters.length, failed: info.failedDeliveries,
                 acked: group && group.entriesRead !== null ? group.entriesRead - group.pending : null };
   if (previous && at > previous.at) {
     const secs = (at - previous.at) / 1000;
@@ -71,7 +71,8 @@ function renderRates(info, at) {
       : Math.max((a - b) / secs, 0).toFixed(1);
     document.getElementById("rate-accepted").textContent = rate(now.added, previous.added);
     document.getElementById("rate-processed").textContent = rate(now.acked, previous.acked);
-    document.getElementById("rate-failed").textContent = rate(now.dlq, previous.dlq);
+    document.getElementById("rate-failed").textContent = rate(now.failed, previous.failed);
+    document.getElementById("rate-dead").textContent = rate(now.dlq, previous.dlq);
   }
   previous = now;
 }

@@ -126,3 +126,12 @@ async def test_autoscaler_decisions_are_read_back_newest_first(api, r, keys):
     assert [(d["current"], d["desired"], d["outcome"], d["backlog"]) for d in body["decisions"]] == [
         (None, 2, None, None), (3, 6, "scaled", 600), (1, 3, "scaled", 300)]
     assert body["decisions"][1]["message"] == "backlog wants 6" and body["decisions"][1]["autoscaler"] == "shop/orders"
+
+
+async def test_failed_deliveries_are_counted_in_redis_for_the_consoles_rate(api, r, redis_url, names):
+    keys = keys_for(names)
+    await post(r, keys, 1, fail_until=2)  # fails on its first two calls, then succeeds
+    async with running(redis_url, names, "pod-a", block_ms=500, claim_idle_ms=200):
+        await wait_for(lambda: r.get(done_key(keys.stream, 1)), timeout=20, what="the order processed on call 3")
+    info = await (await api.get("/stream/info")).json()
+    assert info["failedDeliveries"] == 2
