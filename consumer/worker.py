@@ -330,7 +330,15 @@ class Worker:
             try:
                 if not checked_server:
                     await server_info(self.r)
+                    # Paused before we started: known before the own PEL is re-read (the timer's
+                    # first heartbeat may come after it).
+                    self._set_paused(bool(await self.r.exists(self.keys.paused(self.keys.group))))
                     checked_server = True
+                if self.paused and not self._reads:
+                    # Nothing is read or re-read while paused, the own PEL included.
+                    if not await self._wait_unpaused(stop):
+                        break
+                    continue
                 if not self._group_ok:
                     await ensure_group(self.r, self.keys, "0")
                     # Listed in XINFO CONSUMERS from the start, not from its first entry (Redis
@@ -350,10 +358,6 @@ class Worker:
                     self._resync = False
                 if not self._reads and not await self._wait_capacity(stop):
                     break
-                if self.paused and not self._reads:
-                    if not await self._wait_unpaused(stop):
-                        break
-                    continue
                 self.state = "reading"
                 if not self.paused:  # paused: only the reads already in flight are taken
                     self._issue_reads()

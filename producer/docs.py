@@ -86,7 +86,9 @@ async def asset(request: web.Request) -> web.FileResponse:
     """GET /docs/{asset} → 200 with the Swagger UI file and its content type; 404 (JSON) for any
     name that is not a file of the dist folder (no path traversal: names are matched exactly)."""
     name = request.match_info["asset"]
-    if name not in _FILES:
+    # The dist folder's own index.html is Swagger's demo page (it loads petstore.swagger.io):
+    # never served; /docs is ours.
+    if name not in _FILES or name == "index.html":
         raise web.HTTPNotFound()
     content_type, _ = mimetypes.guess_type(name)
     return web.FileResponse(

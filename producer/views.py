@@ -106,7 +106,10 @@ def require_admin(request: web.Request) -> bool:
     if expected is None:
         return False
     scheme, _, given = request.headers.get("Authorization", "").partition(" ")
-    if scheme.lower() != "bearer" or not hmac.compare_digest(given.strip().encode(), expected.get_secret_value().encode()):
+    # aiohttp hands header bytes that are not UTF-8 over as lone surrogates: encoded back to
+    # those bytes, such a token is simply wrong (a 401), never a UnicodeEncodeError (a 500).
+    given_bytes = given.strip().encode("utf-8", "surrogateescape")
+    if scheme.lower() != "bearer" or not hmac.compare_digest(given_bytes, expected.get_secret_value().encode()):
         raise ApiError(401, "admin token required", {"Authorization": "Bearer <ADMIN_TOKEN> is required for this route"},
                        headers={"WWW-Authenticate": 'Bearer realm="orderstream admin"'})
     return True
@@ -535,7 +538,9 @@ def _dlq_id(request: web.Request) -> str:
         ids.parse_id(dlq_id)
     except ids.InvalidStreamId as exc:
         raise ApiError(400, "invalid dlqId", {"dlqId": str(exc)}) from None
-    return dlq_id
+    # Canonical spelling (no leading zeros): the re-drive's idempotency key is built from it, so
+    # "0X-0" and "X-00" re-drive the same dead letter once, as "X-0" does.
+    return ids.format_id(*ids.parse_id(dlq_id))
 
 
 async def delete_dead_letter(request: web.Request) -> web.Response:

@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import datetime as dt
 import json
+import re
 import sys
 from typing import Any, TextIO
 
@@ -73,7 +74,18 @@ def duration(ms: int | None) -> str:
     return f"{d}d{h}h"
 
 
+_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
+
+
+def shown(value: object) -> str:
+    """``value`` as text safe for a terminal: control characters (escape sequences, carriage
+    returns, bells: data written by anyone into a consumer name or a dead letter) are shown as
+    ``\\xNN`` instead of being acted on."""
+    return _CONTROL.sub(lambda m: f"\\x{ord(m.group()):02x}", str(value))
+
+
 def _table(rows: list[list[str]], indent: str = "") -> list[str]:
+    rows = [[shown(cell) for cell in row] for row in rows]
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
     return [indent + "  ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip() for row in rows]
 
@@ -87,6 +99,7 @@ def render(info: dict[str, Any], dead: dict[str, Any], now: dt.datetime | None =
     """The overview as text, from the two API answers (shapes: ``producer.openapi``)."""
     now = now or dt.datetime.now(dt.timezone.utc)
     out = [f"orderstream status at {now.strftime('%Y-%m-%d %H:%M:%S %Z')}"]
+    info = {k: shown(v) if isinstance(v, str) else v for k, v in info.items()}
     if not info.get("exists"):
         out.append(f"stream {info['stream']}: does not exist yet (no order accepted)")
     else:
@@ -99,7 +112,8 @@ def render(info: dict[str, Any], dead: dict[str, Any], now: dt.datetime | None =
     if info.get("groups"):
         rows = [["GROUP", "STATE", "LAG", "PENDING", "OLDEST PENDING", "CONSUMERS"]]
         for g in info["groups"]:
-            rows.append([_name(g), g["state"], "?" if g.get("lag") is None else str(g["lag"]), str(g["pending"]),
+            rows.append([_name(g), "paused" if g.get("paused") else g["state"],
+                         "?" if g.get("lag") is None else str(g["lag"]), str(g["pending"]),
                          duration(g.get("oldestPendingAgeMs")), str(g["consumerCount"])])
         out += _table(rows)
         for g in info["groups"]:

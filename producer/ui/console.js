@@ -148,15 +148,22 @@ function renderDecisions(found) {
 async function refresh() {
   try {
     const at = Date.now();
-    const [info, dead, audit, found] = await Promise.all([getJson("/stream/info"), getJson("/dead-letters?limit=100"),
+    // Each part on its own: one endpoint that fails (a key of the wrong type, say) must not
+    // blank the others.
+    const parts = await Promise.allSettled([getJson("/stream/info"), getJson("/dead-letters?limit=100"),
       getJson("/audit?limit=20"), getJson("/autoscaler/decisions?limit=20")]);
-    document.getElementById("stream").textContent =
-      `stream ${info.stream}: ${info.length} entries · group ${info.group}: ${info.groupState}`;
-    renderRates(info, at);
-    renderGroups(info);
-    renderDeadLetters(dead);
-    renderAudit(audit);
-    renderDecisions(found);
+    const [info, dead, audit, found] = parts.map((p) => (p.status === "fulfilled" ? p.value : null));
+    const failed = parts.filter((p) => p.status === "rejected").map((p) => p.reason.message);
+    if (info) {
+      document.getElementById("stream").textContent =
+        `stream ${info.stream}: ${info.length} entries · group ${info.group}: ${info.groupState}`;
+      renderRates(info, at);
+      renderGroups(info);
+    }
+    if (dead) renderDeadLetters(dead);
+    if (audit) renderAudit(audit);
+    if (found) renderDecisions(found);
+    if (failed.length) say(`cannot read part of the API: ${failed.join("; ")}`, "error");
     document.getElementById("refreshed").textContent = `updated ${new Date(at).toLocaleTimeString()}`;
   } catch (err) {
     say(`cannot read the API: ${err.message}`, "error");

@@ -135,3 +135,45 @@ async def test_failed_deliveries_are_counted_in_redis_for_the_consoles_rate(api,
         await wait_for(lambda: r.get(done_key(keys.stream, 1)), timeout=20, what="the order processed on call 3")
     info = await (await api.get("/stream/info")).json()
     assert info["failedDeliveries"] == 2
+
+
+async def test_a_token_that_is_not_utf8_is_refused_with_401_not_500(make_api, r, keys):
+    api = await make_api(admin_token=TOKEN)
+    dlq_id = await dead_letter(r, keys, "u-1")
+    # Raw bytes on the wire: aiohttp's client refuses to send them, so write the request by hand.
+    host, port = api.server.host, api.server.port
+    reader, writer = await asyncio.open_connection(host, port)
+    writer.write(f"POST /dead-letters/{dlq_id}/redrive HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\n".encode()
+                 + b"Authorization: Bearer " + TOKEN.encode() + b"\xff\r\nConnection: close\r\n\r\n")
+    await writer.drain()
+    answer = await reader.read()
+    writer.close()
+    head, _, body = answer.partition(b"\r\n\r\n")
+    assert head.split(b" ")[1] == b"401", answer[:300]
+    assert b'"Authorization"' in body
+    assert await r.xlen(keys.dlq) == 1
+
+
+async def test_a_dead_letter_spelled_with_leading_zeros_is_redriven_once(api, r, keys):
+    dlq_id = await dead_letter(r, keys, "z-1")
+    ms, seq = dlq_id.split("-")
+    spellings = [dlq_id, f"0{ms}-{seq}", f"{ms}-0{seq}", f"00{ms}-{seq}"]
+    answers = await asyncio.gather(*(api.post(f"/dead-letters/{s}/redrive") for s in spellings))
+    # Each answers 200 (re-driven, or replayed) or 404 (already gone), never an error.
+    assert {a.status for a in answers} <= {200, 404} and 200 in {a.status for a in answers}
+    assert await r.xlen(keys.stream) == 1  # appended once, whatever the spelling
+    entries = (await (await api.get("/audit")).json())["entries"]
+    assert {e["target"] for e in entries} == {dlq_id}  # audited under its canonical ID
+
+
+async def test_a_consumer_started_while_paused_does_not_reread_its_own_pel(api, r, redis_url, names):
+    keys = keys_for(names)
+    await post(r, keys, 11)
+    await r.xreadgroup(keys.group, "pod-a", {keys.stream: ">"}, count=1)  # pod-a held it, then died
+    assert (await api.post(f"/groups/{keys.group}/pause")).status == 200
+    async with running(redis_url, names, "pod-a", block_ms=500) as (w,):  # the same pod name restarts
+        await wait_for(lambda: _state(w, "paused"), timeout=5, what="the restarted consumer paused")
+        await asyncio.sleep(1.5)  # three BLOCK intervals
+        assert (await r.get(done_key(keys.stream, 11)), w.worker.finished) == (None, 0)
+        assert (await api.post(f"/groups/{keys.group}/resume")).status == 200
+        await wait_for(lambda: r.get(done_key(keys.stream, 11)), timeout=10, what="its own entry handled after resume")
