@@ -82,6 +82,9 @@ SCENARIOS: dict[str, Obj] = {
     },
     # charts/orderstream/examples/external-redis-tls.yaml: TLS, Sentinel and WAIT (issue 13)
     "external-redis-tls": yaml.safe_load((CHART_DIR / "examples" / "external-redis-tls.yaml").read_text()),
+    # charts/orderstream/examples/external-redis-cluster-tls.yaml: Redis Cluster, TLS, 6 partitions
+    "external-redis-cluster-tls": yaml.safe_load(
+        (CHART_DIR / "examples" / "external-redis-cluster-tls.yaml").read_text()),
     "components-off": {
         "reclaimer": {"enabled": False},
         "autoscaler": {"enabled": False},
