@@ -294,6 +294,18 @@ def env_map(ctr: Obj) -> dict[str, Any]:
     return {e["name"]: e.get("value", e.get("valueFrom")) for e in ctr.get("env", [])}
 
 
+def effective_env(objects: list[Obj], ctr: Obj) -> dict[str, Any]:
+    """What a container's process sees: the data of the ConfigMaps (among ``objects``) its
+    ``envFrom`` names, then its ``env`` over them (``name -> value``, or ``name -> valueFrom``
+    for a Secret or field reference). Raises ``KeyError`` for a ConfigMap not in ``objects``."""
+    maps = {o["metadata"]["name"]: o.get("data", {}) for o in objects if o["kind"] == "ConfigMap"}
+    env: dict[str, Any] = {}
+    for source in ctr.get("envFrom", []):
+        env.update(maps[source["configMapRef"]["name"]])
+    env.update(env_map(ctr))
+    return env
+
+
 def resolve_port(ctr: Obj, port: int | str) -> int:
     """The container port number a probe/Service port refers to (by name or number)."""
     if isinstance(port, int):

@@ -10,7 +10,7 @@ from typing import Any
 import helm_python as helm
 import pytest
 
-from tests.chart.helpers import Obj, container, env_map, render_objects, workloads
+from tests.chart.helpers import Obj, container, effective_env, env_map, render_objects, workloads
 
 pytestmark = pytest.mark.chart
 
@@ -95,17 +95,6 @@ def steady(objects: list[Obj]) -> list[Obj]:
 def test_inconsistent_values_fail_the_render(chart: Any, values: Obj, message: str) -> None:
     with pytest.raises(helm.HelmRenderError, match=message):
         render_objects(chart, values)
-
-
-def effective_env(objects: list[Obj], ctr: Obj) -> dict[str, Any]:
-    """What a container's process sees: the data of the ConfigMaps its ``envFrom`` names, then its
-    ``env`` over them (``name -> value``, or ``name -> valueFrom`` for a Secret reference)."""
-    maps = {o["metadata"]["name"]: o.get("data", {}) for o in objects if o["kind"] == "ConfigMap"}
-    env: dict[str, Any] = {}
-    for source in ctr.get("envFrom", []):
-        env.update(maps[source["configMapRef"]["name"]])
-    env.update(env_map(ctr))
-    return env
 
 
 def test_cluster_example_gives_every_component_cluster_mode_six_partitions_and_tls(
