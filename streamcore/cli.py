@@ -20,6 +20,12 @@ next two ports) and three Sentinels (``redis-server --sentinel``, ports ``--redi
 ``REDIS_SENTINELS``/``REDIS_SENTINEL_MASTER``: kill the primary and watch them follow the promoted
 replica. Each start writes fresh Sentinel configs that name ``--redis-port`` as the primary.
 
+``up --cluster`` starts, instead of one Redis, a Redis Cluster of six nodes (three masters, three
+replicas; ports ``--redis-port`` .. +5, cluster bus ports +10000, data and ``nodes.conf`` in
+``<data-dir>/cluster/node-<n>``), made with ``redis-cli --cluster create`` on the first start and
+rejoined from ``nodes.conf`` on the next ones, and runs the components with ``REDIS_CLUSTER=true``
+and ``STREAM_PARTITIONS`` (default 3, one partition per master).
+
 Ctrl-C or SIGTERM stops everything: the components get SIGTERM and drain (deadline
 ``--grace`` seconds, then SIGKILL), Redis is stopped last so its AOF is complete. A second
 ``up`` resumes with the data kept.
@@ -286,6 +292,101 @@ async def start_sentinel_set(data_root: Path, primary_port: int, replica_ports: 
     return started
 
 
+#: ``up --cluster``: nodes (3 masters, 3 replicas) on ``--redis-port`` .. +5.
+CLUSTER_NODES = 6
+#: ``up --cluster``: a node's cluster bus listens on its port plus this (Redis's fixed offset).
+CLUSTER_BUS_OFFSET = 10000
+#: ``up --cluster``: STREAM_PARTITIONS unless the environment sets it.
+CLUSTER_DEFAULT_PARTITIONS = "3"
+
+
+async def _bulk(port: int, command: str) -> str:
+    """Send the inline ``command`` to ``127.0.0.1:port`` and return its bulk-string reply as text
+    ("" for any other reply). Raises ``OSError``/``ValueError``/``IncompleteReadError`` when the
+    server is not there or answers something else."""
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    try:
+        writer.write(command.encode() + b"\r\n")
+        await writer.drain()
+        header = await reader.readline()  # $<length>
+        body = await reader.readexactly(int(header[1:]) + 2) if header.startswith(b"$") else b""
+        return body.decode(errors="replace")
+    finally:
+        writer.close()
+
+
+async def start_cluster(data_root: Path, ports: list[int], env: dict[str, str], grace: float,
+                        node_timeout_ms: int = 5000) -> SentinelSet:
+    """Start one cluster node per port in ``ports`` (``--cluster-enabled yes``, AOF and
+    ``nodes.conf`` in ``data_root/cluster/node-<n>``), wait until each answers PING, create the
+    cluster with ``redis-cli --cluster create --cluster-replicas 1`` when the nodes know no
+    cluster yet (a first start; later starts rejoin from ``nodes.conf``), then wait until every
+    node says ``cluster_state:ok`` and every replica is in sync (deadline 60 s).
+
+    Returns the started nodes (stop them with ``.stop(grace)``).
+
+    Raises:
+        SystemExit: no ``redis-cli`` on PATH for a first start, ``--cluster create`` failed, or
+            a node did not answer or the cluster did not become ok in time (what started is
+            stopped first).
+    """
+    started = SentinelSet()
+    binary = redis_binary()
+    try:
+        for i, port in enumerate(ports, start=1):
+            data = data_root / "cluster" / f"node-{i}"
+            data.mkdir(parents=True, exist_ok=True)
+            argv = [binary, "--port", str(port), "--bind", "127.0.0.1", "--dir", str(data), "--appendonly", "yes",
+                    "--appendfsync", "everysec", "--save", "", "--daemonize", "no", "--loglevel", "warning",
+                    "--cluster-enabled", "yes", "--cluster-config-file", "nodes.conf",
+                    "--cluster-node-timeout", str(node_timeout_ms), "--repl-diskless-sync-delay", "0"]
+            await started.add(Child(f"redis-node-{i}", argv, env, COLORS[0], restart=False))
+        for port in ports:
+            await wait_for_redis(port, 15)
+        info = await _bulk(ports[0], "CLUSTER INFO")
+        if "cluster_known_nodes:1\r" in info and "cluster_slots_assigned:0\r" in info:
+            cli = shutil.which("redis-cli")
+            if cli is None:
+                raise SystemExit("orderstream up --cluster: redis-cli not found on PATH (it creates the cluster)")
+            proc = await asyncio.create_subprocess_exec(
+                cli, "--cluster", "create", *(f"127.0.0.1:{p}" for p in ports), "--cluster-replicas", "1",
+                "--cluster-yes", stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.PIPE)
+            _, err = await asyncio.wait_for(proc.communicate(), 60)
+            if proc.returncode != 0:
+                raise SystemExit(f"redis-cli --cluster create failed: {err.decode(errors='replace').strip()}")
+        await wait_cluster_ok(ports, 60)
+    except BaseException:
+        await started.stop(grace)
+        raise
+    return started
+
+
+async def wait_cluster_ok(ports: list[int], timeout_s: float) -> None:
+    """Poll ``CLUSTER INFO`` and ``INFO replication`` on each of ``ports`` until every node says
+    ``cluster_state:ok`` with all 16384 slots assigned and each replica's link to its master is up.
+
+    Raises:
+        SystemExit: not so within ``timeout_s`` seconds.
+    """
+    deadline = time.monotonic() + timeout_s
+    while True:
+        ok = []
+        for port in ports:
+            try:
+                info = await _bulk(port, "CLUSTER INFO")
+                replication = await _bulk(port, "INFO replication")
+            except (OSError, ValueError, asyncio.IncompleteReadError):
+                ok.append(False)
+                continue
+            linked = "role:slave" not in replication or "master_link_status:up" in replication
+            ok.append("cluster_state:ok" in info and "cluster_slots_assigned:16384" in info and linked)
+        if all(ok):
+            return
+        if time.monotonic() > deadline:
+            raise SystemExit(f"the Redis Cluster on ports {ports} was not ok within {timeout_s}s")
+        await asyncio.sleep(0.2)
+
+
 async def wait_for_sync(port: int, timeout_s: float) -> None:
     """Poll ``INFO replication`` on the replica at ``127.0.0.1:port`` until
     ``master_link_status:up`` (its first sync is done); deadline ``timeout_s`` seconds.
@@ -335,15 +436,28 @@ async def up(args: argparse.Namespace, settings: UpSettings | None = None) -> in
 
     starts_redis = not env.get("REDIS_URL")
     sentinel = bool(getattr(args, "sentinel", False))
+    cluster = bool(getattr(args, "cluster", False))
+    if sentinel and cluster:
+        print("orderstream up: --sentinel and --cluster exclude each other", file=sys.stderr)
+        return EXIT_USAGE
     if sentinel and not starts_redis:
         print("orderstream up: --sentinel starts its own Redis servers and Sentinels; unset REDIS_URL", file=sys.stderr)
         return EXIT_USAGE
-    redis_ports = [settings.local_redis_port + i for i in range(3 if sentinel else 1)]
+    if cluster and not starts_redis:
+        print("orderstream up: --cluster starts its own Redis Cluster; unset REDIS_URL", file=sys.stderr)
+        return EXIT_USAGE
+    if cluster and settings.local_redis_port + CLUSTER_NODES - 1 + CLUSTER_BUS_OFFSET > 65535:
+        print(f"orderstream up: --cluster needs --redis-port (LOCAL_REDIS_PORT) at most "
+              f"{65535 - CLUSTER_BUS_OFFSET - CLUSTER_NODES + 1} (cluster bus ports are +{CLUSTER_BUS_OFFSET})",
+              file=sys.stderr)
+        return EXIT_USAGE
+    redis_ports = [settings.local_redis_port + i for i in range(CLUSTER_NODES if cluster else 3 if sentinel else 1)]
     sentinel_ports = [settings.local_redis_port + SENTINEL_PORT_OFFSET + i for i in range(3)] if sentinel else []
+    bus_ports = [p + CLUSTER_BUS_OFFSET for p in redis_ports] if cluster else []  # each node's cluster bus
     n_health = settings.consumers if args.fixed else max(settings.consumers, settings.max_consumers)
     check_ports(
         [(settings.port, "set PORT to another one")]
-        + ([(p, "pass --redis-port (LOCAL_REDIS_PORT) or set REDIS_URL to use that server") for p in redis_ports + sentinel_ports]
+        + ([(p, "pass --redis-port (LOCAL_REDIS_PORT) or set REDIS_URL to use that server") for p in redis_ports + sentinel_ports + bus_ports]
            if starts_redis else [])
         + [(settings.consumer_health_port + i, "pass --consumer-health-port (CONSUMER_HEALTH_PORT), or 0 to serve no consumer probes")
            for i in range(n_health if settings.consumer_health_port else 0)]
@@ -351,7 +465,14 @@ async def up(args: argparse.Namespace, settings: UpSettings | None = None) -> in
     if not settings.consumer_health_port:
         env["HEALTH_PORT"] = "0"
 
-    if starts_redis:
+    if starts_redis and cluster:
+        nodes = await start_cluster(Path(settings.orderstream_data).resolve(), redis_ports, env, grace)
+        env["REDIS_URL"] = f"redis://127.0.0.1:{redis_ports[0]}/0"
+        env["REDIS_CLUSTER"] = "true"
+        env.setdefault("STREAM_PARTITIONS", CLUSTER_DEFAULT_PARTITIONS)
+        nodes.children[0][0].say(f"Redis Cluster ready on ports {redis_ports[0]}..{redis_ports[-1]} "
+                                 f"(3 masters, 3 replicas; STREAM_PARTITIONS={env['STREAM_PARTITIONS']})")
+    elif starts_redis:
         data = Path(settings.orderstream_data).resolve() / "redis"
         data.mkdir(parents=True, exist_ok=True)
         port = settings.local_redis_port
@@ -423,6 +544,8 @@ async def up(args: argparse.Namespace, settings: UpSettings | None = None) -> in
     await asyncio.gather(*tasks, return_exceptions=True)
     if sentinel:
         await replication.stop(grace)
+    if cluster and starts_redis:
+        await nodes.stop(grace)
     if redis_child is not None:
         await redis_child.stop(grace)
         await redis_task
@@ -475,6 +598,9 @@ def build_parser() -> argparse.ArgumentParser:
     p_up.add_argument("--sentinel", action="store_true",
                       help="start a primary, two replicas (the next two ports) and three Sentinels (--redis-port + 20000..20002) "
                            "and run the stack on REDIS_SENTINELS")
+    p_up.add_argument("--cluster", action="store_true",
+                      help="start a Redis Cluster of 3 masters and 3 replicas (--redis-port .. +5) and run the stack on it "
+                           "with REDIS_CLUSTER=true and STREAM_PARTITIONS (3 unless set)")
     p_up.add_argument("--grace", type=_positive_seconds, help=f"seconds each process gets to drain before SIGKILL ({DEFAULT_GRACE_S:g})")
     p_burst = sub.add_parser(
         "burst", help="post a burst of orders to a running producer (POST /orders/batch)",

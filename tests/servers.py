@@ -387,6 +387,74 @@ class RedisClusterServers:
                 client.close()
         return out
 
+    def node_id(self, node: RedisServer) -> str:
+        """``CLUSTER MYID`` of ``node`` (40 hex characters)."""
+        client = redis.Redis(host="127.0.0.1", port=node.port, socket_timeout=2, decode_responses=True)
+        try:
+            return client.execute_command("CLUSTER", "MYID")
+        finally:
+            client.close()
+
+    def owner(self, slot: int) -> RedisServer:
+        """The master serving hash ``slot`` now, as ``CLUSTER SLOTS`` on the first running node says.
+
+        Raises:
+            AssertionError: no range holds the slot (it is unassigned).
+        """
+        probe = redis.Redis(host="127.0.0.1", port=self.running()[0].port, socket_timeout=2, decode_responses=True)
+        try:
+            for first, last, master, *_ in probe.cluster("SLOTS"):
+                if first <= slot <= last:
+                    return next(n for n in self.nodes if n.port == int(master[1]))
+        finally:
+            probe.close()
+        raise AssertionError(f"slot {slot} is not assigned")
+
+    def migrate_slot(self, slot: int, target: RedisServer, *, batch: int = 10, pause_s: float = 0.02,
+                     timeout_ms: int = 5000) -> dict[str, int]:
+        """Move hash ``slot`` with its keys from its master to the master ``target`` while clients
+        keep using it, the way ``redis-cli --cluster reshard`` moves each slot: ``CLUSTER SETSLOT
+        IMPORTING`` on the target, ``MIGRATING`` on the source, ``MIGRATE ... KEYS`` ``batch`` keys
+        at a time (``pause_s`` seconds between batches, so clients meet the half-moved slot: ASK
+        and TRYAGAIN redirections), then ``SETSLOT NODE`` on the target, the source and every
+        other master.
+
+        Returns ``{"keys": keys moved, "batches": MIGRATE calls}``.
+
+        Raises:
+            ValueError: ``target`` already serves the slot.
+            redis.ResponseError: a MIGRATE failed (e.g. BUSYKEY: the key exists on the target).
+        """
+        source = self.owner(slot)
+        if source is target:
+            raise ValueError(f"slot {slot} is already served by 127.0.0.1:{target.port}")
+        source_id, target_id = self.node_id(source), self.node_id(target)
+        src = redis.Redis(host="127.0.0.1", port=source.port, socket_timeout=timeout_ms / 1000 + 2,
+                          decode_responses=True)
+        dst = redis.Redis(host="127.0.0.1", port=target.port, socket_timeout=2, decode_responses=True)
+        moved = batches = 0
+        try:
+            dst.execute_command("CLUSTER", "SETSLOT", slot, "IMPORTING", source_id)
+            src.execute_command("CLUSTER", "SETSLOT", slot, "MIGRATING", target_id)
+            while keys := src.execute_command("CLUSTER", "GETKEYSINSLOT", slot, batch):
+                src.execute_command("MIGRATE", "127.0.0.1", target.port, "", 0, timeout_ms, "KEYS", *keys)
+                moved += len(keys)
+                batches += 1
+                time.sleep(pause_s)
+            dst.execute_command("CLUSTER", "SETSLOT", slot, "NODE", target_id)
+            src.execute_command("CLUSTER", "SETSLOT", slot, "NODE", target_id)
+        finally:
+            src.close()
+            dst.close()
+        for node in self.masters():
+            if node is not source and node is not target:
+                other = redis.Redis(host="127.0.0.1", port=node.port, socket_timeout=2)
+                try:
+                    other.execute_command("CLUSTER", "SETSLOT", slot, "NODE", target_id)
+                finally:
+                    other.close()
+        return {"keys": moved, "batches": batches}
+
     def stop(self) -> None:
         for node in self.nodes:
             node.stop(kill=True)

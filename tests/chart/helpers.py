@@ -82,6 +82,9 @@ SCENARIOS: dict[str, Obj] = {
     },
     # charts/orderstream/examples/external-redis-tls.yaml: TLS, Sentinel and WAIT (issue 13)
     "external-redis-tls": yaml.safe_load((CHART_DIR / "examples" / "external-redis-tls.yaml").read_text()),
+    # charts/orderstream/examples/external-redis-cluster-tls.yaml: Redis Cluster, TLS, 6 partitions
+    "external-redis-cluster-tls": yaml.safe_load(
+        (CHART_DIR / "examples" / "external-redis-cluster-tls.yaml").read_text()),
     "components-off": {
         "reclaimer": {"enabled": False},
         "autoscaler": {"enabled": False},
@@ -289,6 +292,18 @@ def container(template: Obj, name: str) -> Obj:
 def env_map(ctr: Obj) -> dict[str, Any]:
     """A container's env as ``name -> value`` (a plain string) or ``name -> valueFrom`` (a dict)."""
     return {e["name"]: e.get("value", e.get("valueFrom")) for e in ctr.get("env", [])}
+
+
+def effective_env(objects: list[Obj], ctr: Obj) -> dict[str, Any]:
+    """What a container's process sees: the data of the ConfigMaps (among ``objects``) its
+    ``envFrom`` names, then its ``env`` over them (``name -> value``, or ``name -> valueFrom``
+    for a Secret or field reference). Raises ``KeyError`` for a ConfigMap not in ``objects``."""
+    maps = {o["metadata"]["name"]: o.get("data", {}) for o in objects if o["kind"] == "ConfigMap"}
+    env: dict[str, Any] = {}
+    for source in ctr.get("envFrom", []):
+        env.update(maps[source["configMapRef"]["name"]])
+    env.update(env_map(ctr))
+    return env
 
 
 def resolve_port(ctr: Obj, port: int | str) -> int:

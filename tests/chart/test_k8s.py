@@ -21,6 +21,7 @@ from tests.chart.helpers import (
     Obj,
     by_kind,
     container,
+    effective_env,
     env_map,
     labels_match,
     one,
@@ -222,3 +223,62 @@ def test_kubectl_rejects_a_symlinked_crd(tmp_path: Path) -> None:
     result = subprocess.run([KUBECTL, "kustomize", str(root)], capture_output=True, text=True, timeout=60, check=False)
     assert result.returncode != 0
     assert "is not in or below" in result.stderr
+
+
+#: The chart values each k8s/examples/ overlay stands for (k8s/README.md).
+_TLS_VALUES: Obj = {"redis": {"external": {"existingSecret": "orderstream-redis-url", "existingSecretKey": "url"},
+                              "tls": {"enabled": True, "existingSecret": "orderstream-redis-tls"}}}
+EXAMPLE_OVERLAYS: dict[str, Obj] = {
+    "external-redis-tls": _TLS_VALUES,
+    "external-redis-cluster-tls": {"redis": {**_TLS_VALUES["redis"], "cluster": {"enabled": True}},
+                                   "config": {"streamPartitions": 6}},
+}
+#: What each overlay adds to the effective env of every orderstream container.
+EXAMPLE_ENV = {
+    "external-redis-tls": {"REDIS_TLS_CA_FILE": "/etc/orderstream/redis-tls/ca.crt",
+                           "REDIS_TLS_CERT_FILE": "/etc/orderstream/redis-tls/tls.crt",
+                           "REDIS_TLS_KEY_FILE": "/etc/orderstream/redis-tls/tls.key"},
+}
+EXAMPLE_ENV["external-redis-cluster-tls"] = {**EXAMPLE_ENV["external-redis-tls"], "REDIS_CLUSTER": "true",
+                                             "STREAM_PARTITIONS": "6"}
+
+
+def _pods(objects: list[Obj]) -> dict[str, Obj]:
+    """component label -> pod template, for the workloads of ``objects``."""
+    return {w["metadata"]["labels"]["app.kubernetes.io/component"]: t for w, t in workloads(objects)}
+
+
+@needs_kubectl
+@pytest.mark.parametrize("example", sorted(EXAMPLE_OVERLAYS))
+def test_example_overlay_builds_validates_and_wires_redis_like_the_chart(
+        chart: Any, crds: list[Obj], built_base: list[Obj], example: str) -> None:
+    objects = kustomize(K8S_DIR / "examples" / example)
+    for kube_version in KUBE_VERSIONS:
+        for obj in objects:
+            validate_object(obj, kube_version, crds)
+    # The base without the built-in Redis and without the Redis URL Secret (the user's own).
+    removed = {("StatefulSet", "orderstream-redis"), ("Service", "orderstream-redis"),
+               ("Secret", "orderstream-redis-url")}
+    ids = sorted((o["kind"], o["metadata"]["name"]) for o in objects)
+    assert ids == sorted({(o["kind"], o["metadata"]["name"]) for o in built_base} - removed)
+    assert all(o["metadata"].get("namespace") == "orderstream" for o in objects
+               if o["kind"] not in ("Namespace", "CustomResourceDefinition"))
+
+    rendered = render_objects(chart, EXAMPLE_OVERLAYS[example], namespace="orderstream")
+    base_pods, pods, chart_pods = _pods(built_base), _pods(objects), _pods(rendered)
+    assert sorted(pods) == sorted(set(base_pods) - {"redis"}) == ["autoscaler", "consumer", "producer", "reclaimer"]
+    for component, template in pods.items():
+        ctr = container(template, component)
+        base_ctr = container(base_pods[component], component)
+        chart_template = chart_pods[component]
+        chart_ctr = container(chart_template, component)
+        env = effective_env(objects, ctr)
+        # Exactly the overlay's settings on top of the base's env ...
+        assert env == {**effective_env(built_base, base_ctr), **EXAMPLE_ENV[example]}, component
+        # ... which are what the chart gives with the same values, as are the volume and its mount.
+        chart_env = effective_env(rendered, chart_ctr)
+        assert {k: chart_env[k] for k in EXAMPLE_ENV[example]} == EXAMPLE_ENV[example], component
+        assert env["REDIS_URL"] == chart_env["REDIS_URL"] == {
+            "secretKeyRef": {"name": "orderstream-redis-url", "key": "url"}}
+        assert template["spec"]["volumes"] == chart_template["spec"]["volumes"], component
+        assert ctr["volumeMounts"] == chart_ctr["volumeMounts"], component

@@ -4,12 +4,13 @@ redis.waitReplicas (the producer's REDIS_WAIT_REPLICAS); defaults render none of
 
 from __future__ import annotations
 
+import copy
 from typing import Any
 
 import helm_python as helm
 import pytest
 
-from tests.chart.helpers import Obj, container, env_map, render_objects, workloads
+from tests.chart.helpers import Obj, container, effective_env, env_map, render_objects, workloads
 
 pytestmark = pytest.mark.chart
 
@@ -68,18 +69,16 @@ def test_defaults_render_none_of_it(chart: Any, default_objects: list[Obj]) -> N
     # the new values at their defaults, spelled out, render exactly what no values render
     explicit = {"redis": {"tls": {"enabled": False, "existingSecret": ""}, "sentinel": {"hosts": [], "masterName": ""},
                           "waitReplicas": 0, "waitTimeoutMs": 1000}}
-    assert _fixed_admin_token(render_objects(chart, explicit)) == _fixed_admin_token(default_objects)
+    assert steady(render_objects(chart, explicit)) == steady(default_objects)
 
 
-def _fixed_admin_token(objects: list[Obj]) -> list[Obj]:
-    """``objects`` with the generated admin token (random on every render) replaced by a fixed
-    value, so two renders compare equal when everything else is."""
-    out = []
-    for o in objects:
-        if o["kind"] == "Secret" and o["metadata"]["name"] == "orderstream-admin":
-            assert set(o["data"]) == {"token"}
-            o = {**o, "data": {"token": "<random>"}}
-        out.append(o)
+def steady(objects: list[Obj]) -> list[Obj]:
+    """``objects`` with the admin token the chart generates at random on each render blanked
+    (``<release>-admin``'s ``data.token``), so two renders of the same values compare equal."""
+    out = copy.deepcopy(objects)
+    for obj in out:
+        if obj["kind"] == "Secret" and obj["metadata"]["name"].endswith("-admin"):
+            obj["data"]["token"] = ""
     return out
 
 
@@ -94,5 +93,48 @@ def _fixed_admin_token(objects: list[Obj]) -> list[Obj]:
     ({"redis": {"sentinel": {"hosts": ["s:26379"], "masterName": "m"}}}, "redis.sentinel needs an external Redis URL"),
 ])
 def test_inconsistent_values_fail_the_render(chart: Any, values: Obj, message: str) -> None:
+    with pytest.raises(helm.HelmRenderError, match=message):
+        render_objects(chart, values)
+
+
+def test_cluster_example_gives_every_component_cluster_mode_six_partitions_and_tls(
+        renders: dict[str, list[Obj]]) -> None:
+    objects = renders["external-redis-cluster-tls"]
+    for component, (template, ctr) in clients(objects).items():
+        env = effective_env(objects, ctr)
+        assert (env["REDIS_CLUSTER"], env["STREAM_PARTITIONS"]) == ("true", "6"), component
+        assert env["REDIS_URL"] == {"secretKeyRef": {"name": "orders-redis-cluster", "key": "url"}}
+        assert {k: env.get(k) for k in TLS_ENV} == TLS_ENV
+        assert (env["STREAM_NAME"], env["DLQ_STREAM"]) == ("orders", "orders:dlq")
+        assert not {"REDIS_SENTINELS", "REDIS_SENTINEL_MASTER", "REDIS_WAIT_REPLICAS"} & set(env)
+        assert [v["name"] for v in template["spec"]["volumes"]] == ["tmp", "redis-tls"]
+    # No built-in Redis: no StatefulSet, and the only Secret of a URL is the one named.
+    assert [o["metadata"]["name"] for o in objects if o["kind"] == "StatefulSet"] == []
+
+
+def test_partitions_alone_reach_the_shared_config_map(chart: Any) -> None:
+    objects = render_objects(chart, {"config": {"streamPartitions": 3}})
+    for component, (_, ctr) in clients(objects).items():
+        env = effective_env(objects, ctr)
+        assert env["STREAM_PARTITIONS"] == "3", component
+        assert "REDIS_CLUSTER" not in env
+
+
+def test_cluster_values_at_their_defaults_render_exactly_the_defaults(chart: Any,
+                                                                     default_objects: list[Obj]) -> None:
+    for component, (_, ctr) in clients(default_objects).items():
+        assert not {"REDIS_CLUSTER", "STREAM_PARTITIONS"} & set(effective_env(default_objects, ctr)), component
+    explicit = {"redis": {"cluster": {"enabled": False}}, "config": {"streamPartitions": 1}}
+    assert steady(render_objects(chart, explicit)) == steady(default_objects)
+
+
+@pytest.mark.parametrize(("values", "message"), [
+    ({"redis": {"cluster": {"enabled": True}}},
+     "redis.cluster.enabled needs an external Redis Cluster .* the built-in Redis is a single standalone server"),
+    ({"redis": {"external": {"url": "redis://r:6379/0"}, "cluster": {"enabled": True},
+                "sentinel": {"hosts": ["s:26379"], "masterName": "m"}}},
+     "redis.cluster.enabled and redis.sentinel exclude each other"),
+])
+def test_cluster_mode_guards_fail_the_render(chart: Any, values: Obj, message: str) -> None:
     with pytest.raises(helm.HelmRenderError, match=message):
         render_objects(chart, values)

@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import gc
+import json
 import os
 import subprocess
 import sys
@@ -379,3 +380,88 @@ def _master_of(cluster, key: str):
     finally:
         probe.close()
     raise AssertionError(f"no master for {key}")
+
+
+async def test_a_partitions_slot_resharded_under_load_keeps_every_order_applied_once(tmp_path, names):
+    """Partition 0's hash slot moves to another master while orders flow over HTTP, its keys
+    migrated 10 at a time (clients meet the half-moved slot: ASK and TRYAGAIN redirections), as
+    ``redis-cli --cluster reshard`` moves a slot; nothing is restarted. Processing goes on and every
+    accepted orderId is applied exactly once, partition 0's on its new master. Its own cluster: the
+    session one keeps the even slot split other tests assert."""
+    from redis.crc import key_slot
+
+    from tests.servers import RedisClusterServers, server_binary
+
+    cluster = RedisClusterServers(server_binary("redis"), tmp_path / "reshard")
+    rc = None
+    try:
+        cluster.start()
+        url = cluster.url
+        home = parts_of(names)[0]
+        slot = key_slot(home.stream.encode())
+        source = cluster.owner(slot)
+        target = cluster.owner(key_slot(parts_of(names)[2].stream.encode()))
+        assert target is not source
+        accepted: list[str] = []
+        stop_flow = asyncio.Event()
+        rc = create_redis(url, cluster=True)
+        async with producer(url, names) as api, consumers(url, names, "pod-a", "pod-b"):
+            async def flow():
+                i = 0
+                while not stop_flow.is_set():
+                    oid = f"m{i}"
+                    deadline = time.monotonic() + 30
+                    while time.monotonic() < deadline:
+                        with contextlib.suppress(Exception):
+                            resp = await api.post("/orders", json=order(oid), headers={"Idempotency-Key": oid})
+                            if resp.status == 201:
+                                accepted.append(oid)
+                                break
+                        await asyncio.sleep(0.05)
+                    i += 1
+                    await asyncio.sleep(0.01)
+
+            task = asyncio.create_task(flow())
+            await wait_for(lambda: _count_at_least(accepted, 50), timeout=20, what="orders flowing")
+            await wait_for(lambda: _all_applied_once(rc, names, accepted[:40]), timeout=20,
+                           what="the first orders applied")
+            before = len(accepted)
+            in_slot = await asyncio.to_thread(_count_keys, source, slot)
+            moved = await asyncio.to_thread(cluster.migrate_slot, slot, target, pause_s=0.1)
+            assert cluster.owner(slot) is target
+            # Its keys really moved (the stream, its group, per-order keys): at least those there
+            # when the move began, 10 a MIGRATE.
+            assert moved["keys"] >= in_slot > 20 and moved["batches"] >= 3
+            assert await asyncio.to_thread(_count_keys, source, slot) == 0
+            await wait_for(lambda: _count_at_least(accepted, before + 100), timeout=30,
+                           what="orders after the move")
+            stop_flow.set()
+            await asyncio.wait_for(task, 40)
+            await wait_for(lambda: _all_applied_once(rc, names, accepted), timeout=30,
+                           what="every accepted order applied")
+            counts = await applied(rc, names, accepted)
+        assert len(accepted) >= 150 and len(set(accepted)) == len(accepted)
+        assert counts == {oid: 1 for oid in accepted}
+        # Partition 0's stream, now on the target, holds each of its accepted orders once,
+        # including those accepted after the move.
+        after_move = [oid for oid in accepted[before:] if partition_of(oid, N) == 0]
+        assert after_move
+        direct = redis.Redis(host="127.0.0.1", port=target.port, decode_responses=True)
+        try:
+            entries = direct.xrange(home.stream)
+        finally:
+            direct.close()
+        in_stream = sorted(json.loads(e[1]["data"])["orderId"] for e in entries)
+        assert in_stream == sorted(oid for oid in accepted if partition_of(oid, N) == 0)
+    finally:
+        if rc is not None:
+            await rc.aclose()
+        cluster.stop()
+
+
+def _count_keys(node, slot: int) -> int:
+    client = redis.Redis(host="127.0.0.1", port=node.port, socket_timeout=2)
+    try:
+        return int(client.execute_command("CLUSTER", "COUNTKEYSINSLOT", slot))
+    finally:
+        client.close()

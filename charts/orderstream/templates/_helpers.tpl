@@ -164,6 +164,10 @@ REDIS_URL from its Secret.
 - name: REDIS_TLS_KEY_FILE
   value: /etc/orderstream/redis-tls/tls.key
 {{- end }}
+{{- if .Values.redis.cluster.enabled }}
+- name: REDIS_CLUSTER
+  value: "true"
+{{- end }}
 {{- if .Values.redis.sentinel.hosts }}
 - name: REDIS_SENTINELS
   value: {{ join "," .Values.redis.sentinel.hosts | quote }}
@@ -240,6 +244,12 @@ Fail rendering on value combinations the schema cannot express.
 {{- end }}
 {{- if and .Values.redis.sentinel.hosts (include "orderstream.redis.builtin" .) }}
 {{- fail "redis.sentinel needs an external Redis URL (redis.external.url or existingSecret) for its scheme, user, password and db" }}
+{{- end }}
+{{- if and .Values.redis.cluster.enabled (include "orderstream.redis.builtin" .) }}
+{{- fail "redis.cluster.enabled needs an external Redis Cluster (redis.external.url or existingSecret naming any of its nodes): the built-in Redis is a single standalone server" }}
+{{- end }}
+{{- if and .Values.redis.cluster.enabled .Values.redis.sentinel.hosts }}
+{{- fail "redis.cluster.enabled and redis.sentinel exclude each other: a Redis Cluster fails over by itself, Sentinel watches a standalone primary" }}
 {{- end }}
 {{- if and .Values.autoscaler.streamAutoscaler.enabled (gt (int .Values.autoscaler.streamAutoscaler.minReplicas) (int .Values.autoscaler.streamAutoscaler.maxReplicas)) }}
 {{- fail "autoscaler.streamAutoscaler.minReplicas must not exceed maxReplicas" }}
