@@ -70,7 +70,7 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from bench import peers, reclaim_memory, wrk  # noqa: E402
+from bench import partitions, peers, reclaim_memory, wrk  # noqa: E402
 
 PY = sys.executable
 
@@ -555,7 +555,26 @@ def table(out: dict) -> str:
         lines.append("|---|---|---|")
         for s in out["scaling"]["pel"]:
             lines.append(f"| {s['pel']:,} | {s['stream_info_ms']:.1f} | {s['reclaim_pass_s']:.2f} |")
+        if out["scaling"].get("partitions"):
+            lines.append("")
+            lines.append("| partitions (local 3-master Redis Cluster) | ingest, POST /orders/batch (orders/s) | "
+                         "consume, 1 consumer, no-op (orders/s) |")
+            lines.append("|---|---|---|")
+            for s in out["scaling"]["partitions"]:
+                lines.append(f"| {s['partitions']} | {s['ingest_orders_per_s']:,} | {s['consume_orders_per_s']:,} |")
     return "\n".join(lines)
+
+
+async def bench_partitions(sz: Sizes) -> list[dict]:
+    """1 vs 3 partitions on a local 3-master Redis Cluster (bench/partitions.py): ingest through
+    POST /orders/batch and one no-op consumer's drain, ``scaling_orders`` orders each."""
+    with tempfile.TemporaryDirectory(prefix="bench-partitions-") as tmp:
+        procs, ports = partitions.start_cluster(Path(tmp))
+        try:
+            return [await partitions.measure(ports[0], n, sz.scaling_orders // 4) for n in (1, 3)]
+        finally:
+            for p in procs:
+                partitions.stop(p)
 
 
 async def run(args: argparse.Namespace) -> dict:
@@ -579,6 +598,8 @@ async def run(args: argparse.Namespace) -> dict:
                 out["scaling"] = {"consumers": await bench_scaling(url, sz), "pel": await bench_pel_sizes(url, sz, cpu_sut)}
         finally:
             stop(proc)
+    if args.scaling and shutil.which("redis-cli"):
+        out["scaling"]["partitions"] = await bench_partitions(sz)
     cons = raw["consumers"]
     ratios = {
         "consumer_vs_minimal_loop": med(cons["ours"], "orders_per_s") / med(cons["baseline"], "orders_per_s"),
