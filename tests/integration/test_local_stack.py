@@ -159,7 +159,13 @@ async def test_seed_scenario_on_the_local_stack_then_resume(tmp_path: Path):
         assert stack.stop() == 0
     finally:
         if stack.proc.poll() is None:
-            stack.proc.kill()
+            # SIGTERM first: `up` stops every child it started (each in its own process group, so a
+            # SIGKILL of `up` alone would leave its Redis servers running), then SIGKILL as a last resort.
+            stack.proc.terminate()
+            try:
+                stack.proc.wait(60)
+            except subprocess.TimeoutExpired:
+                stack.proc.kill()
             stack.proc.wait()
         await reader
         stack.proc.stdout.close()
@@ -184,7 +190,13 @@ async def test_seed_scenario_on_the_local_stack_then_resume(tmp_path: Path):
         assert stack2.stop() == 0
     finally:
         if stack2.proc.poll() is None:
-            stack2.proc.kill()
+            # SIGTERM first: `up` stops every child it started (each in its own process group, so a
+            # SIGKILL of `up` alone would leave its Redis servers running), then SIGKILL as a last resort.
+            stack2.proc.terminate()
+            try:
+                stack2.proc.wait(60)
+            except subprocess.TimeoutExpired:
+                stack2.proc.kill()
             stack2.proc.wait()
         await reader2
         stack2.proc.stdout.close()

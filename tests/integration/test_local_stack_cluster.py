@@ -60,7 +60,13 @@ class Up:
             return await asyncio.to_thread(self.proc.wait, 90)
         finally:
             if self.proc.poll() is None:
-                self.proc.kill()
+                # SIGTERM first: `up` stops every child it started (each in its own process group, so a
+                # SIGKILL of `up` alone would leave its Redis servers running), then SIGKILL as a last resort.
+                self.proc.terminate()
+                try:
+                    self.proc.wait(60)
+                except subprocess.TimeoutExpired:
+                    self.proc.kill()
                 self.proc.wait()
             await self.reader
             self.proc.stdout.close()

@@ -91,7 +91,13 @@ async def test_up_sentinel_follows_a_failover(tmp_path: Path):
         assert proc.wait(timeout=90) == 0
     finally:
         if proc.poll() is None:
-            proc.kill()
+            # SIGTERM first: `up` stops every child it started (each in its own process group, so a
+            # SIGKILL of `up` alone would leave its Redis servers running), then SIGKILL as a last resort.
+            proc.terminate()
+            try:
+                proc.wait(60)
+            except subprocess.TimeoutExpired:
+                proc.kill()
             proc.wait()
         await reader
         proc.stdout.close()
