@@ -11,6 +11,9 @@ from tests.integration.consumer_support import (keys_for, pending_rows, post, re
                                                 wait_idle)
 from tests.integration.producer_support import api, keys, make_api  # noqa: F401 (fixtures)
 
+#: Also against Redis over mutual TLS with the ACL user of streamcore.acl (tests/conftest.py).
+EXTRA_SERVER_KINDS = ("tls-acl",)
+
 TOKEN = "s3cret-admin-token"
 AUTH = {"Authorization": f"Bearer {TOKEN}", "X-Admin-Actor": "alice"}
 

@@ -13,6 +13,9 @@ from tests.handlers import applied_key, calls_key
 from tests.integration.consumer_support import (keys_for, pending_ids, pending_rows, post, reclaimer_for, running,
                                                 wait_for, wait_idle)
 
+#: Also against Redis over mutual TLS with the ACL user of streamcore.acl (tests/conftest.py).
+EXTRA_SERVER_KINDS = ("tls-acl",)
+
 
 def sample(registry: CollectorRegistry, name: str, component: str) -> float:
     return registry.get_sample_value(name, {"component": component}) or 0.0

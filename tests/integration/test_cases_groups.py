@@ -10,6 +10,9 @@ import redis.asyncio as aioredis
 from tests.handlers import applied_key, call_log_key
 from tests.integration.consumer_support import keys_for, pending_ids, post, running, wait_for
 
+#: Also against Redis over mutual TLS with the ACL user of streamcore.acl (tests/conftest.py).
+EXTRA_SERVER_KINDS = ("tls-acl",)
+
 
 async def test_c06_restart_under_the_same_name_drains_own_pel_first(r, redis_url, names):
     keys = keys_for(names)

@@ -12,6 +12,9 @@ from tests.handlers import applied_key, calls_key, safe
 from tests.integration.consumer_support import (ConsumerProcess, keys_for, pending_rows, post, reclaimer_for, running,
                                                 wait_for)
 
+#: Also against Redis over mutual TLS with the ACL user of streamcore.acl (tests/conftest.py).
+EXTRA_SERVER_KINDS = ("tls-acl",)
+
 
 async def test_poison_order_reaches_the_dlq_after_exactly_max_deliveries_while_others_flow(r, redis_url, names):
     keys = keys_for(names)

@@ -24,6 +24,9 @@ from tests.handlers import applied_key, calls_key, scripted
 from tests.integration.consumer_support import (RunningWorker, keys_for, pending_rows, post, running, settings_for,
                                                 wait_for)
 
+#: Also against Redis over mutual TLS with the ACL user of streamcore.acl (tests/conftest.py).
+EXTRA_SERVER_KINDS = ("tls-acl",)
+
 
 def _runner(r, keys, handler, **kw) -> EntryRunner:
     return EntryRunner(r, keys, handler, scripts=Scripts(r), metrics=stream_metrics(CollectorRegistry()),

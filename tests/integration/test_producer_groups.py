@@ -19,6 +19,9 @@ from producer.app import create_app
 from tests.integration.consumer_support import wait_for
 from tests.integration.producer_support import api, keys, make_api, make_settings  # noqa: F401 (fixtures)
 
+#: Also against Redis over mutual TLS with the ACL user of streamcore.acl (tests/conftest.py).
+EXTRA_SERVER_KINDS = ("tls-acl",)
+
 
 def order(i: int) -> dict:
     return {"orderId": i, "product": f"Item-{i}", "quantity": 1, "userId": 100}
