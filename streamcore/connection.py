@@ -15,12 +15,13 @@ which the client does for every argument, gives the original bytes), nothing rai
 
 from __future__ import annotations
 
+import contextlib
 import logging
 from dataclasses import dataclass
 
 import redis
 import redis.asyncio as aioredis
-from redis.asyncio.cluster import RedisCluster
+from redis.asyncio.cluster import ClusterNode, RedisCluster
 from redis.asyncio.connection import parse_url
 from redis.asyncio.sentinel import Sentinel, SentinelConnectionPool
 from redis.asyncio.retry import Retry
@@ -195,29 +196,85 @@ def check_sentinel_master(sentinels: list[tuple[str, int]], master: str, *, time
 
 
 class _Cluster(RedisCluster):
-    """redis-py's :class:`~redis.asyncio.cluster.RedisCluster` with two fixes: ``SCRIPT LOAD``
-    goes to every node, replicas included, instead of the primaries only (the script cache is not
-    replicated, so a replica promoted by a failover answered ``NOSCRIPT`` to every script, and the
-    client, whose node list still had it as a replica, loaded the script everywhere but there);
-    ``aclose`` always closes (see :meth:`aclose`)."""
+    """redis-py's :class:`~redis.asyncio.cluster.RedisCluster` with three fixes:
+
+    - ``SCRIPT LOAD`` goes to every node, replicas included, instead of the primaries only (the
+      script cache is not replicated, so a replica promoted by a failover answered ``NOSCRIPT``
+      to every script, and the client, whose node list still had it as a replica, loaded the
+      script everywhere but there);
+    - re-reading the slot map (after a failover, a connection error, a resharding) closes the
+      node objects it drops (see :meth:`initialize`);
+    - ``aclose`` always closes (see :meth:`aclose`).
+    """
+
+    def __init__(self, *args, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        #: Every node object the slot map or the node list has held since the last re-read that
+        #: still has a connection open, by id: dropped ones are closed by the next re-read or by
+        #: aclose, and held here until then (never left to the garbage collector).
+        self._held: dict[int, ClusterNode] = {}
 
     async def script_load(self, script):  # type: ignore[override]
         """``SCRIPT LOAD`` on every node; returns the script's SHA1."""
         return await self.execute_command("SCRIPT LOAD", script, target_nodes=RedisCluster.ALL_NODES)
+
+    def _known_nodes(self) -> dict[int, ClusterNode]:
+        """Every node object the client can reach now, by id: the node list, the seeds, the slot map."""
+        manager = self.nodes_manager
+        slot_lists = {id(nodes): nodes for nodes in manager.slots_cache.values()}
+        return {id(n): n for n in [*manager.nodes_cache.values(), *manager.startup_nodes.values(),
+                                   *(n for nodes in slot_lists.values() for n in nodes)]}
+
+    async def initialize(self) -> RedisCluster:
+        """Read the slot map when needed (redis-py's ``initialize``), then close the idle
+        connections of every node object dropped since the last read.
+
+        redis-py 7.4 builds new node objects for the slot map on every re-read while its node
+        list keeps the old ones, drops the previous map's objects with their sockets open, and a
+        ``MOVED`` after a failover drops one more from the slot's list: each surfaced as
+        ``ResourceWarning: unclosed socket`` wherever the garbage collector ran next. A dropped
+        node's connection that was in use at that moment goes back to its node when its command
+        ends and is closed by the next re-read or by :meth:`aclose`.
+        """
+        if not self._initialize:
+            return self
+        self._held.update(self._known_nodes())
+        try:
+            return await super().initialize()
+        finally:
+            await self._close_dropped()
+
+    async def _close_dropped(self) -> None:
+        """Close the idle connections of held nodes that are no longer known; forget those left
+        with none open; hold every known node."""
+        known = self._known_nodes()
+        for key, node in list(self._held.items()):
+            if key in known:
+                continue
+            while node._free:  # idle connections (redis-py's own free list)
+                connection = node._free.popleft()
+                with contextlib.suppress(RedisError, OSError):
+                    await connection.disconnect()
+            if not any(c.is_connected for c in node._connections):
+                del self._held[key]
+        self._held.update(known)
 
     async def aclose(self) -> None:
         """Close every connection to every node. redis-py's own ``aclose`` does nothing while the
         client is marked for re-initialisation, which any connection error leaves it (a node
         restarting, a failover): its sockets then stayed open after the process closed it."""
         await super().aclose()
-        manager = self.nodes_manager
-        nodes = {id(n): n for n in [*manager.nodes_cache.values(), *manager.startup_nodes.values(),
-                                    *(n for slot in manager.slots_cache.values() for n in slot)]}
-        for node in nodes.values():
-            try:
-                await node.disconnect()
-            except (RedisError, OSError):
-                pass
+        for node in {**self._held, **self._known_nodes()}.values():
+            await _disconnect_quietly(node)
+        self._held.clear()
+
+
+async def _disconnect_quietly(node: ClusterNode) -> None:
+    """Close every connection of ``node``; a node that is down cannot refuse a close."""
+    try:
+        await node.disconnect()
+    except (RedisError, OSError):
+        pass
 
 
 #: Lowest per-node connection cap of a cluster client (see :func:`create_cluster_redis`).
