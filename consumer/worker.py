@@ -216,8 +216,9 @@ class Worker:
             self.drained = (finished, left)
             self.left_group = await self._leave_group()
             self.state = "stopped"
-            logger.info("consumer %s stopped: drained %d orders read before shutdown, left %d pending for reclaim%s; %s",
-                        self.name, finished, left, f", {unacked} processed but not acked" if unacked else "",
+            logger.info("consumer %s stopped on %s: drained %d orders read before shutdown, left %d pending for "
+                        "reclaim%s; %s", self.name, self.keys.stream, finished, left,
+                        f", {unacked} processed but not acked" if unacked else "",
                         _LEAVE_SAID.get(self.left_group, self.left_group))
 
     async def _leave_group(self) -> str:

@@ -19,7 +19,7 @@ import redis
 
 from streamcore.cli import CLUSTER_BUS_OFFSET, CLUSTER_NODES, port_free
 from streamcore.keys import partition_keys, partition_of
-from tests.integration.test_local_stack import wait_processed, wait_ready
+from tests.integration.test_local_stack import wait_acked, wait_processed, wait_ready
 from tests.integration.test_local_stack_sentinel import post
 from tests.servers import free_cluster_port, free_port
 
@@ -89,6 +89,8 @@ async def test_up_cluster_spreads_orders_over_partitions_and_restarts_on_the_sam
             for i in range(1, 13):
                 await post(session, base, i)
             await wait_processed(session, base, range(1, 13))
+            # The processed marker is written before the XACK (acks go in batches): wait for them.
+            assert (await wait_acked(session, base))["count"] == 0
             info = await (await session.get(f"{base}/stream/info")).json()
         by_partition = [sum(1 for i in range(1, 13) if partition_of(str(i), 3) == p) for p in range(3)]
         assert (info["length"], [p["length"] for p in info["partitions"]]) == (12, by_partition)
