@@ -31,7 +31,7 @@ import hiredis
 import redis.asyncio as aioredis
 from redis.asyncio.connection import Connection
 from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import NoScriptError, RedisError, ResponseError
+from redis.exceptions import MovedError, NoScriptError, RedisError, ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from streamcore.connection import is_cluster
@@ -235,7 +235,7 @@ class Appender:
             )
         except UnicodeEncodeError as exc:
             raise Unencodable(f"this order cannot be sent to Redis: {exc.reason} at position {exc.start}") from None
-        if self._cluster:
+        if self._cluster and not self._wait:
             # redis-py's cluster client routes by the command name as text (and the first key).
             return _Pending(b"", call.body_hash, asyncio.get_running_loop().create_future(), ("EVALSHA", *command[1:]))
         return _Pending(hiredis.pack_command(command), call.body_hash, asyncio.get_running_loop().create_future())
@@ -283,9 +283,10 @@ class Appender:
             for item, reply in zip(batch, replies, strict=True):
                 if item.future.done():  # the caller was cancelled
                     continue
-                if isinstance(reply, NoScriptError) and attempt == 1:
-                    # Redis lost the script (SCRIPT FLUSH, a restart, a failover): it did not
-                    # run, so sending it again after loading it cannot append twice.
+                if isinstance(reply, (NoScriptError, MovedError)) and attempt == 1:
+                    # Redis lost the script (SCRIPT FLUSH, a restart, a failover), or (a cluster
+                    # batch sent with its WAIT, see _exchange) the slot moved to another node:
+                    # it did not run, so sending it again cannot append twice.
                     again.append(item)
                 elif isinstance(reply, Exception):
                     item.future.set_exception(reply)
@@ -295,8 +296,12 @@ class Appender:
                     item.future.set_result(append_result(reply, item.body_hash))
             if not again:
                 return
-            self._script_loaded = False
-            logger.warning("script cache flushed under an append pipeline; resending %d appends", len(again))
+            if any(isinstance(reply, MovedError) for reply in replies):
+                self._r.mark_stale()  # only a cluster client's replies can be MOVED
+                logger.warning("slot moved under an append batch; resending %d appends to its new owner", len(again))
+            else:
+                self._script_loaded = False
+                logger.warning("script cache flushed under an append pipeline; resending %d appends", len(again))
             batch = again
 
     def _shortfall(self, reply: object) -> Exception | None:
@@ -343,11 +348,23 @@ class Appender:
 
         With a Redis Cluster client the batch goes through redis-py's cluster pipeline instead
         (every append of one appender is in one slot: one node), which follows ``MOVED``/``ASK``
-        after a failover or a resharding and retries on the new owner.
+        after a failover or a resharding and retries on the new owner. With REDIS_WAIT_REPLICAS
+        too, the batch and its ``WAIT`` go in one write on one connection to the primary of the
+        partition's slot (:meth:`streamcore.connection._Cluster.exchange_with_primary`), as for
+        a standalone Redis: a pipeline would follow a redirection to another node on another
+        connection, which that ``WAIT`` would not cover. A ``MOVED`` reply (the slot moved: a
+        failover, a resharding) is sent again by :meth:`_flush` after the slot map is re-read;
+        an ``ASK`` or ``TRYAGAIN`` reply (a slot half migrated) fails its append (503; the client
+        retries).
 
         Raises:
             redis.exceptions.ConnectionError, redis.exceptions.TimeoutError: the batch failed.
         """
+        if self._cluster and self._wait:
+            packed = b"".join(item.packed for item in batch) + self._wait
+            count = len(batch) + 1
+            return await self._r.exchange_with_primary(
+                self._keys.stream, lambda conn: self._send_and_read(conn, packed, count))
         if self._cluster:
             async with self._r.pipeline(transaction=False) as pipe:
                 for item in batch:

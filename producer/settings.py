@@ -68,7 +68,7 @@ class ProducerSettings(CommonSettings):
         description=(
             "REDIS_WAIT_REPLICAS: replicas that must confirm each append batch (WAIT) before its orders are answered "
             "201; fewer within REDIS_WAIT_TIMEOUT_MS gives 503 (the order may be in the stream: retry with the same "
-            "Idempotency-Key). 0: no WAIT."
+            "Idempotency-Key). With REDIS_CLUSTER, replicas of the primary of the order's partition. 0: no WAIT."
         ),
     )
     redis_wait_timeout_ms: int = Field(
@@ -104,8 +104,4 @@ class ProducerSettings(CommonSettings):
             raise ValueError(
                 f"REDIS_WAIT_TIMEOUT_MS ({self.redis_wait_timeout_ms}) must be below REDIS_SOCKET_TIMEOUT_S "
                 f"({self.redis_socket_timeout_s:g} s)")
-        if self.redis_wait_replicas and self.redis_cluster:
-            # WAIT names no key: in a cluster it would go to some node, not to the one that took the batch.
-            raise ValueError("REDIS_WAIT_REPLICAS is not supported with REDIS_CLUSTER=true (WAIT would not reach "
-                             "the node that took the append); a cluster's replicas are written asynchronously")
         return self

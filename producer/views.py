@@ -20,7 +20,7 @@ from urllib.parse import quote
 import orjson
 from aiohttp import web
 from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import RedisClusterException, RedisError, ResponseError
+from redis.exceptions import AskError, ClusterError, RedisClusterException, RedisError, ResponseError, TryAgainError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from producer import audit, deadletters, partitioned
@@ -120,8 +120,8 @@ def api_handler(route: str, handler: Handler) -> Handler:
     ``route`` (the route template, e.g. ``/orders/{orderId}``, or :data:`UNMATCHED`).
 
     ``ApiError`` → its status; aiohttp's own HTTP errors (413 from ``client_max_size``) → the
-    same status with a JSON body; Redis unreachable or timing out → 503 with
-    :data:`UNAVAILABLE` and ``Retry-After: 1``; an error reply from Redis (OOM, READONLY,
+    same status with a JSON body; Redis unreachable or timing out, or a Redis Cluster failing
+    over or moving the slot → 503 with :data:`UNAVAILABLE` and ``Retry-After: 1``; an error reply from Redis (OOM, READONLY,
     WRONGTYPE) → 503 naming it; fewer replicas than REDIS_WAIT_REPLICAS confirmed
     (:class:`producer.appender.NotReplicated`) → 503 with ``replicasConfirmed``,
     ``replicasRequired`` and ``Retry-After: 1``; any other exception → 500 ``{"error": "internal error"}`` (logged
@@ -156,9 +156,11 @@ def api_handler(route: str, handler: Handler) -> Handler:
             if exc.status < 400:
                 raise
             response = _http_error(app, exc)
-        except (RedisConnectionError, RedisTimeoutError, OSError, TimeoutError, RedisClusterException) as exc:
-            # RedisClusterException (not a RedisError): no node answered, a slot not covered
-            # during a failover.
+        except (RedisConnectionError, RedisTimeoutError, OSError, TimeoutError, RedisClusterException, ClusterError,
+                AskError, TryAgainError) as exc:
+            # Redis Cluster in motion: no node answered or a slot not covered during a failover
+            # (RedisClusterException, not a RedisError), CLUSTERDOWN or redirections that went on
+            # too long (ClusterError), a slot half migrated (ASK, MOVED, TRYAGAIN).
             logger.warning("%s %s: Redis unavailable: %s", request.method, request.path, exc)
             response = web.json_response({"error": UNAVAILABLE, "fields": {}}, status=503)
             response.headers["Retry-After"] = "1"

@@ -17,21 +17,26 @@ from __future__ import annotations
 
 import contextlib
 import logging
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from typing import TypeVar
 
 import redis
 import redis.asyncio as aioredis
 from redis.asyncio.cluster import ClusterNode, RedisCluster
-from redis.asyncio.connection import parse_url
+from redis.asyncio.connection import Connection, parse_url
 from redis.asyncio.sentinel import Sentinel, SentinelConnectionPool
 from redis.asyncio.retry import Retry
 from redis.backoff import ExponentialBackoff
+from redis.crc import key_slot
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import (BusyLoadingError, ClusterDownError, OutOfMemoryError, ReadOnlyError, RedisClusterException,
                               RedisError, ResponseError, SlotNotCoveredError, TryAgainError)
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 logger = logging.getLogger(__name__)
+
+T = TypeVar("T")
 
 #: How replies are decoded (see the module docstring): lossless, never raises.
 ENCODING_ERRORS = "surrogateescape"
@@ -258,6 +263,43 @@ class _Cluster(RedisCluster):
             if not any(c.is_connected for c in node._connections):
                 del self._held[key]
         self._held.update(known)
+
+    async def exchange_with_primary(self, key: str, exchange: Callable[[Connection], Awaitable[T]]) -> T:
+        """Run ``exchange(connection)`` on one connection to the primary that owns ``key``'s slot,
+        for commands that must share a connection with the writes before them (``WAIT``, which
+        names no key, counts the replicas that have this connection's writes).
+
+        The slot map is read first when stale. A connection error or timeout marks it stale
+        (a failover moves the slot to another node) and is retried on the slot's primary of the
+        fresh map with the client's retry policy (back-off, ``retries`` of
+        :func:`create_cluster_redis`); whatever ``exchange`` sent may already have run.
+        Redirections (``MOVED``, ``ASK``) are not followed: they are ``exchange``'s replies, and
+        after a ``MOVED`` the caller calls :meth:`mark_stale` and tries again.
+
+        Raises:
+            redis.exceptions.ConnectionError, redis.exceptions.TimeoutError: still failing after
+                the retries.
+        """
+        slot = key_slot(self.encoder.encode(key))
+
+        async def once() -> T:
+            await self.initialize()
+            node = self.nodes_manager.get_node_from_slot(slot)
+            connection = node.acquire_connection()
+            try:
+                await node.disconnect_if_needed(connection)
+                return await exchange(connection)
+            finally:
+                node.release(connection)
+
+        async def failed(_error: Exception) -> None:
+            self.mark_stale()
+
+        return await self.retry.call_with_retry(once, failed)
+
+    def mark_stale(self) -> None:
+        """Have the next command re-read the slot map (``CLUSTER SLOTS``) first."""
+        self._initialize = True
 
     async def aclose(self) -> None:
         """Close every connection to every node. redis-py's own ``aclose`` does nothing while the

@@ -346,6 +346,40 @@ class RedisClusterServers:
                         "--cluster-replicas", str(self.replicas), "--cluster-yes"],
                        check=True, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, timeout=timeout_s)
         self.wait_ok(timeout_s)
+        self.wait_replicas_known(timeout_s)
+
+    def wait_replicas_known(self, timeout_s: float = 30.0) -> None:
+        """Wait until every node's ``CLUSTER NODES`` lists ``masters × replicas`` replicas (right
+        after ``--cluster create`` the replicas still look like empty masters to the others,
+        which would not let one take over a killed master yet)."""
+        want = len(self.nodes) - len(self.nodes) // (1 + self.replicas)
+        deadline = time.monotonic() + timeout_s
+        while True:
+            counts = []
+            for node in self.running():
+                client = redis.Redis(host="127.0.0.1", port=node.port, socket_timeout=1, decode_responses=True)
+                try:
+                    table = client.execute_command("CLUSTER", "NODES").splitlines()
+                    counts.append(sum(1 for line in table if "slave" in line.split()[2].split(",")))
+                except redis.RedisError:
+                    counts.append(-1)
+                finally:
+                    client.close()
+            if counts and all(c == want for c in counts):
+                return
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"replicas not known everywhere within {timeout_s}s: {counts} of {want}")
+            time.sleep(0.1)
+
+    def replicas_of(self, master: RedisServer) -> list[RedisServer]:
+        """The running replicas attached to ``master`` now (its ``INFO replication``)."""
+        client = redis.Redis(host="127.0.0.1", port=master.port, socket_timeout=2, decode_responses=True)
+        try:
+            info = client.info("replication")
+        finally:
+            client.close()
+        ports = {int(v["port"]) for k, v in info.items() if k.startswith("slave") and isinstance(v, dict)}
+        return [n for n in self.running() if n.port in ports]
 
     def running(self) -> list[RedisServer]:
         return [n for n in self.nodes if n.proc is not None and n.proc.poll() is None]

@@ -13,6 +13,7 @@ import contextlib
 import gc
 import json
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -332,19 +333,64 @@ async def test_cluster_setting_against_a_standalone_server_exits_2(redis_url, na
                            "(cluster_enabled:0)\n")
 
 
+async def test_wait_replicas_counts_the_replicas_of_the_partitions_own_primary(redis_cluster, rc, names):
+    """REDIS_WAIT_REPLICAS=1 with REDIS_CLUSTER: the WAIT goes to the primary that took the
+    append. With that primary's replica stopped (SIGSTOP), an order of its partition gets 503
+    (0 of 1 replicas); an order of a partition on another primary gets 201 (a WAIT sent to any
+    other node would have said 1); once the replica runs again the client's retry with the same
+    Idempotency-Key gets 201, and the stream holds the order once, on the replica too."""
+    parts = parts_of(names)
+    home = _master_of(redis_cluster, parts[0].stream)
+    other_part = next(k.partition for k in parts if _master_of(redis_cluster, k.stream) is not home)
+    first, held = [oid for oid in (f"w{i}" for i in range(1000)) if partition_of(oid, N) == 0][:2]
+    elsewhere = next(f"w{i}" for i in range(1000) if partition_of(f"w{i}", N) == other_part)
+    replica = _replica_of(redis_cluster, parts[0].stream)
+    async with producer(redis_cluster.url, names, redis_wait_replicas=1, redis_wait_timeout_ms=300) as api:
+        ok = await api.post("/orders", json=order(first), headers={"Idempotency-Key": first})
+        assert ok.status == 201, await ok.text()
+        os.kill(replica.proc.pid, signal.SIGSTOP)
+        try:
+            refused = await api.post("/orders", json=order(held), headers={"Idempotency-Key": held})
+            body = await refused.json()
+            other = await api.post("/orders", json=order(elsewhere), headers={"Idempotency-Key": elsewhere})
+        finally:
+            os.kill(replica.proc.pid, signal.SIGCONT)
+        assert (refused.status, body["replicasConfirmed"], body["replicasRequired"]) == (503, 0, 1)
+        assert other.status == 201, await other.text()
+        deadline = time.monotonic() + 15
+        while (again := await api.post("/orders", json=order(held), headers={"Idempotency-Key": held})).status != 201:
+            assert time.monotonic() < deadline, await again.text()
+            await asyncio.sleep(0.1)
+        entry = (await again.json())["id"]
+    assert await rc.xlen(parts[0].stream) == 2  # first and held, once each
+    reader = redis.Redis(port=replica.port, socket_timeout=2, decode_responses=True)
+    try:
+        reader.execute_command("READONLY")
+        assert [e[0] for e in reader.xrange(parts[0].stream)][-1] == entry
+    finally:
+        reader.close()
+
+
+def _replica_of(cluster, key: str):
+    """A replica attached to the master serving ``key``'s slot."""
+    return cluster.replicas_of(_master_of(cluster, key))[0]
+
+
 async def test_sigkilled_master_fails_over_and_every_accepted_order_is_applied_once(tmp_path, names):
-    """One master is SIGKILLed while orders flow; its replica takes over (cluster-node-timeout
+    """One master is SIGKILLed while orders flow; a replica takes over (cluster-node-timeout
     1000 ms) and processing resumes without restarting anything. Clients retry a failed POST with
-    the same Idempotency-Key, as the API asks."""
+    the same Idempotency-Key, as the API asks. REDIS_WAIT_REPLICAS=1, as the README says for no
+    loss: without it the master can die with orders it answered 201 for that no replica has."""
     from tests.servers import RedisClusterServers, server_binary
 
-    cluster = RedisClusterServers(server_binary("redis"), tmp_path / "failover")
+    # Two replicas per master: after the failover the new master still has one for WAIT.
+    cluster = RedisClusterServers(server_binary("redis"), tmp_path / "failover", replicas=2)
     try:
         cluster.start()
         url = cluster.url
         accepted: list[str] = []
         stop_flow = asyncio.Event()
-        async with producer(url, names) as api, consumers(url, names, "pod-a", "pod-b"):
+        async with producer(url, names, redis_wait_replicas=1) as api, consumers(url, names, "pod-a", "pod-b"):
             async def flow():
                 i = 0
                 while not stop_flow.is_set():
@@ -407,12 +453,15 @@ def _master_of(cluster, key: str):
     raise AssertionError(f"no master for {key}")
 
 
-async def test_a_partitions_slot_resharded_under_load_keeps_every_order_applied_once(tmp_path, names):
+@pytest.mark.parametrize("wait_replicas", [0, 1], ids=["pipeline", "wait-1"])
+async def test_a_partitions_slot_resharded_under_load_keeps_every_order_applied_once(tmp_path, names, wait_replicas):
     """Partition 0's hash slot moves to another master while orders flow over HTTP, its keys
     migrated 10 at a time (clients meet the half-moved slot: ASK and TRYAGAIN redirections), as
     ``redis-cli --cluster reshard`` moves a slot; nothing is restarted. Processing goes on and every
     accepted orderId is applied exactly once, partition 0's on its new master. Its own cluster: the
-    session one keeps the even slot split other tests assert."""
+    session one keeps the even slot split other tests assert. Twice: appends through redis-py's
+    cluster pipeline, and with REDIS_WAIT_REPLICAS=1 on one connection to the slot's primary
+    (which answers MOVED once the slot is gone: the batch goes again to the new owner)."""
     from redis.crc import key_slot
 
     from tests.servers import RedisClusterServers, server_binary
@@ -430,7 +479,8 @@ async def test_a_partitions_slot_resharded_under_load_keeps_every_order_applied_
         accepted: list[str] = []
         stop_flow = asyncio.Event()
         rc = create_redis(url, cluster=True)
-        async with producer(url, names) as api, consumers(url, names, "pod-a", "pod-b"):
+        async with producer(url, names, redis_wait_replicas=wait_replicas) as api, \
+                consumers(url, names, "pod-a", "pod-b"):
             async def flow():
                 i = 0
                 while not stop_flow.is_set():
