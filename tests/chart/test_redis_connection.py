@@ -106,7 +106,8 @@ def test_cluster_example_gives_every_component_cluster_mode_six_partitions_and_t
         assert env["REDIS_URL"] == {"secretKeyRef": {"name": "orders-redis-cluster", "key": "url"}}
         assert {k: env.get(k) for k in TLS_ENV} == TLS_ENV
         assert (env["STREAM_NAME"], env["DLQ_STREAM"]) == ("orders", "orders:dlq")
-        assert not {"REDIS_SENTINELS", "REDIS_SENTINEL_MASTER", "REDIS_WAIT_REPLICAS"} & set(env)
+        assert not {"REDIS_SENTINELS", "REDIS_SENTINEL_MASTER"} & set(env)
+        assert env.get("REDIS_WAIT_REPLICAS") == ("1" if component == "producer" else None), component
         assert [v["name"] for v in template["spec"]["volumes"]] == ["tmp", "redis-tls"]
     # No built-in Redis: no StatefulSet, and the only Secret of a URL is the one named.
     assert [o["metadata"]["name"] for o in objects if o["kind"] == "StatefulSet"] == []
