@@ -116,13 +116,7 @@ def create_redis(url: str, *, socket_timeout_s: float = 15.0, max_connections: i
     if tls and not url.startswith("rediss://"):
         raise ValueError("TLS files need a rediss:// URL")
     options = dict(
-        **tls,
-        decode_responses=True,
-        encoding_errors=ENCODING_ERRORS,
-        socket_timeout=socket_timeout_s,
-        socket_connect_timeout=min(socket_timeout_s, 5.0),
-        health_check_interval=30,
-        max_connections=max_connections,
+        **_common_options(socket_timeout_s, max_connections, tls),
         timeout=socket_timeout_s,
         # No CLIENT SETINFO at connect: one round trip less per connection, and the ACL user of
         # streamcore.acl needs no CLIENT permission (Redis 7.0 cannot even name that subcommand).
@@ -349,6 +343,18 @@ def create_cluster_redis(url: str, *, socket_timeout_s: float = 15.0, max_connec
     max_connections = max(max_connections, CLUSTER_MIN_NODE_CONNECTIONS)
     return _Cluster.from_url(
         url,
+        **_common_options(socket_timeout_s, max_connections, tls),
+        retry=Retry(ExponentialBackoff(cap=1.0, base=0.05), retries,
+                    supported_errors=(RedisConnectionError, RedisTimeoutError, ClusterDownError, TryAgainError)),
+    )
+
+
+def _common_options(socket_timeout_s: float, max_connections: int, tls: dict[str, str]) -> dict:
+    """The connection options every client of ours has, standalone, Sentinel or cluster: TLS
+    files, lossless decoding (see the module docstring), the socket timeout (s) for reads and,
+    capped at 5 s, for connects, a PING before reusing a connection idle for 30 s, and the pool
+    cap (per node for a cluster)."""
+    return dict(
         **tls,
         decode_responses=True,
         encoding_errors=ENCODING_ERRORS,
@@ -356,8 +362,6 @@ def create_cluster_redis(url: str, *, socket_timeout_s: float = 15.0, max_connec
         socket_connect_timeout=min(socket_timeout_s, 5.0),
         health_check_interval=30,
         max_connections=max_connections,
-        retry=Retry(ExponentialBackoff(cap=1.0, base=0.05), retries,
-                    supported_errors=(RedisConnectionError, RedisTimeoutError, ClusterDownError, TryAgainError)),
     )
 
 

@@ -56,6 +56,20 @@ class Stack:
         return self.proc.wait(timeout=timeout_s)
 
 
+def end_up(proc: subprocess.Popen) -> None:
+    """Make sure an ``orderstream up`` process has ended: SIGTERM first (``up`` stops every child
+    it started, each in its own process group, so a SIGKILL of ``up`` alone would leave its Redis
+    servers running), SIGKILL after 60 s as a last resort."""
+    if proc.poll() is not None:
+        return
+    proc.terminate()
+    try:
+        proc.wait(60)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+
+
 async def wait_ready(session: aiohttp.ClientSession, base: str, deadline_s: float = 60) -> None:
     deadline = time.monotonic() + deadline_s
     while time.monotonic() < deadline:
@@ -158,15 +172,7 @@ async def test_seed_scenario_on_the_local_stack_then_resume(tmp_path: Path):
             await wait_line(stack, RECLAIM_PASS)
         assert stack.stop() == 0
     finally:
-        if stack.proc.poll() is None:
-            # SIGTERM first: `up` stops every child it started (each in its own process group, so a
-            # SIGKILL of `up` alone would leave its Redis servers running), then SIGKILL as a last resort.
-            stack.proc.terminate()
-            try:
-                stack.proc.wait(60)
-            except subprocess.TimeoutExpired:
-                stack.proc.kill()
-            stack.proc.wait()
+        end_up(stack.proc)
         await reader
         stack.proc.stdout.close()
     out = stack.lines
@@ -189,15 +195,7 @@ async def test_seed_scenario_on_the_local_stack_then_resume(tmp_path: Path):
                 assert (await resp.json())["status"] == "processed"
         assert stack2.stop() == 0
     finally:
-        if stack2.proc.poll() is None:
-            # SIGTERM first: `up` stops every child it started (each in its own process group, so a
-            # SIGKILL of `up` alone would leave its Redis servers running), then SIGKILL as a last resort.
-            stack2.proc.terminate()
-            try:
-                stack2.proc.wait(60)
-            except subprocess.TimeoutExpired:
-                stack2.proc.kill()
-            stack2.proc.wait()
+        end_up(stack2.proc)
         await reader2
         stack2.proc.stdout.close()
 

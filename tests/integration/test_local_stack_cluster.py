@@ -19,7 +19,7 @@ import redis
 
 from streamcore.cli import CLUSTER_BUS_OFFSET, CLUSTER_NODES, port_free
 from streamcore.keys import partition_keys, partition_of
-from tests.integration.test_local_stack import wait_acked, wait_processed, wait_ready
+from tests.integration.test_local_stack import end_up, wait_acked, wait_processed, wait_ready
 from tests.integration.test_local_stack_sentinel import post
 from tests.servers import free_cluster_port, free_port
 
@@ -59,15 +59,7 @@ class Up:
                 self.proc.send_signal(signal.SIGTERM)
             return await asyncio.to_thread(self.proc.wait, 90)
         finally:
-            if self.proc.poll() is None:
-                # SIGTERM first: `up` stops every child it started (each in its own process group, so a
-                # SIGKILL of `up` alone would leave its Redis servers running), then SIGKILL as a last resort.
-                self.proc.terminate()
-                try:
-                    self.proc.wait(60)
-                except subprocess.TimeoutExpired:
-                    self.proc.kill()
-                self.proc.wait()
+            end_up(self.proc)
             await self.reader
             self.proc.stdout.close()
             print("\n".join(self.lines[-40:]))

@@ -18,7 +18,7 @@ import pytest
 import redis
 
 from streamcore.cli import SENTINEL_MASTER, SENTINEL_PORT_OFFSET, port_free
-from tests.integration.test_local_stack import wait_processed, wait_ready
+from tests.integration.test_local_stack import end_up, wait_processed, wait_ready
 from tests.servers import free_port
 
 pytestmark = pytest.mark.timeout(180)
@@ -90,15 +90,7 @@ async def test_up_sentinel_follows_a_failover(tmp_path: Path):
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(timeout=90) == 0
     finally:
-        if proc.poll() is None:
-            # SIGTERM first: `up` stops every child it started (each in its own process group, so a
-            # SIGKILL of `up` alone would leave its Redis servers running), then SIGKILL as a last resort.
-            proc.terminate()
-            try:
-                proc.wait(60)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-            proc.wait()
+        end_up(proc)
         await reader
         proc.stdout.close()
         print("\n".join(lines[-40:]))

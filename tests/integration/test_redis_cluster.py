@@ -391,22 +391,7 @@ async def test_sigkilled_master_fails_over_and_every_accepted_order_is_applied_o
         accepted: list[str] = []
         stop_flow = asyncio.Event()
         async with producer(url, names, redis_wait_replicas=1) as api, consumers(url, names, "pod-a", "pod-b"):
-            async def flow():
-                i = 0
-                while not stop_flow.is_set():
-                    oid = f"f{i}"
-                    deadline = time.monotonic() + 60
-                    while time.monotonic() < deadline:
-                        with contextlib.suppress(Exception):
-                            resp = await api.post("/orders", json=order(oid), headers={"Idempotency-Key": oid})
-                            if resp.status == 201:
-                                accepted.append(oid)
-                                break
-                        await asyncio.sleep(0.05)
-                    i += 1
-                    await asyncio.sleep(0.01)
-
-            task = asyncio.create_task(flow())
+            task = asyncio.create_task(steady_flow(api, "f", accepted, stop_flow, retry_for_s=60))
             await wait_for(lambda: _count_at_least(accepted, 50), timeout=20, what="orders flowing")
             # Kill the master of partition 0's slot (a seed node must stay up for the client).
             victim = _master_of(cluster, parts_of(names)[0].stream)
@@ -430,6 +415,25 @@ async def test_sigkilled_master_fails_over_and_every_accepted_order_is_applied_o
         assert counts == {oid: 1 for oid in accepted}
     finally:
         cluster.stop()
+
+
+async def steady_flow(api, prefix: str, accepted: list[str], stop: asyncio.Event, *, retry_for_s: float) -> None:
+    """POST orders ``<prefix>0``, ``<prefix>1``, ... one at a time until ``stop`` is set, as a
+    client that retries each (same Idempotency-Key) after any failure for up to ``retry_for_s``
+    seconds, then gives up on it; each orderId answered 201 is appended to ``accepted``."""
+    i = 0
+    while not stop.is_set():
+        oid = f"{prefix}{i}"
+        deadline = time.monotonic() + retry_for_s
+        while time.monotonic() < deadline:
+            with contextlib.suppress(Exception):
+                resp = await api.post("/orders", json=order(oid), headers={"Idempotency-Key": oid})
+                if resp.status == 201:
+                    accepted.append(oid)
+                    break
+            await asyncio.sleep(0.05)
+        i += 1
+        await asyncio.sleep(0.01)
 
 
 async def _count_at_least(items, n):
@@ -481,22 +485,7 @@ async def test_a_partitions_slot_resharded_under_load_keeps_every_order_applied_
         rc = create_redis(url, cluster=True)
         async with producer(url, names, redis_wait_replicas=wait_replicas) as api, \
                 consumers(url, names, "pod-a", "pod-b"):
-            async def flow():
-                i = 0
-                while not stop_flow.is_set():
-                    oid = f"m{i}"
-                    deadline = time.monotonic() + 30
-                    while time.monotonic() < deadline:
-                        with contextlib.suppress(Exception):
-                            resp = await api.post("/orders", json=order(oid), headers={"Idempotency-Key": oid})
-                            if resp.status == 201:
-                                accepted.append(oid)
-                                break
-                        await asyncio.sleep(0.05)
-                    i += 1
-                    await asyncio.sleep(0.01)
-
-            task = asyncio.create_task(flow())
+            task = asyncio.create_task(steady_flow(api, "m", accepted, stop_flow, retry_for_s=30))
             await wait_for(lambda: _count_at_least(accepted, 50), timeout=20, what="orders flowing")
             await wait_applied_once(rc, names, accepted[:40], timeout=20, what="the first orders applied")
             before = len(accepted)
