@@ -42,8 +42,10 @@ ROUTES: tuple[tuple[str, str, views.Handler], ...] = (
 #: and the document in Swagger UI.
 PAGES: tuple[tuple[str, str, views.Handler], ...] = (
     ("GET", "/ui", views.ui_page),
+    ("GET", "/ui/", views.without_slash),
     ("GET", "/ui/{asset}", views.ui_asset),
     ("GET", "/docs", docs.page),
+    ("GET", "/docs/", views.without_slash),
     ("GET", "/docs/{asset}", docs.asset),
 )
 

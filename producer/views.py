@@ -730,6 +730,12 @@ async def ui_page(request: web.Request) -> web.Response:
     return _ui_file("index.html")
 
 
+async def without_slash(request: web.Request) -> web.Response:
+    """GET /ui/ and /docs/ → 308 to the same page without the trailing slash (its assets are
+    linked relative to that address)."""
+    raise web.HTTPPermanentRedirect(request.path.rstrip("/"))
+
+
 async def ui_asset(request: web.Request) -> web.Response:
     """GET /ui/{asset} → the console's script or style sheet; 404 for anything else."""
     name = request.match_info["asset"]

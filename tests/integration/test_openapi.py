@@ -110,6 +110,14 @@ async def test_docs_page_and_its_assets_are_served_by_the_app(api):
     assert types["docs/favicon-32x32.png"] == "image/png"
 
 
+async def test_pages_with_a_trailing_slash_redirect_to_the_page(api):
+    for path in ("/docs/", "/ui/"):
+        resp = await api.get(path, allow_redirects=False)
+        assert (resp.status, resp.headers["Location"]) == (308, path.rstrip("/")), path
+        followed = await api.get(path)
+        assert (followed.status, followed.content_type, str(followed.url.path)) == (200, "text/html", path.rstrip("/"))
+
+
 async def test_docs_assets_outside_the_dist_folder_are_json_404(api):
     for path in ("/docs/nope.js", "/docs/..%2Fpyproject.toml", "/docs/index.j2", "/docs/swagger-ui.js.map", "/docs/%2E%2E"):
         resp = await api.get(path)
