@@ -83,7 +83,9 @@ logger = logging.getLogger(__name__)
 
 #: How the stop's log line tells the outcome of :meth:`Worker._leave_group`.
 _LEAVE_SAID = {"left": "deleted its consumer from the group (PEL empty)",
-               "pending": "its consumer stays in the group (it owns pending entries)",
+               "pending": ("its consumer stays in the group: its PEL still holds entries (failed deliveries "
+                           "waiting for their retry, or entries left above), which the next start or the "
+                           "reclaimer takes up"),
                "not_found": "its consumer was not in the group",
                "error": "could not leave the group"}
 
