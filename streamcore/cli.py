@@ -537,7 +537,7 @@ async def up(args: argparse.Namespace, settings: UpSettings | None = None) -> in
         loop.add_signal_handler(sig, stop.set)
 
     tasks = [asyncio.create_task(c.supervise()) for c in children]
-    print(f"orderstream is up: POST http://localhost:{env['PORT']}/orders  (Ctrl-C stops everything)", flush=True)
+    tasks.append(asyncio.create_task(_announce(int(env["PORT"]), stop)))
     await stop.wait()
     print("stopping: components drain first, then Redis", flush=True)
     await asyncio.gather(*(c.stop(grace) for c in children))
@@ -550,6 +550,31 @@ async def up(args: argparse.Namespace, settings: UpSettings | None = None) -> in
         await redis_child.stop(grace)
         await redis_task
     return EXIT_USAGE if any(c.usage_error for c in children) else 0
+
+
+async def _announce(port: int, stop: asyncio.Event, deadline_s: float = 90.0) -> None:
+    """Print the "up" line once the producer answers ``GET /readyz`` 200 on ``port`` (polled
+    every 0.2 s on 127.0.0.1), so a curl right after it finds the API; after ``deadline_s``
+    seconds without an answer, say so instead. Nothing when stopping first."""
+    import aiohttp
+
+    url = f"http://127.0.0.1:{port}/readyz"
+    ends = time.monotonic() + deadline_s
+    async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=2)) as session:
+        while not stop.is_set():
+            try:
+                async with session.get(url) as resp:
+                    if resp.status == 200:
+                        print(f"orderstream is up: POST http://localhost:{port}/orders  (Ctrl-C stops everything)",
+                              flush=True)
+                        return
+            except (aiohttp.ClientError, OSError, TimeoutError):
+                pass
+            if time.monotonic() > ends:
+                print(f"orderstream started, but the producer has not answered {url} within {deadline_s:g} s: "
+                      "see its lines above (Ctrl-C stops everything)", flush=True)
+                return
+            await asyncio.sleep(0.2)
 
 
 #: ``up`` flag → :class:`UpSettings` field.

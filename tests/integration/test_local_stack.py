@@ -179,6 +179,9 @@ async def test_seed_scenario_on_the_local_stack_then_resume(tmp_path: Path):
     assert any(line.startswith("producer") for line in out)
     assert any(re.match(r"^consumer-\d+\s*\| .*processing order 10 ", line) for line in out)
     assert any(RECLAIM_PASS.search(line) for line in out)
+    # The "up" line comes once the producer answers /readyz (a curl right after it finds the API).
+    assert [line for line in out if line.startswith("orderstream is up")] == [
+        f"orderstream is up: POST http://localhost:{port}/orders  (Ctrl-C stops everything)"]
     unprefixed = [line for line in out if not PREFIX.match(line) and not line.startswith(("orderstream is up", "stopping"))]
     assert unprefixed == []
 
