@@ -41,6 +41,11 @@ from streamcore.streams import ORDER_INDEX_TTL_S, AppendResult, Scripts, append_
 logger = logging.getLogger(__name__)
 
 
+#: Sends of one batch at most: a MOVED (the slot's new owner) can be followed by a NOSCRIPT (a
+#: promoted replica whose script cache is empty), each answered by sending the batch again.
+_ATTEMPTS = 3
+
+
 class Unencodable(ValueError):
     """An append holds text that cannot be encoded as UTF-8 (a lone surrogate); nothing was sent."""
 
@@ -267,7 +272,7 @@ class Appender:
         """Send ``batch`` and settle each future with its own outcome (see the module docstring)."""
         if self._on_batch is not None:
             self._on_batch(len(batch))
-        for attempt in (1, 2):
+        for attempt in range(1, _ATTEMPTS + 1):
             try:
                 if not self._script_loaded:
                     await self._load_script()
@@ -283,7 +288,7 @@ class Appender:
             for item, reply in zip(batch, replies, strict=True):
                 if item.future.done():  # the caller was cancelled
                     continue
-                if isinstance(reply, (NoScriptError, MovedError)) and attempt == 1:
+                if isinstance(reply, (NoScriptError, MovedError)) and attempt < _ATTEMPTS:
                     # Redis lost the script (SCRIPT FLUSH, a restart, a failover), or (a cluster
                     # batch sent with its WAIT, see _exchange) the slot moved to another node:
                     # it did not run, so sending it again cannot append twice.
@@ -299,7 +304,7 @@ class Appender:
             if any(isinstance(reply, MovedError) for reply in replies):
                 self._r.mark_stale()  # only a cluster client's replies can be MOVED
                 logger.warning("slot moved under an append batch; resending %d appends to its new owner", len(again))
-            else:
+            if any(isinstance(reply, NoScriptError) for reply in replies):
                 self._script_loaded = False
                 logger.warning("script cache flushed under an append pipeline; resending %d appends", len(again))
             batch = again

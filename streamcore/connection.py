@@ -255,8 +255,10 @@ class _Cluster(RedisCluster):
                 with contextlib.suppress(RedisError, OSError):
                     await connection.disconnect()
             if not any(c.is_connected for c in node._connections):
-                del self._held[key]
-        self._held.update(known)
+                # pop, not del: commands that found the map stale together each come here, and
+                # another may have forgotten the node during our await.
+                self._held.pop(key, None)
+        self._held.update(self._known_nodes())
 
     async def exchange_with_primary(self, key: str, exchange: Callable[[Connection], Awaitable[T]]) -> T:
         """Run ``exchange(connection)`` on one connection to the primary that owns ``key``'s slot,

@@ -88,11 +88,19 @@ async def ensure_group(r: aioredis.Redis, keys: Keys, start_id: str = "0") -> bo
 # ARGV: body hash, idempotency TTL s, order index TTL s, then field/value pairs
 # "No idempotency key" is spelt as the stream key, not "": every key a script names must match
 # the ACL user's key patterns and (Redis Cluster) hash to the stream's slot.
+# A replay writes too (the record's TTL starts again): a WAIT after it (REDIS_WAIT_REPLICAS) then
+# waits for the replicas to have everything up to now, the first append included. A replay that
+# wrote nothing left WAIT counting from the connection's own last write, which Redis >= 7.2 and
+# Valkey do not move for reads: a retry after a 503 on another pooled connection got a 201 that no
+# replica had confirmed.
 _APPEND = """
 local idem = KEYS[2]
 if idem ~= KEYS[1] then
   local prior = redis.call('GET', idem)
-  if prior then return {0, prior} end
+  if prior then
+    redis.call('EXPIRE', idem, tonumber(ARGV[2]))
+    return {0, prior}
+  end
 end
 local args = {'XADD', KEYS[1]}
 local floor = redis.call('GET', KEYS[4])

@@ -3,11 +3,15 @@
 
 from __future__ import annotations
 
+import os
+import signal
 import time
 
 import pytest
 import redis
 
+from streamcore.keys import Keys
+from streamcore.streams import _APPEND, append_call
 from tests.conftest import Names
 from tests.integration.producer_support import make_api  # noqa: F401 (fixtures)
 from tests.servers import RedisServer, server_binary
@@ -25,15 +29,18 @@ def wait_in_sync(replica: RedisServer, timeout_s: float = 15.0) -> None:
         client.close()
 
 
-@pytest.fixture
-def primary_and_replica(tmp_path):
-    binary = server_binary("redis")
+@pytest.fixture(params=["redis", "valkey"])
+def primary_and_replica(tmp_path, request):
+    """A primary and its replica, both of one kind: Redis 7.0 moves a connection's WAIT offset
+    after any command, Valkey (as Redis >= 7.2) only after a write."""
+    kind = request.param
+    binary = server_binary(kind)
     if binary is None:
-        pytest.skip("redis-server not found")
-    primary = RedisServer("redis", binary, tmp_path / "primary", appendonly=False,
+        pytest.skip(f"{kind} server not found")
+    primary = RedisServer(kind, binary, tmp_path / "primary", appendonly=False,
                           extra_args=("--repl-diskless-sync-delay", "0"))
     primary.start()
-    replica = RedisServer("redis", binary, tmp_path / "replica", appendonly=False,
+    replica = RedisServer(kind, binary, tmp_path / "replica", appendonly=False,
                           extra_args=("--replicaof", "127.0.0.1", str(primary.port)))
     replica.start()
     wait_in_sync(replica)
@@ -100,3 +107,31 @@ def test_a_wait_timeout_past_the_socket_timeout_is_a_bad_setting():
         ProducerSettings(redis_wait_replicas=1, redis_wait_timeout_ms=20_000, redis_socket_timeout_s=15)
     assert describe_errors(info.value).startswith("invalid settings: REDIS_WAIT_TIMEOUT_MS (20000) must be below")
     assert ProducerSettings(redis_wait_timeout_ms=20_000, redis_socket_timeout_s=15).redis_wait_replicas == 0
+
+
+def test_a_replay_waits_for_the_replicas_as_the_first_append_did(primary_and_replica, names: Names):
+    """A client retries a 503 (WAIT shortfall) with its Idempotency-Key; the retry replays on
+    another pooled connection whose own last write a replica had already confirmed. WAIT counts
+    from the connection's last write, so a replay that wrote nothing answered 1 at once on Valkey
+    (and Redis >= 7.2): a 201 that no replica had confirmed."""
+    primary, replica = primary_and_replica
+    keys = Keys(names.stream, names.group, names.dlq)
+    first = redis.Redis(port=primary.port, single_connection_client=True, decode_responses=True)
+    second = redis.Redis(port=primary.port, single_connection_client=True, decode_responses=True)
+    append = first.register_script(_APPEND)
+    call_keys, call_args = append_call(keys, {"data": '{"orderId": 1}'}, "1", idempotency_key="k1")
+    try:
+        first.set(f"{names.stream}:warm", 1)
+        assert first.wait(1, 2000) == 1  # this connection's last write is on the replica
+        os.kill(replica.proc.pid, signal.SIGSTOP)
+        try:
+            assert append(keys=call_keys, args=call_args, client=second)[0] == 1  # appended
+            assert second.wait(1, 200) == 0  # the replica does not have it: the client got 503
+            assert append(keys=call_keys, args=call_args, client=first)[0] == 0  # the retry replays
+            assert first.wait(1, 200) == 0  # and still waits for the replica
+        finally:
+            os.kill(replica.proc.pid, signal.SIGCONT)
+        assert first.wait(1, 5000) == 1
+    finally:
+        first.close()
+        second.close()
