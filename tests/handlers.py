@@ -11,15 +11,17 @@
 Records (test-only keys under the stream name):
 ``<stream>:calls:<orderId>`` — INCR per call; ``<stream>:calls`` — RPUSH of ``orderId`` per call,
 in call order; ``<stream>:done:<orderId>`` — INCR per successful call;
-``<stream>:applied:<orderId>`` — INCR when this call wrote the processed marker (must end at 1).
+``<stream>:applied:<orderId>`` — INCR when this call wrote the processed marker (must end at 1),
+in the same script as the marker (see :func:`mark_and_apply`).
 """
 
 from __future__ import annotations
 
 import asyncio
 import os
+import time
+import weakref
 
-from consumer.handler import mark_processed
 from streamcore.envelope import Envelope
 from streamcore.handling import BatchContext, HandlerContext, batch_handler
 
@@ -45,6 +47,37 @@ def done_key(stream: str, order_id: object) -> str:
     return f"{stream}:done:{order_id}"
 
 
+# KEYS: processed marker, applied counter. ARGV: consumer, entry id, now ms, marker TTL s (0: none).
+_MARK_AND_APPLY = """
+if redis.call('EXISTS', KEYS[1]) == 1 then return 0 end
+redis.call('HSET', KEYS[1], 'consumer', ARGV[1], 'entry_id', ARGV[2], 'at_ms', ARGV[3])
+if tonumber(ARGV[4]) > 0 then redis.call('EXPIRE', KEYS[1], tonumber(ARGV[4])) end
+redis.call('INCR', KEYS[2])
+return 1
+"""
+
+_mark_and_apply_scripts: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
+async def mark_and_apply(ctx: HandlerContext | BatchContext, order_id: str, entry_id: str) -> bool:
+    """Write the processed marker of ``order_id`` and apply its effect (INCR of its applied
+    counter) in one script, unless the marker exists; True if this call applied it.
+
+    One script, as soak.handler does, and as a handler whose effect lives in the same Redis
+    must: with the marker and the effect as two commands, a process killed between them, or a
+    failover that replicated the marker and not the effect, left a marker without its effect,
+    and every redelivery then skipped the order (seen: an order applied 0 times after a cluster
+    master's SIGKILL)."""
+    script = _mark_and_apply_scripts.get(ctx.redis)
+    if script is None:
+        script = _mark_and_apply_scripts[ctx.redis] = ctx.redis.register_script(_MARK_AND_APPLY)
+    applied = await script(
+        keys=[ctx.keys.processed(order_id), applied_key(ctx.keys.stream, order_id)],
+        args=[ctx.consumer, entry_id, int(time.time() * 1000), getattr(ctx, "processed_ttl_s", 0)],
+        client=ctx.redis)
+    return bool(int(applied))
+
+
 async def scripted(order: Envelope, ctx: HandlerContext) -> None:
     o = order.order
     oid = order.order_id
@@ -60,8 +93,7 @@ async def scripted(order: Envelope, ctx: HandlerContext) -> None:
         raise RuntimeError(f"poison order {oid}")
     if int(n) <= int(o.get("fail_until", 0)):
         raise RuntimeError(f"order {oid} fails on call {n}")
-    if await mark_processed(ctx, oid):
-        await ctx.redis.incr(applied_key(ctx.keys.stream, oid))
+    await mark_and_apply(ctx, oid, ctx.entry_id)
     await ctx.redis.incr(done_key(ctx.keys.stream, oid))
 
 
@@ -149,10 +181,7 @@ async def scripted_batch(orders: list[Envelope], ctx: BatchContext):
     for o in orders:
         if o.entry_id in failed:
             continue
-        new = await ctx.redis.hsetnx(ctx.keys.processed(o.order_id), "consumer", ctx.consumer)
-        if new:
-            await ctx.redis.hset(ctx.keys.processed(o.order_id), "entry_id", o.entry_id)
-            await ctx.redis.incr(applied_key(stream, o.order_id))
+        await mark_and_apply(ctx, o.order_id, o.entry_id)
         await ctx.redis.incr(done_key(stream, o.order_id))
     return failed or None
 
