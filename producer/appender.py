@@ -365,18 +365,16 @@ class Appender:
         Raises:
             redis.exceptions.ConnectionError, redis.exceptions.TimeoutError: the batch failed.
         """
-        if self._cluster and self._wait:
-            packed = b"".join(item.packed for item in batch) + self._wait
-            count = len(batch) + 1
-            return await self._r.exchange_with_primary(
-                self._keys.stream, lambda conn: self._send_and_read(conn, packed, count))
-        if self._cluster:
+        if self._cluster and not self._wait:
             async with self._r.pipeline(transaction=False) as pipe:
                 for item in batch:
                     pipe.execute_command(*item.command)
                 return await pipe.execute(raise_on_error=False)
         packed = b"".join(item.packed for item in batch) + self._wait
         count = len(batch) + (1 if self._wait else 0)
+        if self._cluster:
+            return await self._r.exchange_with_primary(
+                self._keys.stream, lambda conn: self._send_and_read(conn, packed, count))
         pool = self._r.connection_pool
         conn = await pool.get_connection()
         try:
