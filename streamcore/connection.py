@@ -467,9 +467,8 @@ async def server_info(r: aioredis.Redis) -> ServerInfo:
 
 #: Error replies that say "not now" rather than "never": a script or module is running (BUSY),
 #: the dataset is loading after a restart (LOADING), a failover is under way (MASTERDOWN,
-#: READONLY on a demoted primary, TRYAGAIN/CLUSTERDOWN in a cluster).
-#: Error replies that mean "not now" rather than "never". OOM (Redis at ``maxmemory`` with
-#: ``noeviction``, refusing writes until memory is freed) and LOADING arrive as redis-py's
+#: READONLY on a demoted primary, TRYAGAIN/CLUSTERDOWN in a cluster). OOM (Redis at ``maxmemory``
+#: with ``noeviction``, refusing writes until memory is freed) and LOADING arrive as redis-py's
 #: OutOfMemoryError and BusyLoadingError, checked by class in :func:`is_transient`.
 _TRANSIENT_REPLIES = ("BUSY ", "LOADING", "MASTERDOWN", "READONLY", "TRYAGAIN", "CLUSTERDOWN")
 
@@ -477,7 +476,8 @@ _TRANSIENT_REPLIES = ("BUSY ", "LOADING", "MASTERDOWN", "READONLY", "TRYAGAIN", 
 def is_transient(exc: BaseException) -> bool:
     """True for an infrastructure fault that a retry can outlive: Redis unreachable, a dropped
     or timed-out connection, the pool out of connections, or a "not now" error reply (BUSY,
-    LOADING, MASTERDOWN, READONLY, TRYAGAIN, CLUSTERDOWN).
+    LOADING, MASTERDOWN, READONLY, TRYAGAIN, CLUSTERDOWN), or uvloop's RuntimeError for a write
+    on a connection the server closed (see :func:`_raised_in_redis_py`).
 
     Such an error is never the order's fault: the processes wait and retry it with back-off
     instead of counting it as a failed delivery (issue 9, items 3 and 4). Only redis-py's own
@@ -490,4 +490,25 @@ def is_transient(exc: BaseException) -> bool:
         return True  # Redis Cluster during a failover or a resharding (redis-py strips their codes too)
     if isinstance(exc, RedisClusterException) and "cannot be connected" in str(exc):
         return True  # RedisCluster: no node of the cluster answered
+    if isinstance(exc, RuntimeError) and "the handler is closed" in str(exc):
+        return _raised_in_redis_py(exc)  # uvloop: a write on a connection the server closed
     return isinstance(exc, ResponseError) and str(exc).startswith(_TRANSIENT_REPLIES)
+
+
+def _raised_in_redis_py(exc: BaseException) -> bool:
+    """True when redis-py's connection module is among the frames ``exc`` went through.
+
+    uvloop answers a write on a transport that already saw the server's EOF (Redis restarted or
+    killed while the connection was out of the pool) with ``RuntimeError: unable to perform
+    operation on <TCPTransport closed=True>; the handler is closed`` where asyncio's own loop
+    drops the write and lets the read fail with ConnectionError. redis-py disconnects that
+    connection and raises the RuntimeError unchanged (it only maps OSError), so without this
+    check a Redis restart counted as a failed delivery on uvloop. A handler's own transports
+    raise the same text from other modules, and stay a failure of that delivery.
+    """
+    tb = exc.__traceback__
+    while tb is not None:
+        if tb.tb_frame.f_globals.get("__name__") == "redis.asyncio.connection":
+            return True
+        tb = tb.tb_next
+    return False
