@@ -12,8 +12,11 @@ Tests that stop or wipe a server use ``own_redis_server`` so they never disturb 
 
 from __future__ import annotations
 
+import asyncio
+import inspect
 import shutil
 import uuid
+from asyncio.sslproto import SSLProtocol, SSLProtocolState
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -43,6 +46,52 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
             if tier in parts and tier != "unit":
                 item.add_marker(getattr(pytest.mark, tier))
     items.sort(key=lambda item: "cluster" in Path(str(item.fspath)).parts)  # stable: order kept within
+
+
+#: An SSL connection whose close is under way: close_notify sent, the peer's answer awaited.
+_TLS_CLOSING = (SSLProtocolState.FLUSHING, SSLProtocolState.SHUTDOWN)
+
+
+def _closes_under_way(loop: asyncio.AbstractEventLoop) -> int:
+    """How many connections registered with ``loop``'s selector are closing but not closed: a TLS
+    close waiting for the server's close_notify, or a TCP close still writing out its buffer."""
+    selector = getattr(loop, "_selector", None)
+    if selector is None:
+        return 0
+    closing = set()
+    for key in list(selector.get_map().values()):
+        for handle in key.data if isinstance(key.data, tuple) else ():
+            transport = getattr(getattr(handle, "_callback", None), "__self__", None)
+            protocol = getattr(transport, "_protocol", None)
+            if isinstance(protocol, SSLProtocol) and protocol._state in _TLS_CLOSING:
+                closing.add(id(transport))
+            elif getattr(transport, "_closing", False) and getattr(transport, "_sock", None) is not None:
+                closing.add(id(transport))
+    return len(closing)
+
+
+@pytest.fixture(autouse=True)
+async def _closes_finish(request: pytest.FixtureRequest):
+    """After an async test, wait (up to 5 s) for the closes its clients started to finish.
+
+    redis-py closes a connection without waiting (``disconnect(nowait=True)``) when a read fails:
+    a timeout, a reset, or an error reply it raises, such as NOAUTH. Over TLS that close is a
+    round trip (close_notify, then the server's answer), and its socket is closed only when the
+    answer arrives. A test whose last command failed that way ended, and pytest-asyncio closed its
+    loop, with the close still under way: the socket was collected open later, failing whichever
+    test the garbage collector ran in (``ResourceWarning: unclosed transport``, about one CI run in
+    two, after test_tls_acl's NOAUTH test). Reproduced by SIGSTOPping the TLS server during a
+    command that then times out as a test's last step: without this wait the next garbage
+    collection raised the warning, with it none did. A close that never finishes still shows:
+    the wait gives up after 5 s.
+    """
+    yield
+    if not inspect.iscoroutinefunction(getattr(request, "function", None)):
+        return
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + 5.0
+    while _closes_under_way(loop) and loop.time() < deadline:
+        await asyncio.sleep(0.01)
 
 
 def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
