@@ -25,13 +25,31 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+def _ephemeral_ports_start() -> int:
+    """The first port the kernel hands out as a connection's local port
+    (``/proc/sys/net/ipv4/ip_local_port_range``; 32768 when it cannot be read)."""
+    try:
+        return int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return 32768
+
+
 def free_cluster_port(taken: set[int] = frozenset()) -> int:  # type: ignore[assignment]
-    """A port free on 127.0.0.1 whose cluster bus port (port + 10000) is free too and below 65536
-    (an ephemeral port from :func:`free_port` is often above 55535)."""
+    """A port free on 127.0.0.1 whose cluster bus port (port + 10000) is free too, both (and the
+    next 9 of each, for a block of nodes) below the kernel's ephemeral range.
+
+    Below it, because cluster nodes are stopped and started again on their ports (failover tests,
+    ``orderstream up --cluster`` run twice): a port inside the range can be taken in between as
+    the local port of any outgoing connection, and the node then fails to start ("bind: Address
+    already in use"; seen in a CI run of test_local_stack_cluster). Above 20000 when the range
+    leaves room (on Linux's default, 32768: ports 20000 to 22758), else anywhere below 55526.
+    """
     import random
 
+    top = _ephemeral_ports_start() - 10_000 - 10
+    low, high = (20000, top) if top > 20100 else (20000, 55525)
     while True:
-        port = random.randint(20000, 40000)
+        port = random.randint(low, high)
         if port in taken or port + 10000 in taken:
             continue
         try:
