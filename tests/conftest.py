@@ -22,8 +22,11 @@ from pathlib import Path
 
 import pytest
 import redis.asyncio as aioredis
+from redis.asyncio.cluster import RedisCluster
 
 from streamcore.acl import rules
+from streamcore.connection import create_redis
+from streamcore.keys import partition_of
 from tests.handlers import HANDLER_COMMANDS
 from tests.servers import RedisClusterServers, RedisServer, TlsAclServer, ci_requires_servers, server_binary
 
@@ -125,7 +128,13 @@ def _make_server(kind: str, tmp: Path) -> RedisServer:
 
 @pytest.fixture(scope="session")
 def redis_server(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory):
-    """A shared server per kind for the whole session; never stop or wipe it in a test."""
+    """A shared server per kind for the whole session; never stop or wipe it in a test.
+
+    Kind ``cluster`` (opt-in with ``EXTRA_SERVER_KINDS``) is the session's :func:`redis_cluster`:
+    the components run with ``REDIS_CLUSTER=true`` and ``STREAM_PARTITIONS=6`` (``names``)."""
+    if request.param == "cluster":
+        yield request.getfixturevalue("redis_cluster")
+        return
     server = _make_server(request.param, tmp_path_factory.mktemp(request.param))
     yield server
     server.stop()
@@ -181,35 +190,77 @@ def redis_url(redis_server: RedisServer, request: pytest.FixtureRequest, monkeyp
     assert refused == [], f"the ACL user was refused: {refused}"
 
 
+def _admin_client(redis_server, redis_url: str, *, decode: bool):
+    """The test's own client to the current server kind, with every right: the admin user over
+    TLS on ``tls-acl``, redis-py's cluster client on ``cluster``."""
+    options: dict = dict(decode_responses=True, encoding_errors="surrogateescape") if decode else {}
+    if isinstance(redis_server, TlsAclServer):
+        return aioredis.Redis.from_url(redis_server.url, socket_timeout=15, **options, **redis_server.tls_files)
+    if isinstance(redis_server, RedisClusterServers):
+        return create_redis(redis_url, cluster=True) if decode else RedisCluster.from_url(redis_url, socket_timeout=15)
+    return aioredis.Redis.from_url(redis_url, socket_timeout=15, **options)
+
+
 @pytest.fixture
 async def r(redis_server: RedisServer, redis_url: str):
     """An asyncio client (``decode_responses=True``) to the shared server; closed after the test.
-    On ``tls-acl`` it is the admin (the test's own view, not the components' user)."""
-    if isinstance(redis_server, TlsAclServer):
-        client = aioredis.Redis.from_url(redis_server.url, decode_responses=True, encoding_errors="surrogateescape",
-                                         socket_timeout=15, **redis_server.tls_files)
-    else:
-        client = aioredis.Redis.from_url(redis_url, decode_responses=True, encoding_errors="surrogateescape",
-                                         socket_timeout=15)
+    On ``tls-acl`` it is the admin (the test's own view, not the components' user); on
+    ``cluster`` redis-py's cluster client (ours, :func:`streamcore.connection.create_redis`)."""
+    client = _admin_client(redis_server, redis_url, decode=True)
+    yield client
+    await client.aclose()
+
+
+@pytest.fixture
+async def raw(redis_server: RedisServer, redis_url: str):
+    """As ``r`` but bytes in, bytes out (no decoding): the way another tool writes and a careful
+    reader checks."""
+    client = _admin_client(redis_server, redis_url, decode=False)
     yield client
     await client.aclose()
 
 
 @dataclass(frozen=True)
 class Names:
-    """Unique key names for one test: ``stream``, ``group``, ``dlq``."""
+    """Unique key names for one test: ``stream``, ``group``, ``dlq``; and, on the ``cluster`` server
+    kind, the partitioned layout the components are set to (``REDIS_CLUSTER=true``,
+    ``STREAM_PARTITIONS`` = ``partitions``)."""
 
     stream: str
     group: str
     dlq: str
+    cluster: bool = False
+    partitions: int = 1
+
+    @property
+    def home(self) -> int:
+        """The partition a test's own entries go to on the ``cluster`` kind (``post`` and
+        ``keys_for`` in tests/integration/consumer_support.py): one per test, from its stream name,
+        so the tests spread over the cluster's masters while the components read every partition."""
+        return partition_of(self.stream, self.partitions)
+
+    def settings(self) -> dict[str, object]:
+        """The names and the layout as keyword arguments of the components' settings classes."""
+        return dict(stream_name=self.stream, group_name=self.group, dlq_stream=self.dlq,
+                    redis_cluster=self.cluster, stream_partitions=self.partitions)
 
     def env(self) -> dict[str, str]:
-        """The names as environment variables for a component process."""
-        return {"STREAM_NAME": self.stream, "GROUP_NAME": self.group, "DLQ_STREAM": self.dlq}
+        """The names (and the layout, on the ``cluster`` kind) as a component process's environment."""
+        env = {"STREAM_NAME": self.stream, "GROUP_NAME": self.group, "DLQ_STREAM": self.dlq}
+        if self.cluster:
+            env.update(REDIS_CLUSTER="true", STREAM_PARTITIONS=str(self.partitions))
+        return env
+
+
+#: Partitions of the ``cluster`` server kind: two per master of :class:`RedisClusterServers`.
+CLUSTER_PARTITIONS = 6
 
 
 @pytest.fixture
-def names() -> Names:
+def names(request: pytest.FixtureRequest) -> Names:
     """Fresh stream/group/DLQ names (a uuid fragment) so tests never share state."""
     tag = uuid.uuid4().hex[:10]
-    return Names(stream=f"t:{tag}:orders", group=f"grp-{tag}", dlq=f"t:{tag}:orders:dlq")
+    callspec = getattr(request.node, "callspec", None)
+    cluster = callspec is not None and callspec.params.get("redis_server") == "cluster"
+    return Names(stream=f"t:{tag}:orders", group=f"grp-{tag}", dlq=f"t:{tag}:orders:dlq", cluster=cluster,
+                 partitions=CLUSTER_PARTITIONS if cluster else 1)

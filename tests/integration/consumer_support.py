@@ -16,9 +16,10 @@ from pathlib import Path
 import redis.asyncio as aioredis
 
 from consumer.settings import ConsumerSettings
-from consumer.worker import Worker
+from consumer.worker import PartitionedWorker, Worker
 from streamcore import envelope
-from streamcore.keys import Keys
+from streamcore.connection import create_redis
+from streamcore.keys import Keys, partition_keys, partition_of
 from streamcore.streams import Scripts, append_order
 from tests.servers import free_port
 
@@ -27,7 +28,20 @@ HANDLER = "tests.handlers:scripted"
 
 
 def keys_for(names) -> Keys:
+    """The key names a test's own entries use: the names themselves, or on the ``cluster`` kind
+    the keys of the test's home partition (``names.home``) of the partitioned layout."""
+    if names.cluster:
+        return partition_keys(names.stream, names.group, names.dlq, names.partitions, cluster=True)[names.home]
     return Keys(stream=names.stream, group=names.group, dlq=names.dlq)
+
+
+def order_keys(names, order_id: object) -> Keys:
+    """The keys of the partition the producer routes ``order_id`` to (``partition_of``): on the
+    ``cluster`` kind, where an order the test sends through the API lands; else the test's keys."""
+    if names.cluster:
+        parts = partition_keys(names.stream, names.group, names.dlq, names.partitions, cluster=True)
+        return parts[partition_of(str(order_id), names.partitions)]
+    return keys_for(names)
 
 
 async def post(r: aioredis.Redis, keys: Keys, order_id: int, **extra) -> str:
@@ -51,7 +65,7 @@ async def wait_for(check: Callable[[], Awaitable[object]], *, timeout: float = 1
 
 
 def settings_for(url: str, names, name: str, **overrides) -> ConsumerSettings:
-    values = dict(redis_url=url, stream_name=names.stream, group_name=names.group, dlq_stream=names.dlq,
+    values = dict(redis_url=url, **names.settings(),
                   pod_name=name, handler=HANDLER, claim_idle_ms=200, block_ms=500, health_port=0,
                   drain_timeout_seconds=5)
     values.update(overrides)
@@ -63,11 +77,24 @@ class RunningWorker:
 
     def __init__(self, settings: ConsumerSettings, handler=None) -> None:
         self.settings = settings
-        self.client = aioredis.Redis.from_url(settings.redis_url.get_secret_value(), decode_responses=True, encoding_errors="surrogateescape",
-                                              socket_timeout=settings.redis_socket_timeout_s, **settings.tls_files)
-        self.worker = Worker(settings, self.client, handler=handler)
+        url = settings.redis_url.get_secret_value()
+        if settings.redis_cluster:  # every partition, as python -m consumer runs them
+            self.client = create_redis(url, cluster=True, socket_timeout_s=settings.redis_socket_timeout_s)
+            self.worker = PartitionedWorker(settings, self.client, parts=settings.partitions, handler=handler)
+        else:
+            self.client = aioredis.Redis.from_url(url, decode_responses=True, encoding_errors="surrogateescape",
+                                                  socket_timeout=settings.redis_socket_timeout_s, **settings.tls_files)
+            self.worker = Worker(settings, self.client, handler=handler)
         self.stop_event = asyncio.Event()
         self.task = asyncio.create_task(self.worker.run(self.stop_event))
+
+    @property
+    def home(self) -> Worker:
+        """The :class:`Worker` that reads the test's own entries: the worker itself, or on the
+        ``cluster`` kind the one of the test's home partition (``names.home``)."""
+        if isinstance(self.worker, PartitionedWorker):
+            return self.worker.workers[partition_of(self.settings.stream_name, self.settings.stream_partitions)]
+        return self.worker
 
     async def stop(self, timeout: float = 15.0) -> None:
         self.stop_event.set()
@@ -131,16 +158,26 @@ class ConsumerProcess:
 
 
 def reclaimer_for(url_or_client, names, **overrides):
-    """An in-process :class:`reclaimer.reclaim.Reclaimer` on the given client."""
-    from reclaimer.reclaim import Reclaimer
+    """An in-process :class:`reclaimer.reclaim.Reclaimer` on the given client; on the ``cluster``
+    kind a :class:`~reclaimer.reclaim.PartitionedReclaimer` over every partition, as
+    ``python -m reclaimer`` runs there."""
+    from reclaimer.reclaim import PartitionedReclaimer, Reclaimer
     from reclaimer.settings import ReclaimerSettings
 
-    values = dict(stream_name=names.stream, group_name=names.group, dlq_stream=names.dlq, handler=HANDLER,
-                  claim_idle_ms=200)
+    values = dict(**names.settings(), handler=HANDLER, claim_idle_ms=200)
     if not isinstance(url_or_client, str):  # a client made by the test: the TLS settings are not used
         values.update(redis_tls_ca_file=None, redis_tls_cert_file=None, redis_tls_key_file=None)
     values.update(overrides)
-    return Reclaimer(ReclaimerSettings(**values), url_or_client)
+    settings = ReclaimerSettings(**values)
+    if names.cluster:
+        return PartitionedReclaimer(settings, url_or_client, parts=settings.partitions)
+    return Reclaimer(settings, url_or_client)
+
+
+def per_partition(reclaimer) -> list:
+    """The one-stream :class:`~reclaimer.reclaim.Reclaimer` s of a reclaimer made by
+    :func:`reclaimer_for`: itself, or on the ``cluster`` kind one per partition."""
+    return getattr(reclaimer, "reclaimers", [reclaimer])
 
 
 async def pending_ids(r, keys, consumer=None) -> list[str]:

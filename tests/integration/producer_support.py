@@ -13,13 +13,13 @@ from prometheus_client import CollectorRegistry
 from producer.app import create_app
 from producer.settings import ProducerSettings
 from streamcore.keys import Keys
+from tests.integration.consumer_support import keys_for
 
 
 def make_settings(redis_url: str, names, **overrides) -> ProducerSettings:
-    """Producer settings on the test's stream, group and DLQ names, plus ``overrides``."""
-    return ProducerSettings(
-        redis_url=redis_url, stream_name=names.stream, group_name=names.group, dlq_stream=names.dlq, **overrides
-    )
+    """Producer settings on the test's stream, group and DLQ names (and partitioned layout, on the
+    ``cluster`` kind), plus ``overrides``."""
+    return ProducerSettings(redis_url=redis_url, **{**names.settings(), **overrides})
 
 
 @pytest.fixture
@@ -46,5 +46,5 @@ async def api(make_api) -> TestClient:
 
 @pytest.fixture
 def keys(names) -> Keys:
-    """Key names of this test's stream."""
-    return Keys(stream=names.stream, group=names.group, dlq=names.dlq)
+    """Key names of this test's stream (its home partition's, on the ``cluster`` kind)."""
+    return keys_for(names)

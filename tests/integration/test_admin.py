@@ -6,13 +6,14 @@ from __future__ import annotations
 import asyncio
 import time
 
+from streamcore.keys import Keys
 from tests.handlers import done_key
-from tests.integration.consumer_support import (keys_for, pending_rows, post, reclaimer_for, running, wait_for,
-                                                wait_idle)
+from tests.integration.consumer_support import (keys_for, order_keys, pending_rows, post, reclaimer_for, running,
+                                                wait_for, wait_idle)
 from tests.integration.producer_support import api, keys, make_api  # noqa: F401 (fixtures)
 
 #: Also against Redis over mutual TLS with the ACL user of streamcore.acl (tests/conftest.py).
-EXTRA_SERVER_KINDS = ("tls-acl",)
+EXTRA_SERVER_KINDS = ("tls-acl", "cluster")
 
 TOKEN = "s3cret-admin-token"
 AUTH = {"Authorization": f"Bearer {TOKEN}", "X-Admin-Actor": "alice"}
@@ -79,7 +80,7 @@ async def test_pause_stops_a_running_consumer_and_resume_restarts_it_without_a_r
         assert (await api.post(f"/groups/{keys.group}/pause")).status == 200
         # Within one BLOCK interval (plus the read in flight) it reads no more.
         await wait_for(lambda: _state(w, "paused"), timeout=3, what="the consumer paused")
-        reads = w.worker.reads
+        reads = w.home.reads
         for i in range(5):
             assert (await api.post("/orders", json={"orderId": f"p-{i}", "product": "p", "quantity": 1,
                                                     "userId": 1})).status == 201
@@ -87,14 +88,15 @@ async def test_pause_stops_a_running_consumer_and_resume_restarts_it_without_a_r
         assert (info["groups"][0]["paused"], info["groups"][0]["lag"]) == (True, 5)
         assert 'orderstream_group_paused{group="%s"} 1.0' % keys.group in await (await api.get("/metrics")).text()
         await asyncio.sleep(1.5)  # three BLOCK intervals: long enough for a read to have happened
-        assert (w.worker.reads, await r.get(done_key(keys.stream, "p-0"))) == (reads, None)
-        health = w.worker.live()
+        assert (w.home.reads, await r.get(done_key(order_keys(names, "p-0").stream, "p-0"))) == (reads, None)
+        health = w.home.live()
         assert health[0] and health[1]["state"] == "paused"  # paused is not a stall
 
         assert (await api.post(f"/groups/{keys.group}/resume")).status == 200
         for i in range(5):
-            await wait_for(lambda i=i: r.get(done_key(keys.stream, f"p-{i}")), timeout=5, what=f"p-{i} processed")
-        assert w.worker.state in ("reading", "waiting") and not w.task.done()  # the same run, never restarted
+            await wait_for(lambda i=i: r.get(done_key(order_keys(names, f"p-{i}").stream, f"p-{i}")), timeout=5,
+                           what=f"p-{i} processed")
+        assert w.home.state in ("reading", "waiting") and not w.task.done()  # the same run, never restarted
     info = await (await api.get("/stream/info")).json()
     assert (info["groups"][0]["paused"], info["groups"][0]["lag"], info["groups"][0]["pending"]) == (False, 0, 0)
 
@@ -113,12 +115,13 @@ async def test_the_reclaimer_claims_nothing_for_a_paused_group(api, r, redis_url
 
 
 async def _state(w, state: str) -> bool:
-    return w.worker.state == state
+    return w.home.state == state
 
 
-async def test_autoscaler_decisions_are_read_back_newest_first(api, r, keys):
+async def test_autoscaler_decisions_are_read_back_newest_first(api, r, names):
     from streamcore.decisions import Decision, record
 
+    keys = Keys(stream=names.stream, group=names.group, dlq=names.dlq)  # under STREAM_NAME, partitioned or not
     for current, desired in ((1, 3), (3, 6)):
         await record(r, [keys.stream], Decision(autoscaler="shop/orders", target="consumer", current=current,
                                                 desired=desired, outcome="scaled", reason="ScaleUp",
@@ -157,14 +160,14 @@ async def test_a_token_that_is_not_utf8_is_refused_with_401_not_500(make_api, r,
     assert await r.xlen(keys.dlq) == 1
 
 
-async def test_a_dead_letter_spelled_with_leading_zeros_is_redriven_once(api, r, keys):
+async def test_a_dead_letter_spelled_with_leading_zeros_is_redriven_once(api, r, keys, names):
     dlq_id = await dead_letter(r, keys, "z-1")
     ms, seq = dlq_id.split("-")
     spellings = [dlq_id, f"0{ms}-{seq}", f"{ms}-0{seq}", f"00{ms}-{seq}"]
     answers = await asyncio.gather(*(api.post(f"/dead-letters/{s}/redrive") for s in spellings))
     # Each answers 200 (re-driven, or replayed) or 404 (already gone), never an error.
     assert {a.status for a in answers} <= {200, 404} and 200 in {a.status for a in answers}
-    assert await r.xlen(keys.stream) == 1  # appended once, whatever the spelling
+    assert await r.xlen(order_keys(names, "z-1").stream) == 1  # appended once, whatever the spelling
     entries = (await (await api.get("/audit")).json())["entries"]
     assert {e["target"] for e in entries} == {dlq_id}  # audited under its canonical ID
 
@@ -177,6 +180,6 @@ async def test_a_consumer_started_while_paused_does_not_reread_its_own_pel(api, 
     async with running(redis_url, names, "pod-a", block_ms=500) as (w,):  # the same pod name restarts
         await wait_for(lambda: _state(w, "paused"), timeout=5, what="the restarted consumer paused")
         await asyncio.sleep(1.5)  # three BLOCK intervals
-        assert (await r.get(done_key(keys.stream, 11)), w.worker.finished) == (None, 0)
+        assert (await r.get(done_key(keys.stream, 11)), w.home.finished) == (None, 0)
         assert (await api.post(f"/groups/{keys.group}/resume")).status == 200
         await wait_for(lambda: r.get(done_key(keys.stream, 11)), timeout=10, what="its own entry handled after resume")

@@ -51,14 +51,6 @@ LENIENT_JSON = [
 ]
 
 
-@pytest.fixture
-async def raw(redis_url):
-    """A bytes client (no decoding), the way another tool writes."""
-    client = aioredis.Redis.from_url(redis_url, socket_timeout=15)
-    yield client
-    await client.aclose()
-
-
 def _refuse(name: str) -> Any:
     raise ValueError(f"{name} is not JSON")
 

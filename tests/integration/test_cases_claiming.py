@@ -13,8 +13,9 @@ from tests.handlers import applied_key, calls_key
 from tests.integration.consumer_support import (keys_for, pending_ids, pending_rows, post, reclaimer_for, running,
                                                 wait_for, wait_idle)
 
-#: Also against Redis over mutual TLS with the ACL user of streamcore.acl (tests/conftest.py).
-EXTRA_SERVER_KINDS = ("tls-acl",)
+#: Also against Redis over mutual TLS with the ACL user of streamcore.acl, and against a Redis Cluster
+#: with 6 partitions (tests/conftest.py).
+EXTRA_SERVER_KINDS = ("tls-acl", "cluster")
 
 
 def sample(registry: CollectorRegistry, name: str, component: str) -> float:
@@ -123,7 +124,7 @@ async def test_c04_idle_alone_never_makes_a_live_consumer_dead(r, redis_url, nam
         await asyncio.sleep(0.05)
         after = await _consumer(r, keys, "pod-dead")
         assert after["idle"] >= before["idle"]
-        await wait_for(lambda: _reads_at_least(w.worker, 3), what="live worker blocked through 3 empty reads")
+        await wait_for(lambda: _reads_at_least(w.home, 3), what="live worker blocked through 3 empty reads")
         rec = reclaimer_for(r, names, consumer_inactive_ttl_ms=300)
         summary = await rec.run_once()
         consumers = {c["name"] for c in await r.xinfo_consumers(keys.stream, keys.group)}

@@ -12,8 +12,9 @@ from tests.handlers import applied_key, calls_key, safe
 from tests.integration.consumer_support import (ConsumerProcess, keys_for, pending_rows, post, reclaimer_for, running,
                                                 wait_for)
 
-#: Also against Redis over mutual TLS with the ACL user of streamcore.acl (tests/conftest.py).
-EXTRA_SERVER_KINDS = ("tls-acl",)
+#: Also against Redis over mutual TLS with the ACL user of streamcore.acl, and against a Redis Cluster
+#: with 6 partitions (tests/conftest.py).
+EXTRA_SERVER_KINDS = ("tls-acl", "cluster")
 
 
 async def test_poison_order_reaches_the_dlq_after_exactly_max_deliveries_while_others_flow(r, redis_url, names):
@@ -50,7 +51,7 @@ async def test_c21_poison_that_kills_the_worker_gets_exactly_n_attempts(r, redis
         poison = await post(r, keys, 21, crash=True)
         assert await pod_a.wait(timeout=20) == 3  # the first attempt killed it
         async with running(redis_url, names, "pod-b", handler=safe, claim_idle_ms=60_000) as (b,):
-            await wait_for(lambda: _state(b.worker, "reading"), what="pod-b reading")
+            await wait_for(lambda: _state(b.home, "reading"), what="pod-b reading")
             flowing = []
             while not await r.xlen(keys.dlq):
                 flowing.append(1000 + len(flowing))
@@ -126,7 +127,8 @@ async def test_orders_of_a_killed_consumer_are_finished_by_the_reclaimer(r, redi
     # pod-a's heartbeat expires (3 x BLOCK_MS) and once it owns nothing a pass removes it, once.
     await wait_for(lambda: _no_heartbeat(r, keys, "pod-a"), timeout=5, what="pod-a heartbeat expired")
     summaries.append(await rec.run_once())
-    assert sum(x.consumers_removed for x in summaries) == 1
+    # pod-a is a consumer of every partition's group it read (all of them on the cluster kind).
+    assert sum(x.consumers_removed for x in summaries) == names.partitions
     assert "pod-a" not in {c["name"] for c in await r.xinfo_consumers(keys.stream, keys.group)}
 
 

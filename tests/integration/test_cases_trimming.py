@@ -8,8 +8,9 @@ from streamcore.trimming import trim_pass
 from tests.handlers import applied_key, calls_key
 from tests.integration.consumer_support import keys_for, pending_ids, post, reclaimer_for, running, wait_for
 
-#: Also run against Redis over mutual TLS as the least-privilege ACL user (tests/conftest.py).
-EXTRA_SERVER_KINDS = ("tls-acl",)
+#: Also run against Redis over mutual TLS as the least-privilege ACL user, and against a Redis
+#: Cluster with 6 partitions (tests/conftest.py).
+EXTRA_SERVER_KINDS = ("tls-acl", "cluster")
 
 
 async def test_c15_restarted_consumer_acks_body_less_history_and_carries_on(r, redis_url, names):
@@ -21,7 +22,7 @@ async def test_c15_restarted_consumer_acks_body_less_history_and_carries_on(r, r
     await r.xtrim(keys.stream, maxlen=0, approximate=False)
     assert await r.xlen(keys.stream) == 0 and len(await pending_ids(r, keys)) == 5
     async with running(redis_url, names, "pod-a") as (w,):
-        await wait_for(lambda: _state(w.worker, "reading"), what="own PEL read")
+        await wait_for(lambda: _state(w.home, "reading"), what="own PEL read")
         await post(r, keys, 5)
         await wait_for(lambda: r.get(applied_key(keys.stream, 5)), what="new order processed")
         await wait_for(lambda: _pending_count(r, keys, 0), what="no phantom pending entries")

@@ -12,8 +12,9 @@ from tests.handlers import call_log_key, calls_key, done_key
 from tests.integration.consumer_support import keys_for, post, running, wait_for
 from tests.servers import free_port
 
-#: Also run against Redis over mutual TLS as the least-privilege ACL user (tests/conftest.py).
-EXTRA_SERVER_KINDS = ("tls-acl",)
+#: Also run against Redis over mutual TLS as the least-privilege ACL user, and against a Redis
+#: Cluster with 6 partitions (tests/conftest.py).
+EXTRA_SERVER_KINDS = ("tls-acl", "cluster")
 
 
 async def test_seed_orders_are_processed_once_and_acked(r, redis_url, names):
@@ -105,7 +106,10 @@ async def test_probe_server_reports_health_readiness_and_metrics(r, redis_url, n
                     ready_after = resp.status
         finally:
             await runner.cleanup()
-    assert live[0] == 200 and live[1]["consumer"] == "consumer-1" and live[1]["nogroup_incidents"] == 0
+    assert live[0] == 200 and live[1]["consumer"] == "consumer-1"
+    # Partitioned (the cluster kind): one entry per partition's worker under "partitions".
+    per_worker = live[1]["partitions"] if names.cluster else [live[1]]
+    assert [d["nogroup_incidents"] for d in per_worker] == [0] * names.partitions
     assert (ready, ready_after) == (200, 503)
     assert 'orderstream_orders_processed_total{component="consumer"} 1.0' in metrics
     assert 'orderstream_entries_acked_total{component="consumer"} 1.0' in metrics

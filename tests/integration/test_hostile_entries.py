@@ -15,13 +15,15 @@ from __future__ import annotations
 
 import logging
 
-import pytest
-import redis.asyncio as aioredis
 
 from consumer import worker as worker_module
 from streamcore.streams import ensure_group
 from tests.handlers import applied_key
 from tests.integration.consumer_support import ConsumerProcess, keys_for, post, running, wait_for
+
+#: Also against Redis over mutual TLS with the ACL user of streamcore.acl, and against a Redis Cluster
+#: with 6 partitions (tests/conftest.py).
+EXTRA_SERVER_KINDS = ("tls-acl", "cluster")
 
 #: (kind, raw fields as written by another tool, expected reason)
 POISON = [
@@ -33,14 +35,6 @@ POISON = [
     ("malformed JSON", {b"data": b'{"orderId": 93, "product": ', b"order_id": b"93"}, "not_json"),
     ("JSON not an object", {b"data": b'[93, "not", "an", "order"]', b"order_id": b"94"}, "not_object"),
 ]
-
-
-@pytest.fixture
-async def raw(redis_url):
-    """A bytes client (no decoding), the way another tool writes and a careful reader checks."""
-    client = aioredis.Redis.from_url(redis_url, socket_timeout=15)
-    yield client
-    await client.aclose()
 
 
 async def _inject(raw, keys) -> dict[str, tuple[dict[bytes, bytes], str]]:
@@ -73,14 +67,17 @@ async def test_item1_item2_poison_entries_are_quarantined_at_once_and_good_order
     before = [await post(r, keys, i) for i in range(5)]
     injected = await _inject(raw, keys)
     after = [await post(r, keys, 100 + i) for i in range(5)]
-    async with running(redis_url, names, "pod-a", "pod-b", max_deliveries=5) as workers:
+    # claim_idle_ms 2 s, not 200 ms: over TLS an entry waiting for a new pooled connection (handshake
+    # and AUTH on a busy machine) can sit idle past 200 ms and be claimed by the other worker, an
+    # at-least-once redelivery that would count a second delivery without any retry.
+    async with running(redis_url, names, "pod-a", "pod-b", max_deliveries=5, claim_idle_ms=2000) as workers:
         await wait_for(lambda: _all_applied(r, keys, [*range(5), *range(100, 105)]), timeout=15,
                        what="every good order applied")
         await wait_for(lambda: _dlq_len(r, keys, len(POISON)), timeout=15, what="every poison entry quarantined")
         await wait_for(lambda: _no_pending(r, keys), what="everything acknowledged")
         for w in workers:
             assert not w.task.done(), "a worker stopped"
-            assert w.worker.supervisor.failures == {"timer": 0, "acks": 0}, "a background task died"
+            assert w.home.supervisor.failures == {"timer": 0, "acks": 0}, "a background task died"
             assert w.worker.live()[0] is True
     assert len(before) == len(after) == 5
     _assert_quarantined(await _dlq_by_source(raw, keys), injected, keys)
@@ -155,9 +152,9 @@ async def test_a_background_task_that_keeps_failing_makes_healthz_unhealthy(redi
 
     monkeypatch.setattr(worker_module, "claim_due", broken)
     async with running(redis_url, names, "pod-a", claim_interval_ms=50) as (w,):
-        await wait_for(lambda: _not_live(w.worker), timeout=10, what="liveness failing")
-        ok, details = w.worker.live()
-        assert ok is False
+        await wait_for(lambda: _not_live(w.home), timeout=10, what="liveness failing")
+        ok, details = w.home.live()
+        assert ok is False and w.worker.live()[0] is False  # the process's /healthz (all partitions) too
         assert details["tasks_failing"]["timer"]["last_error"] == "ValueError: always broken"
 
 

@@ -24,8 +24,9 @@ from tests.handlers import applied_key, calls_key, scripted
 from tests.integration.consumer_support import (RunningWorker, keys_for, pending_rows, post, running, settings_for,
                                                 wait_for)
 
-#: Also against Redis over mutual TLS with the ACL user of streamcore.acl (tests/conftest.py).
-EXTRA_SERVER_KINDS = ("tls-acl",)
+#: Also against Redis over mutual TLS with the ACL user of streamcore.acl, and against a Redis Cluster
+#: with 6 partitions (tests/conftest.py).
+EXTRA_SERVER_KINDS = ("tls-acl", "cluster")
 
 
 def _runner(r, keys, handler, **kw) -> EntryRunner:
@@ -189,7 +190,7 @@ async def test_own_pel_reread_does_not_redeliver_entries_claimed_meanwhile_with_
     async def handler(order: Envelope, ctx: HandlerContext) -> None:
         seen.append((order.order_id, ctx.deliveries))
         if order.order_id == "1":
-            await holder[0].worker._claim()  # the timer's claim pass fires during the own-PEL phase
+            await holder[0].home._claim()  # the timer's claim pass fires during the own-PEL phase
         await scripted(order, ctx)
 
     w = RunningWorker(settings_for(redis_url, names, "pod-a", read_count=1, concurrency=2, claim_idle_ms=200,

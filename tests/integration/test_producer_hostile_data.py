@@ -14,7 +14,6 @@ import json
 from typing import Any
 
 import pytest
-import redis.asyncio as aioredis
 
 from tests.integration.producer_support import api, keys, make_api  # noqa: F401 (fixtures)
 
@@ -52,14 +51,6 @@ async def answer(resp) -> tuple[int, Any]:
     body = json.loads(text)
     assert clean_strings(body) == [], (resp.status, text[:2000])
     return resp.status, body
-
-
-@pytest.fixture
-async def raw(redis_url):
-    """A client that sends and returns bytes as they are (no decoding)."""
-    client = aioredis.Redis.from_url(redis_url, socket_timeout=15)
-    yield client
-    await client.aclose()
 
 
 @pytest.fixture

@@ -16,12 +16,13 @@ from streamcore.claiming import autoclaim_sweep, ceiling_ms
 from streamcore.ids import next_id
 from streamcore.streams import ensure_group
 from tests.handlers import applied_key
-from tests.integration.consumer_support import (HANDLER, ROOT, keys_for, pending_ids, pending_rows, post, reclaimer_for,
-                                                wait_for, wait_idle)
+from tests.integration.consumer_support import (HANDLER, ROOT, keys_for, pending_ids, pending_rows, per_partition, post,
+                                                reclaimer_for, wait_for, wait_idle)
 from tests.servers import RedisServer, free_port, server_binary
 
-#: Also run against Redis over mutual TLS as the least-privilege ACL user (tests/conftest.py).
-EXTRA_SERVER_KINDS = ("tls-acl",)
+#: Also run against Redis over mutual TLS as the least-privilege ACL user, and against a Redis
+#: Cluster with 6 partitions (tests/conftest.py).
+EXTRA_SERVER_KINDS = ("tls-acl", "cluster")
 
 #: The largest entry ID (spelled out: older code has no name for it).
 MAX_ID = "18446744073709551615-18446744073709551615"
@@ -246,7 +247,8 @@ async def test_limit_is_exact_when_the_back_off_claim_and_the_sweep_share_it(r, 
     ids = await dead_consumer_pel(r, keys, 1500)
     await wait_all_idle(r, keys, ids[-1], ceiling_ms(20))
     rec = reclaimer_for(r, names, claim_idle_ms=20, reclaim_limit=1000, reclaim_page_size=100)
-    rec.backoff_scan_rows = 150  # step 1 stops after 150 rows; the sweep goes on from 0-0
+    for each in per_partition(rec):
+        each.backoff_scan_rows = 150  # step 1 stops after 150 rows; the sweep goes on from 0-0
     summary = await rec.run_once()
     assert (summary.claimed, summary.processed) == (1000, 1000)
     assert sample(rec.registry, "orderstream_entries_claimed_total") == 1000
@@ -276,7 +278,8 @@ async def test_sweep_reads_delivery_counts_per_page_around_its_own_entries(r, na
     await wait_all_idle(r, keys, ids[-1], ceiling_ms(100))
     await r.xclaim(keys.stream, keys.group, "reclaimer", 0, [ids[2], ids[5]], justid=True)  # lease renewed
     rec = reclaimer_for(r, names, claim_idle_ms=100, reclaim_page_size=2)
-    rec.backoff_scan_rows = 0  # the sweep alone
+    for each in per_partition(rec):
+        each.backoff_scan_rows = 0  # the sweep alone
     summary = await rec.run_once()
     assert (summary.claimed, summary.processed, summary.dead_lettered) == (6, 3, 3)
     dlq = {f["source_id"]: f["deliveries"] for _, f in await r.xrange(keys.dlq)}
@@ -297,7 +300,8 @@ async def test_dead_letter_xdel_removes_what_the_reclaimer_dead_letters_from_the
     await wait_all_idle(r, keys, poison, ceiling_ms(100))
     rec = reclaimer_for(r, names, claim_idle_ms=100, max_deliveries=2, dead_letter_xdel=True)
     if path == "sweep":
-        rec.backoff_scan_rows = 0
+        for each in per_partition(rec):
+            each.backoff_scan_rows = 0
     summary = await rec.run_once()
     # claim_due dead-letters an entry at the limit without claiming it; the sweep claimed it first.
     claimed = 3 if path == "back-off claim" else 4

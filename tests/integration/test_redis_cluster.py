@@ -1,5 +1,7 @@
 """Redis Cluster mode with partitioned streams (issue 13): the core delivery scenarios end to end,
-over HTTP, against a real 3-master/3-replica cluster with STREAM_PARTITIONS=6.
+over HTTP, against a real 3-master/3-replica cluster with STREAM_PARTITIONS=6: orders routed over
+every partition and the HTTP reads summing them. (The core modules' own tests also run on this
+cluster, as server kind ``cluster``: tests/conftest.py.)
 
 The producer is the real app (aiohttp TestServer), the consumers are in-process
 :class:`consumer.worker.PartitionedWorker` s with redis-py's cluster client, the reclaimer is

@@ -6,15 +6,12 @@ import asyncio
 import json
 
 from streamcore import envelope
-from streamcore.keys import Keys
 from streamcore.streams import Scripts, append_order, dead_letter, ensure_group
+from tests.integration.consumer_support import keys_for
 
-#: Also run against Redis over mutual TLS as the least-privilege ACL user (tests/conftest.py).
-EXTRA_SERVER_KINDS = ("tls-acl",)
-
-
-def keys_for(names) -> Keys:
-    return Keys(stream=names.stream, group=names.group, dlq=names.dlq)
+#: Also run against Redis over mutual TLS as the least-privilege ACL user, and against a Redis
+#: Cluster with 6 partitions (tests/conftest.py).
+EXTRA_SERVER_KINDS = ("tls-acl", "cluster")
 
 
 async def test_ensure_group_tolerates_busygroup_and_creates_stream(r, names):
