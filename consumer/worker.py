@@ -70,7 +70,7 @@ from redis.exceptions import RedisError
 
 from consumer.settings import ConsumerSettings
 from streamcore.claiming import ClaimScripts, claim_due, dead_letter_pending, leave_group, renew_leases, scan_pending
-from streamcore.connection import is_transient, server_info
+from streamcore.connection import is_transient, retried_failures, server_info
 from streamcore.envelope import Envelope
 from streamcore.keys import Keys
 from streamcore.handling import FAILED, GONE, OK, EntryRunner, HandlerContext, load_handler
@@ -141,6 +141,8 @@ class Worker:
         self._acking: set[str] = set()  # IDs of the XACK in flight
         #: Set after a transient error: a reply may have been lost (see _recover_lost_replies).
         self._resync = False
+        #: The client's retried failures when last looked at (see _note_hidden_retries).
+        self._retries_seen = retried_failures(self.r)
         self.lost_lease: set[str] = set()
         #: Entries read and waiting for a lane: ``(entry ID, fields, delivery number)``.
         self._queue: deque[tuple[str, dict[str, str] | None, int]] = deque()
@@ -218,8 +220,8 @@ class Worker:
             self.drained = (finished, left)
             self.left_group = await self._leave_group()
             self.state = "stopped"
-            logger.info("consumer %s stopped on %s: drained %d orders read before shutdown, left %d pending for "
-                        "reclaim%s; %s", self.name, self.keys.stream, finished, left,
+            logger.info("consumer %s stopped on %s: drained %d orders read before shutdown, left %d of them "
+                        "unfinished for reclaim%s; %s", self.name, self.keys.stream, finished, left,
                         f", {unacked} processed but not acked" if unacked else "",
                         _LEAVE_SAID.get(self.left_group, self.left_group))
 
@@ -371,6 +373,7 @@ class Worker:
                 self._reads.popleft()
                 self._reserved -= count
                 self.reads += 1
+                self._note_hidden_retries()
                 self.last_progress = time.monotonic()
                 self.redis_health.ok()
                 backoff.reset()
@@ -380,11 +383,12 @@ class Worker:
                     for entry_id, fields in entries:
                         self._dispatch(entry_id, fields, 1)
                 self._backlog = got >= count
-            except (RedisError, OSError) as exc:
+            except Exception as exc:
                 await self._settle_reads()
-                await self._on_error(exc, backoff, stop)
-            except Exception as exc:  # a bug or data we did not foresee: never a crash loop
-                await self._settle_reads()
+                if isinstance(exc, (RedisError, OSError)) or is_transient(exc):
+                    await self._on_error(exc, backoff, stop)
+                    continue
+                # A bug or data we did not foresee: never a crash loop.
                 self.state = "backoff"
                 self.last_error = f"{type(exc).__name__}: {exc}"
                 self._error_log.log(logging.ERROR, "unexpected error in the read loop, retrying with back-off: %s",
@@ -450,6 +454,17 @@ class Worker:
         else:
             self._error_log.log(logging.ERROR, "redis error in the read loop, retrying with back-off: %s", self.last_error)
         await backoff.sleep(stop)
+
+    def _note_hidden_retries(self) -> None:
+        """Set ``_resync`` when redis-py retried any command of our client since the last look
+        (:class:`streamcore.connection.CountingRetry`): a read or a claim it retried after a
+        broken connection succeeded without an error reaching us, yet its first attempt may have
+        delivered or claimed entries whose reply was lost. Looking at the own PEL when nothing
+        was lost costs one XPENDING."""
+        seen = retried_failures(self.r)
+        if seen != self._retries_seen:
+            self._retries_seen = seen
+            self._resync = True
 
     async def _recover_lost_replies(self) -> None:
         """After a connection broke, take up own pending entries whose delivery reply was lost.
@@ -693,7 +708,9 @@ class Worker:
             try:
                 await self._flush_acks()
                 backoff.reset()
-            except RedisError as exc:
+            except Exception as exc:
+                if not (isinstance(exc, RedisError) or is_transient(exc)):
+                    raise  # a bug: the supervisor logs it and restarts the task
                 if is_transient(exc):
                     self.redis_health.failed("acks", exc)
                 self._error_log.log(logging.WARNING, "acks not sent yet, retrying: %s", exc)
@@ -754,13 +771,15 @@ class Worker:
                 if now >= next_claim and self._group_ok:
                     next_claim = now + self.claim_interval_s
                     await self._claim()
-            except RedisError as exc:
+            except OSError as exc:
+                self._error_log.log(logging.WARNING, "timer: connection error (will retry): %s", exc)
+            except Exception as exc:
+                if not (isinstance(exc, RedisError) or is_transient(exc)):
+                    raise  # a bug: the supervisor logs it and restarts the task
                 if is_transient(exc):
                     self.redis_health.failed("timer", exc)
                 if not is_nogroup(exc):
                     self._error_log.log(logging.WARNING, "timer: redis error (will retry): %s", exc)
-            except OSError as exc:
-                self._error_log.log(logging.WARNING, "timer: connection error (will retry): %s", exc)
             await asyncio.sleep(tick)
 
     async def _renew(self, now: float) -> None:

@@ -16,6 +16,7 @@ which the client does for every argument, gives the original bytes), nothing rai
 from __future__ import annotations
 
 import contextlib
+import inspect
 import logging
 import time
 from collections.abc import Awaitable, Callable
@@ -55,6 +56,45 @@ def pool_size(concurrency: int) -> int:
     """Connection-pool size for a process running ``concurrency`` handlers at once: one per
     handler plus :data:`POOL_HEADROOM`, so a high CONCURRENCY never runs out (issue 9 item 3)."""
     return concurrency + POOL_HEADROOM
+
+
+class CountingRetry(Retry):
+    """redis-py's :class:`~redis.asyncio.retry.Retry` that counts, in ``failures``, every failure
+    it saw (retried or finally raised), for the whole client: each connection's copy of it is the
+    same object (``deepcopy`` returns it), which is safe because our back-off is stateless.
+
+    A command redis-py retried after a broken connection succeeds without an error reaching its
+    caller, yet the first attempt may have run in Redis with its reply lost: an ``XREADGROUP``
+    whose entries are then pending for us with a delivery counted and no handler (seen by a
+    breaker: order held 20 s until the claim pass, handled as delivery 2), or an ``XCLAIM``
+    whose entry sat owned by us unhandled until the next claim pass dead-lettered it without its
+    handler having run. The consumer compares :func:`retried_failures` around those commands and
+    then looks for such entries in its own PEL (``consumer.worker.Worker``).
+    """
+
+    def __init__(self, *args, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self.failures = 0
+
+    def __deepcopy__(self, memo: dict) -> "CountingRetry":
+        return self
+
+    async def call_with_retry(self, do, fail, is_retryable=None, with_failure_count: bool = False):
+        async def counted(error: Exception, *count: int) -> None:
+            self.failures += 1
+            result = fail(error, *count)
+            if inspect.isawaitable(result):
+                await result
+
+        return await super().call_with_retry(do, counted, is_retryable=is_retryable,
+                                             with_failure_count=with_failure_count)
+
+
+def retried_failures(r: aioredis.Redis) -> int:
+    """How many command or connect failures ``r``'s :class:`CountingRetry` has seen so far (0 for
+    a client made elsewhere, without one)."""
+    retry = r.retry if isinstance(r, RedisCluster) else r.get_retry()
+    return retry.failures if isinstance(retry, CountingRetry) else 0
 
 
 def create_redis(url: str, *, socket_timeout_s: float = 15.0, max_connections: int = 64,
@@ -124,7 +164,7 @@ def create_redis(url: str, *, socket_timeout_s: float = 15.0, max_connections: i
         driver_info=None,
         # Not timeouts: a hung server must surface within one socket timeout (the producer
         # answers 503 within it), not after ``retries`` times it.
-        retry=Retry(ExponentialBackoff(cap=1.0, base=0.05), retries, supported_errors=(RedisConnectionError,)),
+        retry=CountingRetry(ExponentialBackoff(cap=1.0, base=0.05), retries, supported_errors=(RedisConnectionError,)),
     )
     if cluster:
         if sentinels:
@@ -364,7 +404,7 @@ def create_cluster_redis(url: str, *, socket_timeout_s: float = 15.0, max_connec
     return _Cluster.from_url(
         url,
         **_common_options(socket_timeout_s, max_connections, tls),
-        retry=Retry(ExponentialBackoff(cap=1.0, base=0.05), retries,
+        retry=CountingRetry(ExponentialBackoff(cap=1.0, base=0.05), retries,
                     supported_errors=(RedisConnectionError, RedisTimeoutError, ClusterDownError, TryAgainError)),
     )
 

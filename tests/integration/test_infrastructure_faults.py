@@ -13,6 +13,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import re
@@ -242,3 +243,133 @@ def test_a_write_uvloop_refuses_after_a_reset_is_a_transient_redis_error(redis_u
     assert is_transient(refused)
     assert not is_transient(RuntimeError("unable to perform operation on <TCPTransport closed=True>; "
                                          "the handler is closed"))  # not through redis-py: the handler's own
+
+
+class _LoseOneReply:
+    """A TCP proxy on loopback in front of Redis that, once, lets a command that ``matches`` run
+    and then cuts the client's connection instead of passing on its reply (when the reply is not
+    nil): what a Redis restart or a network cut at that moment does. redis-py's retry then sends
+    the command again on a new connection and succeeds, so the caller sees no error."""
+
+    def __init__(self, target_port: int, matches) -> None:
+        self.target_port = target_port
+        self.matches = matches
+        self.cut = asyncio.Event()
+        self.server: asyncio.AbstractServer | None = None
+
+    async def start(self) -> str:
+        self.server = await asyncio.start_server(self._serve, "127.0.0.1", 0)
+        return f"redis://127.0.0.1:{self.server.sockets[0].getsockname()[1]}/0"
+
+    async def close(self) -> None:
+        self.server.close()
+        await self.server.wait_closed()
+
+    async def _serve(self, client_r: asyncio.StreamReader, client_w: asyncio.StreamWriter) -> None:
+        server_r, server_w = await asyncio.open_connection("127.0.0.1", self.target_port)
+        sent = asyncio.Event()
+
+        async def upstream() -> None:
+            while data := await client_r.read(65536):
+                if self.matches(data):
+                    sent.set()
+                server_w.write(data)
+                await server_w.drain()
+
+        async def downstream() -> None:
+            while data := await server_r.read(65536):
+                delivers = not data.startswith((b"*-1", b"_", b"*0"))  # nil or empty: nothing lost
+                if sent.is_set() and delivers and not self.cut.is_set():
+                    self.cut.set()
+                    client_w.transport.abort()  # Redis ran it; its reply is gone
+                    return
+                sent.clear()
+                client_w.write(data)
+                await client_w.drain()
+
+        tasks = [asyncio.create_task(upstream()), asyncio.create_task(downstream())]
+        try:
+            await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+            server_w.close()
+            client_w.close()
+
+
+def _read_new(data: bytes) -> bool:
+    return b"XREADGROUP" in data and b"\r\n>\r\n" in data
+
+
+def _claim_not_renew(data: bytes) -> bool:
+    return b"XCLAIM" in data and b"JUSTID" not in data
+
+
+@contextlib.asynccontextmanager
+async def _worker_behind(proxy: _LoseOneReply, names, name: str, **overrides):
+    """A consumer (our client: create_redis, with its CountingRetry) reaching Redis through ``proxy``."""
+    from consumer.worker import Worker
+    from streamcore.connection import create_redis
+    from tests.integration.consumer_support import settings_for
+
+    url = await proxy.start()
+    client = create_redis(url, socket_timeout_s=5)
+    worker = Worker(settings_for(url, names, name, handler="tests.handlers:redis_heavy", **overrides), client)
+    stop = asyncio.Event()
+    task = asyncio.create_task(worker.run(stop))
+    try:
+        await wait_for(lambda: _true(worker.state == "reading"), timeout=10, what="the consumer reading")
+        yield worker
+    finally:
+        stop.set()
+        await asyncio.wait_for(task, 15)
+        await client.aclose()
+        await proxy.close()
+
+
+def _port(url: str) -> int:
+    return int(url.rsplit(":", 1)[1].split("/")[0])
+
+
+async def test_a_read_reply_lost_and_retried_by_redis_py_is_taken_up_at_once_as_delivery_1(r, redis_url, names):
+    """An XREADGROUP that Redis ran but whose reply was lost, then retried by redis-py on a new
+    connection without an error reaching the consumer: its entries sat in the consumer's PEL with
+    no handler until the claim pass took them CLAIM_IDLE_MS later as delivery 2 (a breaker saw
+    it with Redis killed and restarted within redis-py's retry window). The consumer now notices
+    the retry (streamcore.connection.CountingRetry) and takes them up at once, as delivery 1."""
+    keys = keys_for(names)
+    await ensure_group(r, keys)
+    proxy = _LoseOneReply(_port(redis_url), _read_new)
+    async with _worker_behind(proxy, names, "pod-cut", claim_idle_ms=30_000, block_ms=300) as worker:
+        await _add_orders(r, keys, [1, 2, 3])
+        await wait_for(lambda: _true(proxy.cut.is_set()), timeout=10, what="a read reply cut")
+        await wait_for(lambda: _all_applied(r, keys, [1, 2, 3]), timeout=10,
+                       what="the orders of the lost reply applied long before CLAIM_IDLE_MS (30 s)")
+        await wait_for(lambda: _pending_zero(r, keys), timeout=10, what="everything acknowledged")
+    assert await r.hgetall(deliveries_key(keys.stream)) == {"1": "1", "2": "1", "3": "1"}
+    assert worker.metrics.claimed.labels("consumer")._value.get() == 0
+
+
+async def _true(value: bool) -> bool:
+    return value
+
+
+async def test_a_claim_reply_lost_and_retried_by_redis_py_is_handled_not_dead_lettered(r, redis_url, names):
+    """An XCLAIM that Redis ran but whose reply was lost, then retried by redis-py: the retry
+    returns nothing (the first attempt reset the entry's idle time), which the claim pass takes
+    for a claim race lost to another consumer, so the entry sat in our PEL at its new delivery
+    count with no handler, and the next claim pass dead-lettered it at MAX_DELIVERIES without its
+    handler ever having run (a breaker's finding). It is now taken up and handled."""
+    keys = keys_for(names)
+    await ensure_group(r, keys)
+    await _add_orders(r, keys, [1])
+    await r.xreadgroup(keys.group, "pod-gone", {keys.stream: ">"})  # delivery 1, then pod-gone died
+    proxy = _LoseOneReply(_port(redis_url), _claim_not_renew)
+    async with _worker_behind(proxy, names, "pod-claim", claim_idle_ms=300, claim_interval_ms=100, block_ms=300,
+                              max_deliveries=2):
+        await wait_for(lambda: _true(proxy.cut.is_set()), timeout=10, what="a claim reply cut")
+        await wait_for(lambda: _all_applied(r, keys, [1]), timeout=10, what="the claimed order handled")
+        await wait_for(lambda: _pending_zero(r, keys), timeout=10, what="acknowledged")
+    assert await r.xlen(keys.dlq) == 0
+    assert await r.hgetall(deliveries_key(keys.stream)) == {"1": "2"}  # pod-gone's delivery, then ours
