@@ -15,9 +15,11 @@ which the client does for every argument, gives the original bytes), nothing rai
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import inspect
 import logging
+import sys
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -241,6 +243,38 @@ def check_sentinel_master(sentinels: list[tuple[str, int]], master: str, *, time
 FORGET_DROPPED_AFTER_S = 60.0
 
 
+class _ClusterNode(ClusterNode):
+    """redis-py's :class:`~redis.asyncio.cluster.ClusterNode` whose idle connections cannot be
+    taken while they are being closed.
+
+    redis-py 7.4's ``disconnect_free_connections`` (run after a connection error on the node, and
+    for a node a slot-map re-read drops) closes the idle connections while they stay in the free
+    list: a command that takes one during that close has its socket set to None under it
+    (``AttributeError: 'NoneType' object has no attribute 'writelines'`` or "Connection closed by
+    server"). Many concurrent first commands of a new client met it (14 to 20 failures in 400
+    appends, a producer answering 500, a CI failure in test_streams on the cluster kind). Here the
+    idle connections leave the free list while they close and come back closed (they reconnect on
+    their next use); a command meanwhile opens a new connection.
+    """
+
+    __slots__ = ()
+
+    async def disconnect_free_connections(self) -> None:
+        idle = list(self._free)
+        self._free.clear()
+        try:
+            await asyncio.gather(*(connection.disconnect() for connection in idle), return_exceptions=True)
+        finally:
+            self._free.extend(idle)
+
+
+def _safe(node: ClusterNode) -> ClusterNode:
+    """Make ``node`` a :class:`_ClusterNode` (same slots, so the class can be swapped in place)."""
+    if type(node) is ClusterNode:
+        node.__class__ = _ClusterNode
+    return node
+
+
 class _Cluster(RedisCluster):
     """redis-py's :class:`~redis.asyncio.cluster.RedisCluster` with three fixes:
 
@@ -262,6 +296,8 @@ class _Cluster(RedisCluster):
         self._held: dict[int, ClusterNode] = {}
         #: id -> when (monotonic s) a held node was first seen dropped.
         self._dropped_at: dict[int, float] = {}
+        for node in self._known_nodes().values():
+            _safe(node)
 
     async def script_load(self, script):  # type: ignore[override]
         """``SCRIPT LOAD`` on every node; returns the script's SHA1."""
@@ -299,6 +335,8 @@ class _Cluster(RedisCluster):
         picked the node before it was dropped may still open a connection on it: a node
         forgotten at once was then collected with that socket open); hold every known node."""
         known = self._known_nodes()
+        for node in known.values():
+            _safe(node)
         now = time.monotonic()
         for key, node in list(self._held.items()):
             if key in known:
@@ -356,10 +394,26 @@ class _Cluster(RedisCluster):
     async def aclose(self) -> None:
         """Close every connection to every node. redis-py's own ``aclose`` does nothing while the
         client is marked for re-initialisation, which any connection error leaves it (a node
-        restarting, a failover): its sockets then stayed open after the process closed it."""
+        restarting, a failover): its sockets then stayed open after the process closed it.
+
+        redis-py also calls ``aclose`` itself while it goes on using the client: after
+        ``CLUSTERDOWN``, after every ``reinitialize_steps``-th ``MOVED`` and when a cluster
+        pipeline retries. Closing every connection then cut the commands other tasks had in
+        flight (``'NoneType' object has no attribute 'writelines'``: 12 to 20 of 400 concurrent
+        first appends of a new client, a CI failure). For those calls (made from redis-py's
+        ``_execute_command`` or a pipeline's ``execute``) the slot map is marked stale and only
+        idle connections are closed.
+        """
+        caller = sys._getframe(1)
+        if caller.f_globals.get("__name__") == "redis.asyncio.cluster" and \
+                caller.f_code.co_name in ("_execute_command", "execute"):
+            self.mark_stale()
+            self._held.update(self._known_nodes())
+            for node in list(self._held.values()):
+                await _safe(node).disconnect_free_connections()
+            return
         await super().aclose()
-        # The nodes stay held (redis-py calls aclose itself on CLUSTERDOWN and goes on using the
-        # client; a command in flight may still open a connection on one of them).
+        # The nodes stay held (a command in flight may still open a connection on one of them).
         self._held.update(self._known_nodes())
         for node in list(self._held.values()):
             await _disconnect_quietly(node)
