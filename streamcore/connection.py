@@ -299,6 +299,17 @@ class _Cluster(RedisCluster):
         for node in self._known_nodes().values():
             _safe(node)
 
+    async def _execute_command(self, target_node: ClusterNode, *args, **kwargs):
+        """redis-py's per-node attempt of a command, counting a connection error or timeout in
+        the client's :class:`CountingRetry` (the cluster client retries in its own loop, not
+        through ``Retry.call_with_retry``): the attempt may have run with its reply lost."""
+        try:
+            return await super()._execute_command(target_node, *args, **kwargs)
+        except (RedisConnectionError, RedisTimeoutError):
+            if isinstance(self.retry, CountingRetry):
+                self.retry.failures += 1
+            raise
+
     async def script_load(self, script):  # type: ignore[override]
         """``SCRIPT LOAD`` on every node; returns the script's SHA1."""
         return await self.execute_command("SCRIPT LOAD", script, target_nodes=RedisCluster.ALL_NODES)

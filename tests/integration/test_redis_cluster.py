@@ -207,6 +207,31 @@ async def test_a_new_clients_concurrent_first_commands_all_succeed(redis_cluster
             await r.aclose()
 
 
+async def test_a_command_redis_py_retried_after_a_cut_connection_is_counted(redis_cluster, names):
+    """The consumer looks for entries whose reply was lost whenever its client retried a command
+    (streamcore.connection.CountingRetry, consumer.worker.Worker._note_hidden_retries). The
+    cluster client retries in its own loop, not through Retry.call_with_retry; our client counts
+    those attempts too. Here the node closes the client's idle connection (CLIENT KILL): the next
+    command fails on it, is retried by redis-py and succeeds, and the count moved."""
+    from streamcore.connection import retried_failures
+
+    key = f"{names.stream}:{{p0}}:k"
+    rc = create_redis(redis_cluster.url, cluster=True)
+    try:
+        assert await rc.set(key, "v") is True
+        before = retried_failures(rc)
+        owner = rc.get_node_from_key(key)
+        node = redis.Redis(host=owner.host, port=owner.port, decode_responses=True)
+        try:
+            assert node.client_kill_filter(_type="normal", skipme=True) >= 1
+        finally:
+            node.close()
+        assert await rc.get(key) == "v"
+        assert retried_failures(rc) > before
+    finally:
+        await rc.aclose()
+
+
 async def test_partitions_spread_over_the_three_masters(redis_cluster, names):
     nodes = redis.Redis(host="127.0.0.1", port=redis_cluster.nodes[0].port, decode_responses=True)
     try:
