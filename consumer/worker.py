@@ -70,7 +70,7 @@ from redis.exceptions import RedisError
 
 from consumer.settings import ConsumerSettings
 from streamcore.claiming import ClaimScripts, claim_due, dead_letter_pending, leave_group, renew_leases, scan_pending
-from streamcore.connection import is_transient, retried_failures, server_info
+from streamcore.connection import is_redis_fault, is_transient, retried_failures, server_info
 from streamcore.envelope import Envelope
 from streamcore.keys import Keys
 from streamcore.handling import FAILED, GONE, OK, EntryRunner, HandlerContext, load_handler
@@ -385,7 +385,7 @@ class Worker:
                 self._backlog = got >= count
             except Exception as exc:
                 await self._settle_reads()
-                if isinstance(exc, (RedisError, OSError)) or is_transient(exc):
+                if isinstance(exc, OSError) or is_redis_fault(exc):
                     await self._on_error(exc, backoff, stop)
                     continue
                 # A bug or data we did not foresee: never a crash loop.
@@ -709,7 +709,7 @@ class Worker:
                 await self._flush_acks()
                 backoff.reset()
             except Exception as exc:
-                if not (isinstance(exc, RedisError) or is_transient(exc)):
+                if not is_redis_fault(exc):
                     raise  # a bug: the supervisor logs it and restarts the task
                 if is_transient(exc):
                     self.redis_health.failed("acks", exc)
@@ -774,7 +774,7 @@ class Worker:
             except OSError as exc:
                 self._error_log.log(logging.WARNING, "timer: connection error (will retry): %s", exc)
             except Exception as exc:
-                if not (isinstance(exc, RedisError) or is_transient(exc)):
+                if not is_redis_fault(exc):
                     raise  # a bug: the supervisor logs it and restarts the task
                 if is_transient(exc):
                     self.redis_health.failed("timer", exc)

@@ -70,8 +70,8 @@ class CountingRetry(Retry):
     whose entries are then pending for us with a delivery counted and no handler (seen by a
     breaker: order held 20 s until the claim pass, handled as delivery 2), or an ``XCLAIM``
     whose entry sat owned by us unhandled until the next claim pass dead-lettered it without its
-    handler having run. The consumer compares :func:`retried_failures` around those commands and
-    then looks for such entries in its own PEL (``consumer.worker.Worker``).
+    handler having run. The consumer reads :func:`retried_failures` after each of its reads and,
+    when it moved, looks for such entries in its own PEL (``consumer.worker.Worker``).
     """
 
     def __init__(self, *args, **kwargs) -> None:
@@ -90,6 +90,13 @@ class CountingRetry(Retry):
 
         return await super().call_with_retry(do, counted, is_retryable=is_retryable,
                                              with_failure_count=with_failure_count)
+
+
+def is_redis_fault(exc: BaseException) -> bool:
+    """True for any Redis error (``RedisError``: a reply the loop logs and retries) or transient
+    fault (:func:`is_transient`, which also covers uvloop's closed-transport RuntimeError): what
+    a component's background loop waits out instead of crashing."""
+    return isinstance(exc, RedisError) or is_transient(exc)
 
 
 def retried_failures(r: aioredis.Redis) -> int:
@@ -276,7 +283,7 @@ def _safe(node: ClusterNode) -> ClusterNode:
 
 
 class _Cluster(RedisCluster):
-    """redis-py's :class:`~redis.asyncio.cluster.RedisCluster` with three fixes:
+    """redis-py's :class:`~redis.asyncio.cluster.RedisCluster` with these fixes:
 
     - ``SCRIPT LOAD`` goes to every node, replicas included, instead of the primaries only (the
       script cache is not replicated, so a replica promoted by a failover answered ``NOSCRIPT``
@@ -284,7 +291,10 @@ class _Cluster(RedisCluster):
       script everywhere but there);
     - re-reading the slot map (after a failover, a connection error, a resharding) closes the
       node objects it drops (see :meth:`initialize`);
-    - ``aclose`` always closes (see :meth:`aclose`).
+    - ``aclose`` always closes when we call it, and closes only idle connections when redis-py
+      calls it from inside a command (see :meth:`aclose`); idle connections cannot be taken
+      while they close (:class:`_ClusterNode`);
+    - command attempts that failed on a connection are counted (:meth:`_execute_command`).
     """
 
     def __init__(self, *args, **kwargs) -> None:
@@ -603,8 +613,8 @@ def is_transient(exc: BaseException) -> bool:
 def _raised_in_redis_py(exc: BaseException) -> bool:
     """True when redis-py's connection module is among the frames ``exc`` went through.
 
-    uvloop answers a write on a transport that already saw the server's EOF (Redis restarted or
-    killed while the connection was out of the pool) with ``RuntimeError: unable to perform
+    uvloop closes a transport as soon as it reads the server's reset (Redis restarted or killed)
+    and answers the next write on it with ``RuntimeError: unable to perform
     operation on <TCPTransport closed=True>; the handler is closed`` where asyncio's own loop
     drops the write and lets the read fail with ConnectionError. redis-py disconnects that
     connection and raises the RuntimeError unchanged (it only maps OSError), so without this
