@@ -23,6 +23,15 @@ EXTRA_SERVER_KINDS = ("tls-acl", "cluster")
 BATCH = "tests.handlers:scripted_batch"
 
 
+async def _applied_and_acked(r, keys, count: int) -> list[str] | None:
+    """The applied markers of orders 0..count-1 once every one is set and the PEL is empty, else
+    None. (The PEL is empty before the worker reads anything too, so it cannot be the only test.)"""
+    applied = [await r.get(applied_key(keys.stream, i)) for i in range(count)]
+    if None in applied or await _pending(r, keys) != 0:
+        return None
+    return applied
+
+
 async def _pending(r, keys) -> int:
     """Entries in the group's PEL; -1 until the worker has created the group."""
     try:
@@ -139,7 +148,7 @@ async def test_failures_keyed_by_order_id_fail_the_whole_call_instead_of_acking_
     async with running(redis_url, names, "pod-a", handler=keyed_by_order_id, claim_idle_ms=200,
                        claim_interval_ms=100):
         async def applied():
-            return await _pending(r, keys) == 0 and [await r.get(applied_key(keys.stream, i)) for i in range(5)]
+            return await _applied_and_acked(r, keys, 5)
         assert await wait_for(applied, timeout=20, what="all applied after the failed call") == ["1"] * 5
     assert [await r.get(calls_key(keys.stream, i)) for i in range(5)] == ["2"] * 5
     assert await r.xlen(keys.dlq) == 0
@@ -153,7 +162,7 @@ async def test_a_handler_that_empties_its_list_still_gets_every_order_acked(r, r
         await post(r, keys, i)
     async with running(redis_url, names, "pod-a", handler=consuming_batch, max_deliveries=2):
         async def done():
-            return await _pending(r, keys) == 0 and [await r.get(applied_key(keys.stream, i)) for i in range(20)]
+            return await _applied_and_acked(r, keys, 20)
         assert await wait_for(done, timeout=20, what="20 orders applied and acked") == ["1"] * 20
     assert [await r.get(calls_key(keys.stream, i)) for i in range(20)] == ["1"] * 20
     assert await r.xlen(keys.dlq) == 0
