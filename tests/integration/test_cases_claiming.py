@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 
 from prometheus_client import CollectorRegistry
 
@@ -143,16 +144,19 @@ async def test_c05_slow_handler_keeps_its_lease(r, redis_url, names):
     async with running(redis_url, names, "pod-a", claim_idle_ms=300):
         entry = await post(r, keys, 5, sleep_s=1.3)
         await wait_for(lambda: r.get(calls_key(keys.stream, 5)), what="handler started")
+        started = time.monotonic()
         rec = reclaimer_for(r, names, claim_idle_ms=300)
         passes = []
+        late = 0  # passes that began once the handler had run longer than CLAIM_IDLE_MS
         while await r.get(applied_key(keys.stream, 5)) is None:
+            late += time.monotonic() - started > 0.3
             passes.append(await rec.run_once())  # the reclaimer fires repeatedly past the threshold
             rows = await pending_rows(r, keys)
             if rows:
                 assert rows == {entry: ("pod-a", 1)}
             await asyncio.sleep(0.2)
         await wait_for(lambda: _no_pending(r, keys), what="acked")
-    assert len(passes) >= 4
+    assert late >= 2, f"{late} of {len(passes)} passes past the threshold"
     assert sum(p.claimed for p in passes) == 0
     assert await r.get(calls_key(keys.stream, 5)) == "1"
     assert (await r.hgetall(keys.processed("5")))["consumer"] == "pod-a"
