@@ -111,7 +111,7 @@ async def redrive_one(r: aioredis.Redis, parts: Sequence[Keys], appender: Routed
 
 
 async def redrive_many(r: aioredis.Redis, parts: Sequence[Keys], appender: RoutedAppender, *, limit: int) -> dict[str, Any]:
-    """Re-drive the oldest ``limit`` dead letters (their appends share pipelines); with several
+    """Re-drive the oldest ``limit`` dead letters (their appends share batches); with several
     partitions, the oldest by dead-letter ID over every partition's dead-letter stream, each
     deleted from its own.
 

@@ -33,7 +33,7 @@ class ProducerMetrics:
         rejected: orders refused before Redis, by ``reason`` (``invalid``, ``not_json``, ``too_large``,
             ``media_type``, ``idempotency_conflict``).
         append_failed: appends that failed in Redis (the client got 503; nothing was appended).
-        batch_size: appends per Redis pipeline of the batching appender.
+        batch_size: appends per batch (one append-script call) of the batching appender.
         group_state: ``orderstream_group_state{group, state}``, 1 for the state each consumer
             group of the stream is in and 0 for the other states (:mod:`streamcore.groups`:
             ``ok``, ``abandoned``, ``missing``, ``no-stream``), set by :meth:`show_group_states`
@@ -133,7 +133,7 @@ def producer_metrics(registry: CollectorRegistry) -> ProducerMetrics:
         append_failed=Counter("orderstream_appends_failed_total", "Appends that failed in Redis.", registry=registry),
         batch_size=Histogram(
             "orderstream_append_batch_size",
-            "Appends sent to Redis in one pipeline.",
+            "Appends sent to Redis in one batch (one append-script call).",
             buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256, 512),
             registry=registry,
         ),

@@ -105,6 +105,30 @@ async def test_appender_isolates_an_unencodable_append(api, r, keys):
     assert await r.xlen(keys.stream) == 19
 
 
+async def test_an_append_redis_refuses_fails_alone_in_its_batch(api, r, keys):
+    """A batch is one script call; an order Redis refuses (its idempotency key holds a list:
+    WRONGTYPE) gets its own error back, and the orders before and after it in the call are
+    appended, in call order."""
+    from redis.exceptions import ResponseError
+
+    from producer.appender import AppendCall
+
+    await r.rpush(keys.idempotency("k5"), "not an idempotency record")
+    calls = [AppendCall(envelope.encode(good(i)), str(i), f"k{i}" if i in (4, 5, 6) else None) for i in range(12)]
+    outcomes = await api.server.app[APPENDER].append_many(calls)
+    assert isinstance(outcomes[5], ResponseError) and str(outcomes[5]).startswith("WRONGTYPE")
+    ids = [o.entry_id for i, o in enumerate(outcomes) if i != 5]
+    assert all(o.created for i, o in enumerate(outcomes) if i != 5)
+    assert [entry_id for entry_id, _ in await r.xrange(keys.stream)] == ids
+    assert [json.loads(f["data"])["orderId"] for _, f in await r.xrange(keys.stream)] == [i for i in range(12) if i != 5]
+    assert await r.get(keys.idempotency("k6")) == f"{ids[5]}|"
+    assert await r.lrange(keys.idempotency("k5"), 0, -1) == ["not an idempotency record"]
+
+    resp = await api.post("/orders", json=good(5), headers={"Idempotency-Key": "k5"})
+    assert (resp.status, (await resp.json())["error"].startswith("Redis refused the request: WRONGTYPE")) == (503, True)
+    assert await r.xlen(keys.stream) == 11
+
+
 @pytest.mark.parametrize("number", ["1e400", "-1e400", "1.5e999"])
 async def test_number_overflowing_to_infinity_is_400(api, r, keys, number):
     status, body = await post_raw(api, order_text(f'"price":{number}'))

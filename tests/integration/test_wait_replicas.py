@@ -127,9 +127,9 @@ def test_a_replay_waits_for_the_replicas_as_the_first_append_did(primary_and_rep
         assert first.wait(1, 2000) == 1  # this connection's last write is on the replica
         os.kill(replica.proc.pid, signal.SIGSTOP)
         try:
-            assert append(keys=call_keys, args=call_args, client=second)[0] == 1  # appended
+            assert append(keys=call_keys, args=call_args, client=second)[0][0] == 1  # appended
             assert second.wait(1, 200) == 0  # the replica does not have it: the client got 503
-            assert append(keys=call_keys, args=call_args, client=first)[0] == 0  # the retry replays
+            assert append(keys=call_keys, args=call_args, client=first)[0][0] == 0  # the retry replays
             assert first.wait(1, 200) == 0  # and still waits for the replica
         finally:
             os.kill(replica.proc.pid, signal.SIGCONT)
