@@ -34,6 +34,7 @@ import redis
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from bench.reclaim_memory import connect  # noqa: E402
 from bench.run import start_redis, stop  # noqa: E402
 from producer.encoding import order_fields  # noqa: E402
 from streamcore.keys import Keys  # noqa: E402
@@ -96,16 +97,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         proc, url = start_redis(Path(tmp), None)
         try:
-            r = redis.Redis.from_url(url)
-            deadline = time.monotonic() + 10
-            while True:
-                try:
-                    r.ping()
-                    break
-                except redis.ConnectionError:
-                    if time.monotonic() > deadline:
-                        raise
-                    time.sleep(0.05)
+            r = connect(url)
             runs: dict[str, list[tuple[float, float]]] = {"per order": [], "per batch": []}
             for rep in range(opts.repeats):
                 for shape in runs:
