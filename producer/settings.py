@@ -79,7 +79,7 @@ class ProducerSettings(CommonSettings):
     append_batch_max: int = Field(
         default=128,
         ge=1,
-        description="APPEND_BATCH_MAX: most appends of concurrent requests sent to Redis in one pipeline.",
+        description="APPEND_BATCH_MAX: most appends of concurrent requests sent to Redis in one batch (one call of the append script).",
     )
     redrive_max: int = Field(default=100, ge=1, description="REDRIVE_MAX: most dead letters one POST /dead-letters/redrive moves.")
     admin_token: SecretStr | None = Field(
