@@ -91,7 +91,13 @@ async def ensure_group(r: aioredis.Redis, keys: Keys, start_id: str = "0") -> bo
 #       order index
 # ARGV: idempotency TTL s, order index TTL s, then per order: body hash, n, then n field/value items
 # Reply: one item per order, in order: {1, id} (appended), {0, "id|hash"} (replayed), or that
-# order's error as an error reply nested in the array (the orders after it still run).
+# order's error as an error reply nested in the array (the orders after it still run): an error
+# about the order's own keys or arguments (WRONGTYPE, ERR). An error about the server (READONLY
+# on a demoted primary, OOM, NOREPLICAS, MASTERDOWN...) is the whole call's error reply instead:
+# a server refuses the first write of the call, so nothing of it was written, and the client must
+# see it as the command's reply (redis-py's Sentinel connection reconnects to the new primary only
+# on a READONLY reply to the command itself; nested in the array, the producer stayed on the
+# demoted primary, 503 on every append, until restarted).
 # "No idempotency key" is spelt as the stream key, not "": every key a script names must match
 # the ACL user's key patterns and (Redis Cluster) hash to the stream's slot.
 # A replay writes too (the record's TTL starts again): a WAIT after it (REDIS_WAIT_REPLICAS) then
@@ -134,10 +140,12 @@ for k = 3, #KEYS, 2 do
   end)
   if ok then
     out[#out + 1] = reply
-  elseif type(reply) == 'table' and reply.err then
-    out[#out + 1] = reply
   else
-    out[#out + 1] = {err = tostring(reply)}
+    local err = type(reply) == 'table' and reply.err or tostring(reply)
+    if string.sub(err, 1, 10) ~= 'WRONGTYPE ' and string.sub(err, 1, 4) ~= 'ERR ' then
+      return redis.error_reply(err)
+    end
+    out[#out + 1] = {err = err}
   end
 end
 return out

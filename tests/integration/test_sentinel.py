@@ -11,6 +11,7 @@ process restarted, the Sentinels promoted a replica, every order answered 201 wa
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import signal
 import subprocess
@@ -206,3 +207,57 @@ def test_an_unknown_master_name_exits_2_with_one_line(sentinel_setup, names: Nam
         assert (proc.returncode, proc.stdout) == (2, "")
         assert proc.stderr == (f"python -m {command}: invalid setting REDIS_SENTINEL_MASTER='no-such-master': "
                                "no Sentinel of REDIS_SENTINELS monitors a master of that name\n")
+
+
+async def test_a_primary_demoted_with_its_clients_connected_is_left_for_the_new_one(sentinel_setup, names: Names):
+    """``FAILOVER`` (or ``REPLICAOF``) demotes the primary without killing its clients, so the
+    producer's pooled connections stay open on what is now a replica. Its appends must get the
+    ``READONLY`` reply as the reply to their command, which redis-py's Sentinel connection turns
+    into a reconnect to the new primary. (Found by a breaker: with the append script answering
+    ``READONLY`` inside its per-order reply array, every append stayed 503 until the producer was
+    restarted.)"""
+    primary, replicas, sentinels = sentinel_setup
+    env = {k: v for k, v in stack_env(sentinels, names).items() if not k.startswith("REDIS_WAIT_")}
+    producer = ProducerProcess(env)
+    old = aioredis.Redis(host="127.0.0.1", port=primary.port, decode_responses=True, socket_timeout=5)
+    try:
+        async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=10)) as http:
+            async def post(order_id: int) -> int:
+                order = {"orderId": order_id, "product": "Laptop", "quantity": 1, "userId": 3}
+                async with http.post(f"{producer.base}/orders", json=order) as resp:
+                    return resp.status
+
+            async def ready():
+                try:
+                    async with http.get(f"{producer.base}/readyz") as resp:
+                        return resp.status == 200
+                except aiohttp.ClientError:
+                    return False
+            await wait_for(ready, timeout=20, what="producer ready")
+            assert await post(1) == 201
+            assert await old.execute_command("FAILOVER") == "OK"
+
+            async def switched():
+                address = sentinels[0].master(MASTER)
+                return int(address["port"]) != primary.port and address
+            new_port = int((await wait_for(switched, timeout=30, what="the Sentinels naming the new primary"))["port"])
+            assert (await old.info("replication"))["role"] == "slave"
+            statuses: list[int] = []
+
+            async def accepted_again():
+                statuses.append(await post(100 + len(statuses)))
+                return statuses[-1] == 201
+            await wait_for(accepted_again, timeout=5, interval=0.2, what="an order accepted by the new primary")
+        new = aioredis.Redis(host="127.0.0.1", port=new_port, decode_responses=True, socket_timeout=5)
+        try:
+            last = [json.loads(fields["data"])["orderId"] for _, fields in await new.xrevrange(names.stream, count=1)]
+        finally:
+            await new.aclose()
+        assert last == [99 + len(statuses)], statuses
+        assert set(statuses[:-1]) <= {503}, statuses
+        assert producer.proc.poll() is None, "the producer exited"
+        print("statuses after the switch:", statuses)
+    finally:
+        await old.aclose()
+        print("producer log tail:", producer.output()[-3000:])
+        producer.close()
