@@ -8,8 +8,10 @@ up to ``max_batch`` appends (a larger group goes alone) and sending them as **on
 of the append script (:mod:`streamcore.streams`), which appends the orders one after another on
 the server, each with its idempotency check, and answers one item per order. Each request gets
 its own reply or its own error back: one order's error (a ``WRONGTYPE`` idempotency key) does not
-fail the others, which the script still appends; a lost connection fails the whole batch (and
-some of its appends may have happened: clients retry with their ``Idempotency-Key``).
+fail the others, which the script still appends; an error about the server (``READONLY``,
+``OOM``: refused at the first write, so nothing was appended) fails the whole batch, as does a
+lost connection (after which some of its appends may have happened: clients retry with their
+``Idempotency-Key``).
 
 One script call per batch instead of one per order (a pipeline of ``EVALSHA``, until issue 12)
 saves Redis the command and script-call overhead of each order, and this process a reply to read
