@@ -91,6 +91,20 @@ class ProducerProcess:
     def base(self) -> str:
         return f"http://127.0.0.1:{self.port}"
 
+    async def wait_ready(self, http: aiohttp.ClientSession, timeout_s: float = 20) -> None:
+        """Poll ``/readyz`` until it answers 200 (the producer reached Redis and loaded its state).
+
+        Raises:
+            AssertionError: not ready within ``timeout_s`` seconds.
+        """
+        async def ready():
+            try:
+                async with http.get(f"{self.base}/readyz") as resp:
+                    return resp.status == 200
+            except aiohttp.ClientError:
+                return False
+        await wait_for(ready, timeout=timeout_s, what="producer ready")
+
     def output(self) -> str:
         self.log.seek(0)
         return self.log.read().decode(errors="replace")
@@ -114,13 +128,7 @@ async def test_failover_keeps_every_accepted_order_and_nothing_restarts(sentinel
     stop_flow = asyncio.Event()
     try:
         async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=10)) as http:
-            async def ready():
-                try:
-                    async with http.get(f"{producer.base}/readyz") as resp:
-                        return resp.status == 200
-                except aiohttp.ClientError:
-                    return False
-            await wait_for(ready, timeout=20, what="producer ready")
+            await producer.wait_ready(http)
 
             async def post_until_accepted(order_id: int) -> None:
                 nonlocal refused
@@ -227,13 +235,7 @@ async def test_a_primary_demoted_with_its_clients_connected_is_left_for_the_new_
                 async with http.post(f"{producer.base}/orders", json=order) as resp:
                     return resp.status
 
-            async def ready():
-                try:
-                    async with http.get(f"{producer.base}/readyz") as resp:
-                        return resp.status == 200
-                except aiohttp.ClientError:
-                    return False
-            await wait_for(ready, timeout=20, what="producer ready")
+            await producer.wait_ready(http)
             assert await post(1) == 201
             assert await old.execute_command("FAILOVER") == "OK"
 
