@@ -38,7 +38,7 @@ from bench.reclaim_memory import connect  # noqa: E402
 from bench.run import start_redis, stop  # noqa: E402
 from producer.encoding import order_fields  # noqa: E402
 from streamcore.keys import Keys  # noqa: E402
-from streamcore.streams import _APPEND, append_part  # noqa: E402
+from streamcore.streams import _APPEND, append_head, append_part  # noqa: E402
 
 TICKS_PER_S = os.sysconf("SC_CLK_TCK")
 
@@ -52,7 +52,7 @@ def cpu_s(pid: int) -> float:
 def calls(keys: Keys, sha: str, first: int, count: int, per_batch: bool) -> tuple[list[bytes], int]:
     """The packed ``EVALSHA`` calls appending orders ``first .. first + count - 1``, and how many
     replies they give."""
-    head_keys, head_args = [keys.stream, keys.trim_floor], ["86400", "604800"]
+    head_keys, head_args = append_head(keys)
     parts = []
     for n in range(first, first + count):
         order = {"orderId": f"o{n}", "product": "Widget", "quantity": 3, "userId": "u1"}

@@ -42,7 +42,7 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from streamcore.connection import is_cluster
 from streamcore.keys import Keys, partition_of
-from streamcore.streams import ORDER_INDEX_TTL_S, AppendResult, Scripts, append_part, append_result
+from streamcore.streams import ORDER_INDEX_TTL_S, AppendResult, Scripts, append_head, append_part, append_result
 
 logger = logging.getLogger(__name__)
 
@@ -140,12 +140,11 @@ class Appender:
         self._wait_replicas = wait_replicas
         self._wait = (hiredis.pack_command((b"WAIT", wait_replicas, wait_timeout_ms)) if wait_replicas else b"")
         self._keys = keys
-        self._head_keys = (keys.stream.encode(), keys.trim_floor.encode())
-        self._head_args = (str(idempotency_ttl_s).encode(), str(order_index_ttl_s).encode())
+        head_keys, head_args = append_head(keys, idempotency_ttl_s=idempotency_ttl_s, order_index_ttl_s=order_index_ttl_s)
+        self._head_keys = [k.encode() for k in head_keys]
+        self._head_args = [a.encode() for a in head_args]
         self._scripts = scripts
         self._max_batch = max_batch
-        self._ttl = idempotency_ttl_s
-        self._index_ttl = order_index_ttl_s
         self._on_batch = on_batch
         self._pipelines = pipelines
         self._queue: deque[list[_Pending]] = deque()
@@ -258,8 +257,8 @@ class Appender:
     def _command(self, batch: list[_Pending]) -> tuple:
         """The ``EVALSHA`` of the append script for ``batch``: the head keys and arguments, then
         every order's part, in batch order."""
-        keys = [*self._head_keys]
-        args = [*self._head_args]
+        keys = self._head_keys.copy()
+        args = self._head_args.copy()
         for item in batch:
             keys += item.keys
             args += item.args
@@ -329,7 +328,7 @@ class Appender:
         (``reply`` is an exception) or fewer replicas than required confirmed it (``shortfall``).
         Callers that were cancelled are skipped."""
         if isinstance(reply, Exception) or shortfall is not None:
-            error = shortfall if shortfall is not None and not isinstance(reply, Exception) else reply
+            error = reply if isinstance(reply, Exception) else shortfall
             for item in batch:
                 if not item.future.done():
                     item.future.set_exception(error)  # type: ignore[arg-type]  # an exception here
@@ -495,8 +494,7 @@ class RoutedAppender:
     def append(self, fields: dict[str, str], order_id: str, *, idempotency_key: str | None = None,
                body_hash: str = "") -> asyncio.Future[AppendResult]:
         """:meth:`Appender.append` on the order's partition (the same future, the same errors)."""
-        return self.appenders[partition_of(order_id, len(self.appenders))].append(
-            fields, order_id, idempotency_key=idempotency_key, body_hash=body_hash)
+        return self.appender_for(order_id).append(fields, order_id, idempotency_key=idempotency_key, body_hash=body_hash)
 
     async def append_many(self, calls: list[AppendCall]) -> list[AppendResult | Exception]:
         """:meth:`Appender.append_many` split by partition: the calls of one partition are queued

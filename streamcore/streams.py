@@ -184,16 +184,24 @@ def append_call(
     body_hash: str = "",
     idempotency_ttl_s: int = 86400,
     order_index_ttl_s: int = ORDER_INDEX_TTL_S,
-) -> tuple[list[str], list[str | int]]:
+) -> tuple[list[str], list[str]]:
     """The ``(KEYS, ARGV)`` of the append script for one order (see :func:`append_order`); its
     reply is a list of one item, read with ``append_result(reply[0])``.
 
-    To append many orders in one call, take the head (``KEYS[:2]``, ``ARGV[:2]``) once and
-    concatenate each order's part (:func:`append_part`), as :class:`producer.appender.Appender`
-    does.
+    To append many orders in one call, take the head (:func:`append_head`) once and concatenate
+    each order's part (:func:`append_part`), as :class:`producer.appender.Appender` does.
     """
+    head_keys, head_args = append_head(keys, idempotency_ttl_s=idempotency_ttl_s, order_index_ttl_s=order_index_ttl_s)
     order_keys, order_args = append_part(keys, fields, order_id, idempotency_key=idempotency_key, body_hash=body_hash)
-    return [keys.stream, keys.trim_floor, *order_keys], [idempotency_ttl_s, order_index_ttl_s, *order_args]
+    return [*head_keys, *order_keys], [*head_args, *order_args]
+
+
+def append_head(keys: Keys, *, idempotency_ttl_s: int = 86400,
+                order_index_ttl_s: int = ORDER_INDEX_TTL_S) -> tuple[list[str], list[str]]:
+    """The part of the append script's ``KEYS`` and ``ARGV`` that comes once per call, before
+    the orders' parts (:func:`append_part`): ``[stream, trim floor]`` and ``[idempotency TTL s,
+    order index TTL s]``."""
+    return [keys.stream, keys.trim_floor], [str(idempotency_ttl_s), str(order_index_ttl_s)]
 
 
 def append_part(
@@ -204,8 +212,8 @@ def append_part(
     idempotency_key: str | None = None,
     body_hash: str = "",
 ) -> tuple[list[str], list[str]]:
-    """One order's part of the append script's ``KEYS`` and ``ARGV`` (after the head of
-    :func:`append_call`): ``[idempotency key or the stream key, order index key]`` and ``[body
+    """One order's part of the append script's ``KEYS`` and ``ARGV`` (after
+    :func:`append_head`): ``[idempotency key or the stream key, order index key]`` and ``[body
     hash, number of field/value items, field, value, ...]``."""
     flat: list[str] = []
     for k, v in fields.items():
