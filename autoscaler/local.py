@@ -90,12 +90,16 @@ async def run_local(
                     logger.info('reading %s/%s again', settings.stream_name, settings.group_name)
                 problem = signals.error
             state = signals.streams[0].group_state if signals.streams else None
-            if state != group_state and state in ('missing', 'abandoned'):
+            if state != group_state and state in ('missing', 'abandoned', 'ahead'):
                 # The same judgement as /stream/info (streamcore.groups), once per change.
                 (s,) = signals.streams
                 if state == 'missing':
                     logger.info('group %s of %s does not exist yet: its %d entries count as backlog',
                                 s.group, s.stream, s.length)
+                elif state == 'ahead':
+                    logger.warning('group %s of %s is positioned at %s, past the last entry: orders appended now are '
+                                   'not delivered to it until XGROUP SETID moves it back', s.group, s.stream,
+                                   s.last_delivered_id)
                 else:
                     logger.warning('group %s of %s looks abandoned: %d pending entries, no consumer seen for %ss',
                                    s.group, s.stream, s.pending, '?' if s.least_quiet_ms is None

@@ -15,7 +15,7 @@ from autoscaler.signals import Signals
 
 #: The ``state`` label values of ``orderstream_autoscaler_groups`` (streamcore.groups' states
 #: plus ``unreadable``); every one is set on every poll, 0 when no stream is in it.
-GROUP_STATES = ('ok', 'missing', 'abandoned', 'no-stream', 'unreadable')
+GROUP_STATES = ('ok', 'missing', 'ahead', 'abandoned', 'no-stream', 'unreadable')
 
 
 @dataclasses.dataclass(frozen=True)
@@ -82,7 +82,8 @@ def autoscaler_metrics(registry: CollectorRegistry) -> AutoscalerMetrics:
         current=gauge('orderstream_autoscaler_current_replicas', 'Replicas of the target before the decision.'),
         desired=gauge('orderstream_autoscaler_desired_replicas', 'Replicas the policy wants.'),
         groups=Gauge('orderstream_autoscaler_groups',
-                     'Configured stream/group pairs by state: ok, missing (stream without its group), abandoned '
+                     'Configured stream/group pairs by state: ok, missing (stream without its group), ahead (its '
+                     'last-delivered-id past the stream\'s last entry), abandoned '
                      '(pending entries, no consumer seen for groupAbandonedAfterSeconds), no-stream, unreadable '
                      '(error reply); NaN while Redis is unreachable.',
                      ['autoscaler', 'state'], registry=registry),

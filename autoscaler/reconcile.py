@@ -36,7 +36,8 @@ from streamcore.groups import ABANDONED_AFTER_MS
 
 logger = logging.getLogger(__name__)
 
-CONDITION_TYPES = ('Ready', 'Active', 'ScalingLimited', 'RedisReachable', 'LagExact', 'GroupMissing', 'GroupAbandoned')
+CONDITION_TYPES = ('Ready', 'Active', 'ScalingLimited', 'RedisReachable', 'LagExact', 'GroupMissing', 'GroupAbandoned',
+                   'GroupAhead')
 
 #: ``Ready`` reason and Warning Event reason when a configured stream answers with an error
 #: reply (``WRONGTYPE``: the key is a string or a hash; ``NOPERM``; any other ``ResponseError``):
@@ -47,12 +48,17 @@ STREAM_UNREADABLE = 'StreamUnreadable'
 #: (issue 9 item 7), with the same definitions as the producer's ``/stream/info``:
 #: ``GroupMissing`` is True while a configured stream exists without its group (its whole
 #: length counts as backlog); ``GroupAbandoned`` is True while a group holds pending entries and
-#: none of its consumers was seen for ``spec.groupAbandonedAfterSeconds``. Both are False
-#: (reasons ``GroupsPresent``, ``GroupsRead``) once no stream is in that state, and Unknown
+#: none of its consumers was seen for ``spec.groupAbandonedAfterSeconds``; ``GroupAhead`` is True
+#: while a group's last-delivered-id is past its stream's last-generated-id (``XGROUP SETID``
+#: put it there: new entries are never delivered to it, and its lag reads 0). Each is False
+#: (reasons ``GroupsPresent``, ``GroupsRead``, ``GroupsInStep``) once no stream is in that state, and Unknown
 #: (reason ``RedisUnreachable`` or ``StreamUnreadable``) while a stream could not be read and
 #: none is known to be in it.
 GROUP_MISSING = 'GroupMissing'
 GROUP_ABANDONED = 'GroupAbandoned'
+GROUP_AHEAD = 'GroupAhead'
+
+Condition = tuple[str, str, str]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -217,13 +223,13 @@ def _minutes(ms: int) -> str:
     return f'{ms / 60_000:.0f}m' if ms >= 60_000 else f'{ms / 1000:g}s'
 
 
-def group_conditions(signals: Signals, abandoned_after_ms: int) -> tuple[tuple[str, str, str], tuple[str, str, str]]:
-    """``(GroupMissing, GroupAbandoned)`` as ``(status, reason, message)`` from one poll's
+def group_conditions(signals: Signals, abandoned_after_ms: int) -> tuple[Condition, Condition, Condition]:
+    """``(GroupMissing, GroupAbandoned, GroupAhead)`` as ``(status, reason, message)`` from one poll's
     per-stream ``group_state`` (see :data:`GROUP_MISSING`). ``abandoned_after_ms``: the
     threshold, for the message."""
     if not signals.reachable:
         unknown = ('Unknown', 'RedisUnreachable', signals.error or 'Redis is unreachable')
-        return unknown, unknown
+        return unknown, unknown, unknown
     unreadable = ', '.join(s.stream for s in signals.unreadable)
 
     def otherwise(reason: str, text: str) -> tuple[str, str, str]:
@@ -246,7 +252,12 @@ def group_conditions(signals: Signals, abandoned_after_ms: int) -> tuple[tuple[s
         f'group {s.group} of stream {s.stream} holds {s.pending} pending entries and {quiet(s)} '
         f'(threshold {_minutes(abandoned_after_ms)}): nobody reads it any more' for s in abandoned)
     ) if abandoned else otherwise('GroupsRead', 'no group holds pending entries without a consumer seen recently')
-    return missing_condition, abandoned_condition
+    ahead = signals.in_state('ahead')
+    ahead_condition = ('True', GROUP_AHEAD, '; '.join(
+        f'group {s.group} of stream {s.stream} is positioned at {s.last_delivered_id}, past the last entry: '
+        f'orders appended now are not delivered to it until XGROUP SETID moves it back' for s in ahead)
+    ) if ahead else otherwise('GroupsInStep', "no group's last-delivered-id is past its stream's last entry")
+    return missing_condition, abandoned_condition, ahead_condition
 
 
 def _condition(status: Mapping[str, Any], kind: str) -> Mapping[str, Any]:
@@ -404,9 +415,11 @@ async def _reconcile(
             events.append(EventSpec('Warning', STREAM_UNREADABLE,
                                     f'cannot read stream {s.stream} (group {s.group}): {s.error}; it is retried every poll, '
                                     f'the other streams keep scaling (up only, until it reads again)'))
-    missing, abandoned = group_conditions(signals, parsed.abandoned_after_ms)
+    missing, abandoned, ahead = group_conditions(signals, parsed.abandoned_after_ms)
     if abandoned[0] == 'True' and transition(GROUP_ABANDONED, 'True'):
         events.append(EventSpec('Warning', GROUP_ABANDONED, abandoned[2]))
+    if ahead[0] == 'True' and transition(GROUP_AHEAD, 'True'):
+        events.append(EventSpec('Warning', GROUP_AHEAD, ahead[2]))
     if metrics is not None:
         metrics.observe(key, signals, decision)
         metrics.polls.labels(key, 'hold' if decision.reason == 'Hold' else 'ok').inc()
@@ -448,6 +461,7 @@ async def _reconcile(
             LagExact=lag_exact,
             GroupMissing=missing,
             GroupAbandoned=abandoned,
+            GroupAhead=ahead,
         ),
     }
     if applied:

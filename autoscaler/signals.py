@@ -20,7 +20,9 @@ and the ``XPENDING`` summary. From the answers:
   between two polls of the same :class:`SignalReader`.
 * **group state** (``group_state``), judged by :func:`streamcore.groups.classify_group` exactly as
   the producer's ``/stream/info`` judges it: ``missing`` (the stream exists, the group does not:
-  its whole length is lag), ``abandoned`` (``XINFO GROUPS`` ``pending`` > 0 and no consumer seen
+  its whole length is lag), ``ahead`` (its last-delivered-id is past the stream's
+  last-generated-id: ``XGROUP SETID`` put it there and new entries are never delivered to it, so
+  its lag is 0 and more consumers would not help), ``abandoned`` (``XINFO GROUPS`` ``pending`` > 0 and no consumer seen
   for ``abandoned_after_ms``: :func:`streamcore.groups.quiet_ms` of each ``XINFO CONSUMERS``
   entry), ``no-stream``, ``ok``, and ours, ``unreadable`` (see below).
 * **faults are per stream.** An error reply about one stream (``WRONGTYPE`` because the key is a
@@ -86,7 +88,7 @@ class StreamSignals:
     (entries/s since the previous poll; ``None`` on the first poll or when unknown), ``error``
     (the error reply that made this stream unreadable, e.g. ``WRONGTYPE Operation against a key
     holding the wrong kind of value``; ``None`` when it was read), ``group_state`` (``ok``,
-    ``missing``, ``abandoned``, ``no-stream`` from :func:`streamcore.groups.classify_group`, or
+    ``missing``, ``ahead``, ``abandoned``, ``no-stream`` from :func:`streamcore.groups.classify_group`, or
     ``unreadable``).
     """
 
@@ -295,7 +297,7 @@ def _sum(values: Sequence[int | float | None]) -> Any:
 
 
 #: Which state a partitioned stream shows when its partitions disagree: the first any has.
-_STATE_ORDER = ('unreadable', 'abandoned', 'missing', 'no-stream', 'ok')
+_STATE_ORDER = ('unreadable', 'ahead', 'abandoned', 'missing', 'no-stream', 'ok')
 
 
 def merge_partitions(stream: str, group: str, parts: Sequence[StreamSignals]) -> StreamSignals:
@@ -303,7 +305,7 @@ def merge_partitions(stream: str, group: str, parts: Sequence[StreamSignals]) ->
     counts, lag and rates are summed over the partitions (unknown when any partition's is),
     ``lag_exact`` only when every partition's is, ``last_delivered_id`` the newest and
     ``oldest_pending_id`` the oldest, consumers merged by name (pending summed, the smallest
-    idle/inactive times), the group state the first of ``unreadable``, ``abandoned``, ``missing``,
+    idle/inactive times), the group state the first of ``unreadable``, ``ahead``, ``abandoned``, ``missing``,
     ``no-stream``, ``ok`` that any partition shows, errors joined."""
     consumers: dict[str, ConsumerSignals] = {}
     for p in parts:
@@ -489,7 +491,8 @@ class SignalReader:
         state = classify_group(
             stream_exists=True, group_exists=True, pending=int(_field(mine, 'pending') or 0),
             consumer_quiet_ms=[quiet_ms({'inactive': c.inactive_ms, 'idle': c.idle_ms}) for c in consumers],
-            abandoned_after_ms=self.abandoned_after_ms)
+            abandoned_after_ms=self.abandoned_after_ms,
+            last_delivered_id=last_delivered, last_generated_id=last_generated)
         return StreamSignals(stream, group, True, True, length, entries_added, entries_read, last_delivered,
                              reported, lag, exact, source, pending_total, live_pending, dead_pending,
                              oldest, tuple(consumers), arrival, delivery, group_state=state)

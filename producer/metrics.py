@@ -36,7 +36,7 @@ class ProducerMetrics:
         batch_size: appends per batch (one append-script call) of the batching appender.
         group_state: ``orderstream_group_state{group, state}``, 1 for the state each consumer
             group of the stream is in and 0 for the other states (:mod:`streamcore.groups`:
-            ``ok``, ``abandoned``, ``missing``, ``no-stream``), set by :meth:`show_group_states`
+            ``ok``, ``ahead``, ``abandoned``, ``missing``, ``no-stream``), set by :meth:`show_group_states`
             whenever ``/metrics`` or ``/stream/info`` is read. Low cardinality: one series per
             state and group of the stream (normally one group).
         group_lag, group_pending, group_consumers, group_oldest_pending_age: per group of the
@@ -139,7 +139,7 @@ def producer_metrics(registry: CollectorRegistry) -> ProducerMetrics:
         ),
         group_state=Gauge(
             "orderstream_group_state",
-            "Consumer group state (1 = the group is in this state): ok, abandoned, missing, no-stream.",
+            "Consumer group state (1 = the group is in this state): ok, ahead, abandoned, missing, no-stream.",
             ["group", "state"],
             registry=registry,
         ),

@@ -22,6 +22,7 @@ from pydantic import ConfigDict, Field, WithJsonSchema
 from typing_extensions import NotRequired, Required, TypedDict
 
 from producer.validation import MAX_NESTING, MAX_SAFE_INT
+from streamcore.groups import GroupState as StreamGroupState
 
 #: Pattern of a full stream entry ID, ``<ms>-<seq>``.
 ID_PATTERN = r"^\d{1,20}-\d{1,20}$"
@@ -55,7 +56,8 @@ NullableInt = int | None
 NullableId = str | None
 #: Why an entry holds no readable order (:func:`producer.queries.order_item`).
 OrderReason = Literal["not_utf8", "no_data", "not_json", "not_object", "too_deep"]
-GroupState = Literal["ok", "abandoned", "missing", "no-stream"]
+#: The configured group's state (:mod:`streamcore.groups`).
+GroupState = StreamGroupState
 
 #: An orderId or userId: a non-negative safe integer or a short identifier string. ``1001`` and
 #: ``"1001"`` identify the same order.
@@ -229,8 +231,10 @@ class Group(TypedDict, total=False):
     name: Text
     nameBase64: Base64
     state: _describe(
-        Literal["ok", "abandoned"],
-        "`abandoned`: pending entries and no consumer seen for ABANDONED_AFTER_MS; else `ok`.",
+        Literal["ok", "ahead", "abandoned"],
+        "`ahead`: its lastDeliveredId is past the stream's lastGeneratedId (moved there by XGROUP SETID): new "
+        "entries are not delivered to it until its ID is set back; `abandoned`: pending entries and no consumer "
+        "seen for ABANDONED_AFTER_MS; else `ok`.",
     )
     consumerCount: int
     pending: int
@@ -270,7 +274,8 @@ class StreamInfo(TypedDict, total=False):
     group: _describe(str, "The configured group (GROUP_NAME).")
     groupState: _describe(
         GroupState,
-        "State of the configured group: `ok`, `abandoned` (pending entries, no consumer seen for "
+        "State of the configured group: `ok`, `ahead` (its last-delivered-id is past the stream's "
+        "last-generated-id: new entries wait until its ID is set back), `abandoned` (pending entries, no consumer seen for "
         "ABANDONED_AFTER_MS), `missing` (the stream exists, the group does not: every entry waits), "
         "`no-stream`. Also in the metric `orderstream_group_state{group,state}`.",
     )
@@ -324,7 +329,11 @@ class OrderStatus(TypedDict, total=False):
 
     orderId: Required[str]
     id: Required[NullableId]
-    status: Required[Literal["waiting", "pending", "processed", "dead_lettered", "acknowledged", "gone"]]
+    status: Required[_describe(
+        Literal["waiting", "pending", "processed", "dead_lettered", "stranded", "acknowledged", "gone"],
+        "`stranded`: not pending and not processed while the group is `ahead` (GET /stream/info): it will not "
+        "be delivered until the group's ID is set back at or before it.",
+    )]
     order: dict[str, Any]
     pending: PendingDetail
     processed: ProcessedDetail

@@ -35,7 +35,7 @@ from streamcore.keys import Keys, partition_of
 Parts = tuple[Keys, ...] | list[Keys]
 
 #: Which state a group shows when its partitions disagree: the first that any partition has.
-_STATE_ORDER: tuple[GroupState, ...] = ("abandoned", "missing", "no-stream", "ok")  # type: ignore[assignment]
+_STATE_ORDER: tuple[GroupState, ...] = ("ahead", "abandoned", "missing", "no-stream", "ok")  # type: ignore[assignment]
 
 
 def _key(entry_id: str) -> tuple[int, int]:
@@ -213,7 +213,7 @@ def _combine_health(healths: list[GroupHealth]) -> GroupHealth:
 
 async def group_health(r: aioredis.Redis, parts: Parts, *, abandoned_after_ms: int = ABANDONED_AFTER_MS) -> GroupHealth:
     """:func:`producer.queries.group_health` of every partition; a group's state is the first of
-    ``abandoned``, ``missing``, ``no-stream``, ``ok`` that any partition shows."""
+    ``ahead``, ``abandoned``, ``missing``, ``no-stream``, ``ok`` that any partition shows."""
     if len(parts) == 1:
         return await queries.group_health(r, parts[0], abandoned_after_ms=abandoned_after_ms)
     healths = await asyncio.gather(*(queries.group_health(r, k, abandoned_after_ms=abandoned_after_ms) for k in parts))

@@ -21,7 +21,7 @@ from producer.validation import MAX_NESTING, too_deep
 from streamcore import envelope, ids
 from streamcore.keys import Keys
 from streamcore.loss import removed_before_delivery
-from streamcore.groups import ABANDONED_AFTER_MS, GroupState, classify_group, quiet_ms
+from streamcore.groups import ABANDONED_AFTER_MS, GroupState, classify_group, is_ahead, quiet_ms
 from streamcore.streams import is_nogroup, is_no_such_key, stream_state
 
 _FULL_ID = re.compile(r"[0-9]{1,20}-[0-9]{1,20}")
@@ -293,11 +293,14 @@ def _int_or_none(value: Any) -> int | None:
         return None
 
 
-def group_state(group: dict[str, Any], consumers: list[dict[str, Any]], abandoned_after_ms: int) -> GroupState:
+def group_state(group: dict[str, Any], consumers: list[dict[str, Any]], abandoned_after_ms: int,
+                last_generated_id: str | None) -> GroupState:
     """:func:`streamcore.groups.classify_group` of one group listed by ``XINFO GROUPS``, from its
-    ``pending`` and its consumers' quiet time (``XINFO CONSUMERS``, :func:`streamcore.groups.quiet_ms`)."""
+    ``pending``, its ``last-delivered-id`` against the stream's ``last_generated_id`` (``XINFO
+    STREAM``) and its consumers' quiet time (``XINFO CONSUMERS``, :func:`streamcore.groups.quiet_ms`)."""
     return classify_group(stream_exists=True, group_exists=True, pending=int(group["pending"]),
-                          consumer_quiet_ms=[quiet_ms(c) for c in consumers], abandoned_after_ms=abandoned_after_ms)
+                          consumer_quiet_ms=[quiet_ms(c) for c in consumers], abandoned_after_ms=abandoned_after_ms,
+                          last_delivered_id=group.get("last-delivered-id"), last_generated_id=last_generated_id)
 
 
 async def _consumers_of(r: aioredis.Redis, keys: Keys, groups: list[dict[str, Any]]) -> list[list[dict[str, Any]]]:
@@ -341,20 +344,21 @@ def _health(keys: Keys, stream_exists: bool, listed: list[tuple[str, GroupState]
 
 
 async def group_health(r: aioredis.Redis, keys: Keys, *, abandoned_after_ms: int = ABANDONED_AFTER_MS) -> GroupHealth:
-    """Classify every group of ``keys.stream`` with ``XINFO GROUPS`` and ``XINFO CONSUMERS`` (no
-    entry data is read, so it is cheap enough for every ``/metrics`` scrape).
+    """Classify every group of ``keys.stream`` with ``XINFO STREAM`` (its last-generated-id),
+    ``XINFO GROUPS`` and ``XINFO CONSUMERS`` (cheap enough for every ``/metrics`` scrape: no
+    range of entries is read, only the stream's first and last entry come with XINFO STREAM).
 
     Raises:
         redis.exceptions.RedisError: Redis failed (a missing stream is not an error).
     """
-    try:
-        groups = await r.xinfo_groups(keys.stream)
-    except ResponseError as exc:
-        if is_no_such_key(exc):
-            return _health(keys, False, [])
-        raise
+    state = await stream_state(r, keys)
+    if state is None:
+        return _health(keys, False, [])
+    info, groups = state
     consumers = await _consumers_of(r, keys, groups)
-    return _health(keys, True, [(g["name"], group_state(g, c, abandoned_after_ms)) for g, c in zip(groups, consumers, strict=True)])
+    last_generated = info.get("last-generated-id")
+    return _health(keys, True, [(g["name"], group_state(g, c, abandoned_after_ms, last_generated))
+                                for g, c in zip(groups, consumers, strict=True)])
 
 
 async def stream_info(r: aioredis.Redis, keys: Keys, *, abandoned_after_ms: int = ABANDONED_AFTER_MS) -> tuple[dict[str, Any], GroupHealth]:
@@ -380,7 +384,9 @@ async def stream_info(r: aioredis.Redis, keys: Keys, *, abandoned_after_ms: int 
         "inactiveMs" (None where not reported)}]}]}``.
 
         ``groupState`` is the configured group's state (:mod:`streamcore.groups`): ``ok``,
-        ``abandoned`` (pending entries, no consumer seen for ``abandoned_after_ms``), ``missing``
+        ``ahead`` (its last-delivered-id is past the stream's last-generated-id: new entries are
+        never delivered to it until its ID is set back), ``abandoned`` (pending entries, no
+        consumer seen for ``abandoned_after_ms``), ``missing``
         (the stream exists but the group does not: all ``length`` entries wait for a group that
         nobody created) or ``no-stream``; every listed group has its own ``state``.
         ``undeliveredDeleted`` is True when entries were trimmed or deleted before this group read
@@ -432,7 +438,7 @@ async def stream_info(r: aioredis.Redis, keys: Keys, *, abandoned_after_ms: int 
     for g, consumers in zip(groups, consumers_by_group, strict=True):
         last = g["last-delivered-id"]
         undelivered_deleted = removed_before_delivery(info, last, _int_or_none(g.get("entries-read")))
-        g_state = group_state(g, consumers, abandoned_after_ms)
+        g_state = group_state(g, consumers, abandoned_after_ms, info.get("last-generated-id"))
         listed.append((g["name"], g_state))
         answer["groups"].append(
             {
@@ -479,6 +485,11 @@ async def order_status(r: aioredis.Redis, keys: Keys, order_id: str) -> dict[str
                       deleted from the DLQ): ``deadLetter: {dlqId, sourceId, originalId (the
                       same, its old name), reason, deliveries, error, consumer, deadLetteredMs}``;
     ``waiting``       in the stream and after the group's last-delivered-id (or no group yet);
+    ``stranded``      in the stream, not pending, no marker, and the group is ``ahead``
+                      (:func:`streamcore.groups.is_ahead`: XGROUP SETID moved its
+                      last-delivered-id past the stream's last entry): the group will not
+                      deliver it until its ID is set back at or before it; whether it was
+                      delivered before the move cannot be told (no marker says so);
     ``acknowledged``  delivered and acked but no marker (a handler that writes none);
     ``gone``          indexed, but the entry was trimmed or deleted and nothing else is known.
 
@@ -550,23 +561,30 @@ async def order_status(r: aioredis.Redis, keys: Keys, order_id: str) -> dict[str
     if entry is None:
         answer["status"] = "gone"
         return answer
-    last_delivered = await _last_delivered(r, keys)
+    last_delivered, last_generated = await _positions(r, keys)
     if last_delivered is None or ids.compare(entry_id, last_delivered) > 0:
         answer["status"] = "waiting"
+    elif is_ahead(last_delivered, last_generated):
+        answer["status"] = "stranded"
     else:
         answer["status"] = "acknowledged"
     return answer
 
 
-async def _last_delivered(r: aioredis.Redis, keys: Keys) -> str | None:
+async def _positions(r: aioredis.Redis, keys: Keys) -> tuple[str | None, str | None]:
+    """``(last-delivered-id of keys.group, last-generated-id of keys.stream)`` from XINFO GROUPS
+    and XINFO STREAM; None for what is not there (no stream, no group)."""
     try:
-        groups = await r.xinfo_groups(keys.stream)
+        state = await stream_state(r, keys)
     except ResponseError:
-        return None
+        return None, None
+    if state is None:
+        return None, None
+    info, groups = state
     for g in groups:
         if g["name"] == keys.group:
-            return g["last-delivered-id"]
-    return None
+            return g["last-delivered-id"], info.get("last-generated-id")
+    return None, info.get("last-generated-id")
 
 
 #: Fields a dead letter adds after the original entry's fields (:func:`streamcore.streams.dead_letter`);

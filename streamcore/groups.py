@@ -6,6 +6,14 @@ States, most urgent first:
 ``missing``
     the stream exists but the group does not (nobody created it yet, or it was destroyed):
     every entry of the stream is undelivered backlog, yet ``XINFO GROUPS`` shows nothing;
+``ahead``
+    the group's last-delivered-id (``XINFO GROUPS``) is past the stream's last-generated-id
+    (``XINFO STREAM``): ``XGROUP SETID`` moved it there (e.g. to the largest ID,
+    ``18446744073709551615-18446744073709551615``). ``XREADGROUP ... >`` delivers only entries
+    above that ID, so every order appended from now on stays in the stream unread by this group
+    until someone moves its ID back (``XGROUP SETID <stream> <group> <id>``, at or before the
+    first entry it must deliver). Redis reports ``lag`` and ``entries-read`` as nil then. A group
+    never gets there by reading: it is always an operator's (or a tool's) SETID;
 ``abandoned``
     the group has pending entries (``XINFO GROUPS`` ``pending`` > 0) and no consumer of it has
     been seen for ``abandoned_after_ms``: no consumer at all, or every consumer quiet that long.
@@ -23,7 +31,9 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping
 from typing import Any, Literal
 
-GroupState = Literal["ok", "abandoned", "missing", "no-stream"]
+from streamcore.ids import InvalidStreamId, parse_id
+
+GroupState = Literal["ok", "ahead", "abandoned", "missing", "no-stream"]
 
 #: Default for ``abandoned_after_ms``: a group whose consumers have all been quiet this long (ms)
 #: while it holds pending entries is reported as abandoned.
@@ -40,8 +50,21 @@ def quiet_ms(consumer: Mapping[str, Any]) -> int | None:
     return int(idle) if idle is not None else None
 
 
+def is_ahead(last_delivered_id: str | None, last_generated_id: str | None) -> bool:
+    """True when a group's last-delivered-id (``XINFO GROUPS``) is past the stream's
+    last-generated-id (``XINFO STREAM``): the ``ahead`` state. False when either is unknown or
+    not an entry ID (nothing to judge by)."""
+    if not last_delivered_id or not last_generated_id:
+        return False
+    try:
+        return parse_id(last_delivered_id) > parse_id(last_generated_id)
+    except InvalidStreamId:
+        return False
+
+
 def classify_group(*, stream_exists: bool, group_exists: bool, pending: int,
-                   consumer_quiet_ms: Iterable[int | None], abandoned_after_ms: int = ABANDONED_AFTER_MS) -> GroupState:
+                   consumer_quiet_ms: Iterable[int | None], abandoned_after_ms: int = ABANDONED_AFTER_MS,
+                   last_delivered_id: str | None = None, last_generated_id: str | None = None) -> GroupState:
     """The state of one (stream, group), see the module docstring.
 
     Args:
@@ -50,14 +73,19 @@ def classify_group(*, stream_exists: bool, group_exists: bool, pending: int,
         pending: the group's PEL size (``XINFO GROUPS`` ``pending``).
         consumer_quiet_ms: per consumer, :func:`quiet_ms` (None counts as not seen recently).
         abandoned_after_ms: quiet time (ms) after which a consumer no longer counts as seen.
+        last_delivered_id: the group's ``last-delivered-id`` (``XINFO GROUPS``); with
+            ``last_generated_id`` (``XINFO STREAM``) it tells ``ahead`` (:func:`is_ahead`).
+            Either None: ``ahead`` is not judged.
 
     Returns:
-        ``no-stream``, ``missing``, ``abandoned`` or ``ok``.
+        ``no-stream``, ``missing``, ``ahead``, ``abandoned`` or ``ok``.
     """
     if not stream_exists:
         return "no-stream"
     if not group_exists:
         return "missing"
+    if is_ahead(last_delivered_id, last_generated_id):
+        return "ahead"
     if pending > 0 and not any(q is not None and q < abandoned_after_ms for q in consumer_quiet_ms):
         return "abandoned"
     return "ok"

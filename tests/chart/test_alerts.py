@@ -19,7 +19,7 @@ from tests.servers import ci_requires_servers
 
 HERE = Path(__file__).parent
 ALERTS = ("OrderstreamLagGrowing", "OrderstreamOldestPendingTooOld", "OrderstreamDeadLetters", "OrderstreamNoConsumer",
-          "OrderstreamReclaimerNotRunning")
+          "OrderstreamGroupAhead", "OrderstreamReclaimerNotRunning")
 
 
 @pytest.fixture(scope="module")

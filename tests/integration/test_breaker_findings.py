@@ -145,17 +145,36 @@ async def test_entries_without_an_order_id_are_never_acked_unapplied(r, raw, red
     assert outcomes == 2, f"dead-lettered {sorted(dead)}, applied under orderId 'None' {applied} time(s)"
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "with the group positioned at the largest ID (XGROUP SETID ... 18446744073709551615-18446744073709551615) "
-    "the producer keeps answering 201 for orders no consumer will ever read, and GET /orders/{orderId} "
-    "reports them 'acknowledged' (delivered and acked) while /stream/info says groupState 'ok'"))
 async def test_an_order_behind_a_group_at_the_largest_id_is_not_reported_acknowledged(api, r, keys):  # noqa: F811
-    await r.xgroup_setid(keys.stream, keys.group, "18446744073709551615-18446744073709551615")
+    """Breaker finding: with the group positioned at the largest ID (XGROUP SETID), orders accepted
+    afterwards are never delivered, yet GET /orders/{orderId} said 'acknowledged' and
+    /stream/info said groupState 'ok'. The order is kept (201: it is in the stream for the group
+    to read once its ID is set back), reported 'stranded', and the group 'ahead'; moving the
+    group back makes the same order 'waiting' again."""
+    largest = "18446744073709551615-18446744073709551615"
+    resp = await api.post("/orders", json={"orderId": "read-before", "product": "p", "quantity": 1, "userId": 1})
+    assert resp.status == 201
+    status, body = await strict_answer(await api.get("/stream/info"))
+    assert (status, body["groupState"]) == (200, "ok")
+    await r.xgroup_setid(keys.stream, keys.group, largest)
     resp = await api.post("/orders", json={"orderId": "never-read", "product": "p", "quantity": 1, "userId": 1})
     assert resp.status == 201
     status, body = await strict_answer(await api.get("/orders/never-read"))
+    assert (status, body["status"]) == (200, "stranded"), body
+    status, info = await strict_answer(await api.get("/stream/info"))
     assert status == 200
-    assert body["status"] != "acknowledged", "never delivered to any consumer, yet reported delivered and acked"
+    assert info["groupState"] == "ahead"
+    (group,) = [g for g in info["groups"] if g["name"] == keys.group]
+    assert (group["state"], group["lastDeliveredId"]) == ("ahead", largest)
+    metrics = await (await api.get("/metrics")).text()
+    assert f'orderstream_group_state{{group="{keys.group}",state="ahead"}} 1.0' in metrics
+    # Set back to just before the first order: both orders wait for the group again.
+    await r.xgroup_setid(keys.stream, keys.group, "0")
+    for order_id in ("read-before", "never-read"):
+        status, body = await strict_answer(await api.get(f"/orders/{order_id}"))
+        assert (status, body["status"]) == (200, "waiting"), body
+    status, info = await strict_answer(await api.get("/stream/info"))
+    assert info["groupState"] == "ok"
 
 
 @pytest.mark.xfail(strict=True, reason=(

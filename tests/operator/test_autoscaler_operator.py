@@ -69,7 +69,7 @@ async def test_scales_up_on_backlog_and_explains(cluster, operator, r, names, re
     assert signals['redisReachable'] and signals['lagExact']
     assert {c['type']: c['status'] for c in status['conditions']} == {
         'Ready': 'True', 'Active': 'True', 'ScalingLimited': 'False', 'RedisReachable': 'True', 'LagExact': 'True',
-        'GroupMissing': 'False', 'GroupAbandoned': 'False'}
+        'GroupMissing': 'False', 'GroupAbandoned': 'False', 'GroupAhead': 'False'}
     assert cluster.replicas('consumer') == 5
 
     await eventually(lambda: len(cluster.events('Scaled')) == 2, 10, 'Events posted (asynchronously by kopf)')
@@ -348,3 +348,40 @@ async def test_missing_and_abandoned_groups_are_conditions_and_metrics(cluster, 
                      lambda: cluster.status('sas'))
     assert cluster.condition('sas', 'GroupAbandoned')['reason'] == 'GroupsRead'
     assert groups('ok') == 1 and groups('abandoned') == 0
+
+
+async def test_a_group_moved_past_the_last_entry_is_a_condition_an_event_and_a_metric(cluster, operator, r, names,
+                                                                                       redis_secret):
+    """Breaker finding: XGROUP SETID to the largest ID leaves every order appended afterwards
+    unread, while the lag reads 0. GroupAhead turns True (one Warning) with the ID named, the
+    metric counts the pair as ``ahead``, and both clear once the group is moved back."""
+    def groups(state: str) -> float | None:
+        return operator.metrics.get_sample_value('orderstream_autoscaler_groups',
+                                                 {'autoscaler': f'{NS}/sas', 'state': state})
+
+    await fill(r, names.stream, 5)
+    await r.xgroup_create(names.stream, names.group, '$')
+    await cluster.create_deployment('consumer', replicas=1)
+    await cluster.create_autoscaler('sas', autoscaler_spec(redis_secret, names.stream, names.group, minReplicas=1))
+    await eventually(lambda: cluster.condition('sas', 'GroupAhead').get('status') == 'False', 10,
+                     lambda: cluster.status('sas'))
+    assert cluster.condition('sas', 'GroupAhead')['reason'] == 'GroupsInStep' and groups('ok') == 1
+
+    largest = '18446744073709551615-18446744073709551615'
+    await r.xgroup_setid(names.stream, names.group, largest)
+    await fill(r, names.stream, 7)
+    await eventually(lambda: cluster.condition('sas', 'GroupAhead').get('status') == 'True', 10,
+                     lambda: cluster.status('sas'))
+    ahead = cluster.condition('sas', 'GroupAhead')
+    assert ahead['reason'] == 'GroupAhead' and names.group in ahead['message'] and largest in ahead['message']
+    assert groups('ahead') == 1 and groups('ok') == 0
+    assert cluster.status('sas')['signals']['streams'][0]['groupState'] == 'ahead'
+    await eventually(lambda: cluster.events('GroupAhead'), 10, 'a Warning')
+    await more_polls(cluster, 3)
+    (warning,) = cluster.events('GroupAhead')
+    assert warning['type'] == 'Warning' and largest in warning['message']
+
+    await r.xgroup_setid(names.stream, names.group, '0')
+    await eventually(lambda: cluster.condition('sas', 'GroupAhead').get('status') == 'False', 10,
+                     lambda: cluster.status('sas'))
+    assert groups('ahead') == 0 and groups('ok') == 1
