@@ -201,11 +201,12 @@ def check_ports(wanted: list[tuple[int, str]]) -> None:
         wanted: ``(port, what to do instead)`` pairs.
 
     Raises:
-        SystemExit: naming the first taken port and the way out.
+        SystemExit: naming every taken port and the way out, a line each (so one run shows all
+            there is to change, not one port per try).
     """
-    for port, hint in wanted:
-        if not port_free(port):
-            raise SystemExit(f"port {port} is taken: {hint}")
+    taken = [f"port {port} is taken: {hint}" for port, hint in wanted if not port_free(port)]
+    if taken:
+        raise SystemExit("\n".join(taken))
 
 
 async def wait_for_redis(port: int, timeout_s: float) -> None:

