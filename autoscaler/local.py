@@ -97,8 +97,8 @@ async def run_local(
                     logger.info('group %s of %s does not exist yet: its %d entries count as backlog',
                                 s.group, s.stream, s.length)
                 elif state == 'ahead':
-                    logger.warning('group %s of %s is positioned at %s, past the last entry: orders appended now are '
-                                   'not delivered to it until XGROUP SETID moves it back', s.group, s.stream,
+                    logger.warning('group %s of %s is positioned at %s, past the last entry and the clock: orders appended '
+                                   'now are not delivered to it until XGROUP SETID moves it back below them', s.group, s.stream,
                                    s.last_delivered_id)
                 else:
                     logger.warning('group %s of %s looks abandoned: %d pending entries, no consumer seen for %ss',

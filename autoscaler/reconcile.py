@@ -49,7 +49,7 @@ STREAM_UNREADABLE = 'StreamUnreadable'
 #: ``GroupMissing`` is True while a configured stream exists without its group (its whole
 #: length counts as backlog); ``GroupAbandoned`` is True while a group holds pending entries and
 #: none of its consumers was seen for ``spec.groupAbandonedAfterSeconds``; ``GroupAhead`` is True
-#: while a group's last-delivered-id is past its stream's last-generated-id (``XGROUP SETID``
+#: while a group's last-delivered-id is past its stream's last-generated-id and the clock (``XGROUP SETID``
 #: put it there: new entries are never delivered to it, and its lag reads 0). Each is False
 #: (reasons ``GroupsPresent``, ``GroupsRead``, ``GroupsInStep``) once no stream is in that state, and Unknown
 #: (reason ``RedisUnreachable`` or ``StreamUnreadable``) while a stream could not be read and
@@ -254,8 +254,8 @@ def group_conditions(signals: Signals, abandoned_after_ms: int) -> tuple[Conditi
     ) if abandoned else otherwise('GroupsRead', 'no group holds pending entries without a consumer seen recently')
     ahead = signals.in_state('ahead')
     ahead_condition = ('True', GROUP_AHEAD, '; '.join(
-        f'group {s.group} of stream {s.stream} is positioned at {s.last_delivered_id}, past the last entry: '
-        f'orders appended now are not delivered to it until XGROUP SETID moves it back' for s in ahead)
+        f'group {s.group} of stream {s.stream} is positioned at {s.last_delivered_id}, past the last entry and the '
+        f'clock: orders appended now are not delivered to it until XGROUP SETID moves it back below them' for s in ahead)
     ) if ahead else otherwise('GroupsInStep', "no group's last-delivered-id is past its stream's last entry")
     return missing_condition, abandoned_condition, ahead_condition
 

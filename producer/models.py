@@ -232,8 +232,8 @@ class Group(TypedDict, total=False):
     nameBase64: Base64
     state: _describe(
         Literal["ok", "ahead", "abandoned"],
-        "`ahead`: its lastDeliveredId is past the stream's lastGeneratedId (moved there by XGROUP SETID): new "
-        "entries are not delivered to it until its ID is set back; `abandoned`: pending entries and no consumer "
+        "`ahead`: its lastDeliveredId is past the stream's lastGeneratedId and the clock (moved there by XGROUP "
+        "SETID): new entries get smaller IDs and are not delivered to it until its ID is set back; `abandoned`: pending entries and no consumer "
         "seen for ABANDONED_AFTER_MS; else `ok`.",
     )
     consumerCount: int
@@ -275,7 +275,7 @@ class StreamInfo(TypedDict, total=False):
     groupState: _describe(
         GroupState,
         "State of the configured group: `ok`, `ahead` (its last-delivered-id is past the stream's "
-        "last-generated-id: new entries wait until its ID is set back), `abandoned` (pending entries, no consumer seen for "
+        "last-generated-id and the clock: new entries wait until its ID is set back), `abandoned` (pending entries, no consumer seen for "
         "ABANDONED_AFTER_MS), `missing` (the stream exists, the group does not: every entry waits), "
         "`no-stream`. Also in the metric `orderstream_group_state{group,state}`.",
     )
@@ -332,7 +332,7 @@ class OrderStatus(TypedDict, total=False):
     status: Required[_describe(
         Literal["waiting", "pending", "processed", "dead_lettered", "stranded", "acknowledged", "gone"],
         "`stranded`: not pending and not processed while the group is `ahead` (GET /stream/info): it will not "
-        "be delivered until the group's ID is set back at or before it.",
+        "be delivered until the group's ID is set back below it.",
     )]
     order: dict[str, Any]
     pending: PendingDetail

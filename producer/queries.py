@@ -384,8 +384,8 @@ async def stream_info(r: aioredis.Redis, keys: Keys, *, abandoned_after_ms: int 
         "inactiveMs" (None where not reported)}]}]}``.
 
         ``groupState`` is the configured group's state (:mod:`streamcore.groups`): ``ok``,
-        ``ahead`` (its last-delivered-id is past the stream's last-generated-id: new entries are
-        never delivered to it until its ID is set back), ``abandoned`` (pending entries, no
+        ``ahead`` (its last-delivered-id is past the stream's last-generated-id and the clock:
+        new entries are never delivered to it until its ID is set back), ``abandoned`` (pending entries, no
         consumer seen for ``abandoned_after_ms``), ``missing``
         (the stream exists but the group does not: all ``length`` entries wait for a group that
         nobody created) or ``no-stream``; every listed group has its own ``state``.
@@ -487,9 +487,10 @@ async def order_status(r: aioredis.Redis, keys: Keys, order_id: str) -> dict[str
     ``waiting``       in the stream and after the group's last-delivered-id (or no group yet);
     ``stranded``      in the stream, not pending, no marker, and the group is ``ahead``
                       (:func:`streamcore.groups.is_ahead`: XGROUP SETID moved its
-                      last-delivered-id past the stream's last entry): the group will not
-                      deliver it until its ID is set back at or before it; whether it was
-                      delivered before the move cannot be told (no marker says so);
+                      last-delivered-id past the stream's last entry and the clock): the group
+                      will not deliver it until its ID is set back below it; whether it was
+                      delivered before the move cannot be told (no marker says so: an order
+                      whose marker expired, ``PROCESSED_TTL``, shows here too);
     ``acknowledged``  delivered and acked but no marker (a handler that writes none);
     ``gone``          indexed, but the entry was trimmed or deleted and nothing else is known.
 

@@ -153,7 +153,7 @@ class Reclaimer:
         s.gone += len(report.gone)
         for group in report.ahead:
             self._ahead_log.setdefault(group, RateLimitedLog(logger, ORPHAN_LOG_INTERVAL_S)).log(
-                logging.WARNING, "group %s of %s is positioned past the stream's last entry ID (XGROUP SETID); "
+                logging.WARNING, "group %s of %s is positioned past the stream's last entry ID and the clock (XGROUP SETID); "
                 "entries added from now on will never be delivered to it", group, self.keys.stream)
         self.metrics.dead_lettered.labels(COMPONENT).inc(claim_dead_lettered)  # the runner counts its own
         self.metrics.gone.labels(COMPONENT).inc(s.gone)

@@ -8,12 +8,17 @@ States, most urgent first:
     every entry of the stream is undelivered backlog, yet ``XINFO GROUPS`` shows nothing;
 ``ahead``
     the group's last-delivered-id (``XINFO GROUPS``) is past the stream's last-generated-id
-    (``XINFO STREAM``): ``XGROUP SETID`` moved it there (e.g. to the largest ID,
+    (``XINFO STREAM``) *and* its time part is more than :data:`AHEAD_MARGIN_MS` past the clock:
+    ``XGROUP SETID`` moved it into the future (e.g. to the largest ID,
     ``18446744073709551615-18446744073709551615``). ``XREADGROUP ... >`` delivers only entries
-    above that ID, so every order appended from now on stays in the stream unread by this group
-    until someone moves its ID back (``XGROUP SETID <stream> <group> <id>``, at or before the
-    first entry it must deliver). Redis reports ``lag`` and ``entries-read`` as nil then. A group
-    never gets there by reading: it is always an operator's (or a tool's) SETID;
+    above that ID and ``XADD *`` takes its IDs from Redis's clock, so every order appended until
+    the clock passes that ID (for the largest ID: never) stays in the stream unread by this group,
+    until someone moves its ID back (``XGROUP SETID <stream> <group> <id>`` with an ID *below* the
+    first entry it must deliver: the ID given counts as delivered). Redis reports ``lag`` and
+    ``entries-read`` as nil then. A group never gets there by reading: it is always an operator's
+    (or a tool's) SETID. A position past the last entry but not past the clock (SETID to the last
+    entry's ID plus one, to "now", ``XGROUP CREATE ... 1-0 MKSTREAM``) strands nothing: the next
+    ``XADD *`` gets a larger ID, so it is ``ok``;
 ``abandoned``
     the group has pending entries (``XINFO GROUPS`` ``pending`` > 0) and no consumer of it has
     been seen for ``abandoned_after_ms``: no consumer at all, or every consumer quiet that long.
@@ -28,12 +33,19 @@ States, most urgent first:
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterable, Mapping
 from typing import Any, Literal
 
 from streamcore.ids import InvalidStreamId, parse_id
 
 GroupState = Literal["ok", "ahead", "abandoned", "missing", "no-stream"]
+
+#: How far (ms) past the clock a group's last-delivered-id must be to count as ``ahead``. IDs come
+#: from Redis's clock, the judge reads this host's: the margin covers the skew between the two,
+#: and an ``XINFO STREAM`` read just before the ``XINFO GROUPS`` it is compared with (an entry
+#: appended and delivered in between makes a healthy group look past the last entry it read).
+AHEAD_MARGIN_MS = 10_000
 
 #: Default for ``abandoned_after_ms``: a group whose consumers have all been quiet this long (ms)
 #: while it holds pending entries is reported as abandoned.
@@ -50,21 +62,27 @@ def quiet_ms(consumer: Mapping[str, Any]) -> int | None:
     return int(idle) if idle is not None else None
 
 
-def is_ahead(last_delivered_id: str | None, last_generated_id: str | None) -> bool:
-    """True when a group's last-delivered-id (``XINFO GROUPS``) is past the stream's
-    last-generated-id (``XINFO STREAM``): the ``ahead`` state. False when either is unknown or
-    not an entry ID (nothing to judge by)."""
+def is_ahead(last_delivered_id: str | None, last_generated_id: str | None, *, now_ms: int | None = None) -> bool:
+    """True in the ``ahead`` state (module docstring): a group's last-delivered-id (``XINFO
+    GROUPS``) is past the stream's last-generated-id (``XINFO STREAM``) and its milliseconds are
+    more than :data:`AHEAD_MARGIN_MS` past ``now_ms`` (Unix ms; this host's clock when None), so
+    the entries ``XADD *`` appends now get smaller IDs and are never delivered to it. False when
+    either ID is unknown or not an entry ID (nothing to judge by)."""
     if not last_delivered_id or not last_generated_id:
         return False
     try:
-        return parse_id(last_delivered_id) > parse_id(last_generated_id)
+        delivered, generated = parse_id(last_delivered_id), parse_id(last_generated_id)
     except InvalidStreamId:
         return False
+    if now_ms is None:
+        now_ms = int(time.time() * 1000)
+    return delivered > generated and delivered[0] > now_ms + AHEAD_MARGIN_MS
 
 
 def classify_group(*, stream_exists: bool, group_exists: bool, pending: int,
                    consumer_quiet_ms: Iterable[int | None], abandoned_after_ms: int = ABANDONED_AFTER_MS,
-                   last_delivered_id: str | None = None, last_generated_id: str | None = None) -> GroupState:
+                   last_delivered_id: str | None = None, last_generated_id: str | None = None,
+                   now_ms: int | None = None) -> GroupState:
     """The state of one (stream, group), see the module docstring.
 
     Args:
@@ -76,6 +94,7 @@ def classify_group(*, stream_exists: bool, group_exists: bool, pending: int,
         last_delivered_id: the group's ``last-delivered-id`` (``XINFO GROUPS``); with
             ``last_generated_id`` (``XINFO STREAM``) it tells ``ahead`` (:func:`is_ahead`).
             Either None: ``ahead`` is not judged.
+        now_ms: the clock (Unix ms) ``ahead`` is judged against; this host's when None.
 
     Returns:
         ``no-stream``, ``missing``, ``ahead``, ``abandoned`` or ``ok``.
@@ -84,7 +103,7 @@ def classify_group(*, stream_exists: bool, group_exists: bool, pending: int,
         return "no-stream"
     if not group_exists:
         return "missing"
-    if is_ahead(last_delivered_id, last_generated_id):
+    if is_ahead(last_delivered_id, last_generated_id, now_ms=now_ms):
         return "ahead"
     if pending > 0 and not any(q is not None and q < abandoned_after_ms for q in consumer_quiet_ms):
         return "abandoned"

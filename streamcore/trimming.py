@@ -8,8 +8,8 @@ The reclaimer runs :func:`trim_pass` once per pass:
    (:data:`streamcore.ids.MAX_ID`, put there with ``XGROUP SETID``) has had everything delivered
    that can ever be: only its pending entries hold the floor (:data:`~streamcore.ids.MAX_ID` stands
    for "no limit"). Such a group, like any group whose ``last-delivered-id`` is past the stream's
-   ``last-generated-id``, will never be delivered an entry added from now on:
-   :attr:`TrimReport.ahead` names it so the caller can say so.
+   ``last-generated-id`` and the clock (:func:`streamcore.groups.is_ahead`), will never be
+   delivered an entry added from now on: :attr:`TrimReport.ahead` names it so the caller can say so.
 2. **Retention point** — keep at least ``STREAM_MAXLEN`` newest entries: when ``XLEN`` exceeds it,
    the first kept entry is the ``excess``-th (at most ``max_step`` entries per pass, so a huge
    backlog is trimmed over several passes), found by a Lua script that walks ``XRANGE`` on the
@@ -52,6 +52,7 @@ from dataclasses import dataclass, field
 import redis.asyncio as aioredis
 from prometheus_client import CollectorRegistry, Counter, Gauge
 
+from streamcore.groups import is_ahead
 from streamcore.ids import MAX_ID, compare, successor
 from streamcore.keys import Keys
 from streamcore.loss import removed_before_delivery
@@ -102,7 +103,7 @@ class TrimReport:
         trimmed: entries removed by XTRIM (its reply).
         lost: entries newly detected as deleted before delivery (added to ``keys.lost_counter``).
         gone: pending IDs without data that were XACKed.
-        ahead: groups whose ``last-delivered-id`` is past the stream's ``last-generated-id``
+        ahead: groups whose ``last-delivered-id`` is past the stream's ``last-generated-id`` and the clock (``ahead``)
             (``XGROUP SETID`` into the future, e.g. to the largest ID): entries added from now
             on are below their position, so ``XREADGROUP >`` will never deliver them.
     """
@@ -292,7 +293,7 @@ async def trim_pass(r: aioredis.Redis, keys: Keys, *, maxlen: int, max_step: int
     if report.gone:
         groups = await r.xinfo_groups(keys.stream)
     last_generated = info.get("last-generated-id") or "0-0"
-    report.ahead = [g["name"] for g in groups if compare(g["last-delivered-id"], last_generated) > 0]
+    report.ahead = [g["name"] for g in groups if is_ahead(g["last-delivered-id"], last_generated)]
     report.group_floor = await group_floor(r, keys, groups)
     if report.group_floor is None:
         await r.delete(keys.trim_floor)

@@ -177,6 +177,21 @@ async def test_an_order_behind_a_group_at_the_largest_id_is_not_reported_acknowl
     assert info["groupState"] == "ok"
 
 
+async def test_a_group_set_past_the_last_entry_but_not_past_the_clock_is_ok(api, r, keys):  # noqa: F811
+    """Breaker finding on the first cut of ``ahead``: a group set to the last entry's ID plus one
+    (or to "now") strands nothing, since the next XADD * gets a larger ID; it was reported
+    ``ahead`` until the next order arrived, which would page someone on a quiet night."""
+    resp = await api.post("/orders", json={"orderId": "first", "product": "p", "quantity": 1, "userId": 1})
+    ms, seq = (await resp.json())["id"].split("-")
+    await r.xgroup_setid(keys.stream, keys.group, f"{ms}-{int(seq) + 1}")
+    status, info = await strict_answer(await api.get("/stream/info"))
+    assert (status, info["groupState"]) == (200, "ok"), info
+    resp = await api.post("/orders", json={"orderId": "next", "product": "p", "quantity": 1, "userId": 1})
+    assert resp.status == 201
+    status, body = await strict_answer(await api.get("/orders/next"))
+    assert (status, body["status"]) == (200, "waiting"), body
+
+
 @pytest.mark.xfail(strict=True, reason=(
     "aiohttp refuses a body with Content-Encoding br/zstd (codec not installed), an over-long header or a "
     "control character in a header before the app sees it: 400 with a text/plain body, not the API's JSON "
