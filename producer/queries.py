@@ -22,7 +22,7 @@ from streamcore import envelope, ids
 from streamcore.keys import Keys
 from streamcore.loss import removed_before_delivery
 from streamcore.groups import ABANDONED_AFTER_MS, GroupState, classify_group, is_ahead, quiet_ms
-from streamcore.streams import is_nogroup, is_no_such_key, stream_state
+from streamcore.streams import is_nogroup, stream_state
 
 _FULL_ID = re.compile(r"[0-9]{1,20}-[0-9]{1,20}")
 
