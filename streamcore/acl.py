@@ -18,7 +18,6 @@ under the stream name (``<stream>:...``), which the patterns already cover.
 
 from __future__ import annotations
 
-import argparse
 import re
 import sys
 from collections.abc import Sequence
