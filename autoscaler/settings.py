@@ -40,8 +40,10 @@ class AutoscalerSettings(CommonSettings):
     all_namespaces: bool = Field(default=False, description="--all-namespaces: watch cluster-wide.")
 
     local: bool = Field(default=False, description="--local: scale local consumer processes.")
-    local_min_consumers: int = Field(default=1, ge=0, description="LOCAL_MIN_CONSUMERS: local minimum (1).")
-    local_max_consumers: int = Field(default=4, ge=1, description="LOCAL_MAX_CONSUMERS: local maximum (4).")
+    local_min_consumers: int = Field(default=1, ge=0, description="LOCAL_MIN_CONSUMERS: local minimum (1) of `python -m autoscaler --local`; "
+                                     "`make up` sets it from its CONSUMERS (2).")
+    local_max_consumers: int = Field(default=4, ge=1, description="LOCAL_MAX_CONSUMERS: local maximum (4) of `python -m autoscaler --local`; "
+                                     "`make up` sets it from its MAX_CONSUMERS (6).")
     target_backlog_per_replica: int = Field(
         default=100, ge=1, description="TARGET_BACKLOG_PER_REPLICA: local entries per consumer (100).")
     local_poll_interval_seconds: float = Field(
