@@ -51,7 +51,7 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from streamcore.connection import is_transient
 from streamcore.keys import partition_keys
-from streamcore.groups import ABANDONED_AFTER_MS, classify_group, quiet_ms
+from streamcore.groups import ABANDONED_AFTER_MS, classify_group, quiet_ms, settled_last_generated
 
 logger = logging.getLogger(__name__)
 
@@ -492,7 +492,8 @@ class SignalReader:
             stream_exists=True, group_exists=True, pending=int(_field(mine, 'pending') or 0),
             consumer_quiet_ms=[quiet_ms({'inactive': c.inactive_ms, 'idle': c.idle_ms}) for c in consumers],
             abandoned_after_ms=self.abandoned_after_ms,
-            last_delivered_id=last_delivered, last_generated_id=last_generated)
+            last_delivered_id=last_delivered,
+            last_generated_id=await settled_last_generated(self.r, stream, last_generated, [last_delivered]))
         return StreamSignals(stream, group, True, True, length, entries_added, entries_read, last_delivered,
                              reported, lag, exact, source, pending_total, live_pending, dead_pending,
                              oldest, tuple(consumers), arrival, delivery, group_state=state)

@@ -21,7 +21,7 @@ from producer.validation import MAX_NESTING, too_deep
 from streamcore import envelope, ids
 from streamcore.keys import Keys
 from streamcore.loss import removed_before_delivery
-from streamcore.groups import ABANDONED_AFTER_MS, GroupState, classify_group, is_ahead, quiet_ms
+from streamcore.groups import ABANDONED_AFTER_MS, GroupState, classify_group, is_ahead, quiet_ms, settled_last_generated
 from streamcore.streams import is_nogroup, stream_state
 
 _FULL_ID = re.compile(r"[0-9]{1,20}-[0-9]{1,20}")
@@ -356,7 +356,8 @@ async def group_health(r: aioredis.Redis, keys: Keys, *, abandoned_after_ms: int
         return _health(keys, False, [])
     info, groups = state
     consumers = await _consumers_of(r, keys, groups)
-    last_generated = info.get("last-generated-id")
+    last_generated = await settled_last_generated(r, keys.stream, info.get("last-generated-id"),
+                                                  [g.get("last-delivered-id") for g in groups])
     return _health(keys, True, [(g["name"], group_state(g, c, abandoned_after_ms, last_generated))
                                 for g, c in zip(groups, consumers, strict=True)])
 
@@ -435,10 +436,12 @@ async def stream_info(r: aioredis.Redis, keys: Keys, *, abandoned_after_ms: int 
         recordedFirstEntryId=info.get("recorded-first-entry-id"),
     )
     listed: list[tuple[str, GroupState]] = []
+    last_generated = await settled_last_generated(r, keys.stream, info.get("last-generated-id"),
+                                                  [g.get("last-delivered-id") for g in groups])
     for g, consumers in zip(groups, consumers_by_group, strict=True):
         last = g["last-delivered-id"]
         undelivered_deleted = removed_before_delivery(info, last, _int_or_none(g.get("entries-read")))
-        g_state = group_state(g, consumers, abandoned_after_ms, info.get("last-generated-id"))
+        g_state = group_state(g, consumers, abandoned_after_ms, last_generated)
         listed.append((g["name"], g_state))
         answer["groups"].append(
             {
@@ -491,7 +494,9 @@ async def order_status(r: aioredis.Redis, keys: Keys, order_id: str) -> dict[str
                       will not deliver it until its ID is set back below it; whether it was
                       delivered before the move cannot be told (no marker says so: an order
                       whose marker expired, ``PROCESSED_TTL``, shows here too);
-    ``acknowledged``  delivered and acked but no marker (a handler that writes none);
+    ``acknowledged``  not pending, no marker, at or below the group's last-delivered-id: delivered and
+                      acked by a handler that writes none, a marker expired, or skipped by an
+                      XGROUP SETID (which cannot be told apart);
     ``gone``          indexed, but the entry was trimmed or deleted and nothing else is known.
 
     A consumer name (or any other stored text) that is not UTF-8 is null with ``<key>Base64``
@@ -584,7 +589,8 @@ async def _positions(r: aioredis.Redis, keys: Keys) -> tuple[str | None, str | N
     info, groups = state
     for g in groups:
         if g["name"] == keys.group:
-            return g["last-delivered-id"], info.get("last-generated-id")
+            delivered = g["last-delivered-id"]
+            return delivered, await settled_last_generated(r, keys.stream, info.get("last-generated-id"), [delivered])
     return None, info.get("last-generated-id")
 
 

@@ -8,7 +8,8 @@ States, most urgent first:
     every entry of the stream is undelivered backlog, yet ``XINFO GROUPS`` shows nothing;
 ``ahead``
     the group's last-delivered-id (``XINFO GROUPS``) is past the stream's last-generated-id
-    (``XINFO STREAM``) *and* its time part is more than :data:`AHEAD_MARGIN_MS` past the clock:
+    (``XINFO STREAM``, read again after XINFO GROUPS when it was read before:
+    :func:`settled_last_generated`) *and* its time part is more than :data:`AHEAD_MARGIN_MS` past the clock:
     ``XGROUP SETID`` moved it into the future (e.g. to the largest ID,
     ``18446744073709551615-18446744073709551615``). ``XREADGROUP ... >`` delivers only entries
     above that ID and ``XADD *`` takes its IDs from Redis's clock, so every order appended until
@@ -42,10 +43,10 @@ from streamcore.ids import InvalidStreamId, parse_id
 GroupState = Literal["ok", "ahead", "abandoned", "missing", "no-stream"]
 
 #: How far (ms) past the clock a group's last-delivered-id must be to count as ``ahead``. IDs come
-#: from Redis's clock, the judge reads this host's: the margin covers the skew between the two,
-#: and an ``XINFO STREAM`` read just before the ``XINFO GROUPS`` it is compared with (an entry
-#: appended and delivered in between makes a healthy group look past the last entry it read).
-AHEAD_MARGIN_MS = 10_000
+#: from Redis's clock, the judge reads this host's: the margin covers the skew between the two.
+#: A group set less than this into the future strands the orders appended until the clock
+#: passes it, unreported (they read ``acknowledged``, as any entry skipped by a SETID does).
+AHEAD_MARGIN_MS = 1_000
 
 #: Default for ``abandoned_after_ms``: a group whose consumers have all been quiet this long (ms)
 #: while it holds pending entries is reported as abandoned.
@@ -77,6 +78,41 @@ def is_ahead(last_delivered_id: str | None, last_generated_id: str | None, *, no
     if now_ms is None:
         now_ms = int(time.time() * 1000)
     return delivered > generated and delivered[0] > now_ms + AHEAD_MARGIN_MS
+
+
+async def settled_last_generated(r: Any, stream: str, last_generated_id: str | None,
+                                 last_delivered_ids: Iterable[str | None], *, now_ms: int | None = None) -> str | None:
+    """The stream's last-generated-id to judge ``ahead`` by.
+
+    ``XINFO STREAM`` is read before ``XINFO GROUPS`` where both are needed (loss detection,
+    :func:`streamcore.loss.removed_before_delivery`, needs that order), so an entry appended and
+    delivered between the two reads makes a healthy group look past the last entry (seen under
+    traffic, most often on a stream holding IDs ahead of the clock). When any of
+    ``last_delivered_ids`` (``XINFO GROUPS``) is :func:`is_ahead` of ``last_generated_id``, the
+    stream's ``last-generated-id`` is read again with ``XINFO STREAM`` (after the groups were
+    read, so it is at least every ID they had delivered) and returned; otherwise
+    ``last_generated_id`` is returned unchanged, with no round trip.
+
+    Args:
+        r: a redis-py asyncio client (standalone or cluster; bytes or str replies).
+        stream: the stream key.
+
+    Raises:
+        redis.exceptions.RedisError: the re-read failed (a stream deleted meanwhile is not an
+            error: ``last_generated_id`` is returned).
+    """
+    if not any(is_ahead(d, last_generated_id, now_ms=now_ms) for d in last_delivered_ids):
+        return last_generated_id
+    try:
+        info = await r.xinfo_stream(stream)
+    except Exception as exc:  # noqa: BLE001 - a missing stream only
+        if "no such key" in str(exc).lower():
+            return last_generated_id
+        raise
+    fresh = info.get("last-generated-id", info.get(b"last-generated-id"))
+    if isinstance(fresh, bytes):
+        fresh = fresh.decode()
+    return fresh or last_generated_id
 
 
 def classify_group(*, stream_exists: bool, group_exists: bool, pending: int,

@@ -52,7 +52,7 @@ from dataclasses import dataclass, field
 import redis.asyncio as aioredis
 from prometheus_client import CollectorRegistry, Counter, Gauge
 
-from streamcore.groups import is_ahead
+from streamcore.groups import is_ahead, settled_last_generated
 from streamcore.ids import MAX_ID, compare, successor
 from streamcore.keys import Keys
 from streamcore.loss import removed_before_delivery
@@ -292,7 +292,8 @@ async def trim_pass(r: aioredis.Redis, keys: Keys, *, maxlen: int, max_step: int
     report.gone = await ack_gone_below_first(r, keys, info, groups)
     if report.gone:
         groups = await r.xinfo_groups(keys.stream)
-    last_generated = info.get("last-generated-id") or "0-0"
+    last_generated = await settled_last_generated(r, keys.stream, info.get("last-generated-id") or "0-0",
+                                                  [g["last-delivered-id"] for g in groups])
     report.ahead = [g["name"] for g in groups if is_ahead(g["last-delivered-id"], last_generated)]
     report.group_floor = await group_floor(r, keys, groups)
     if report.group_floor is None:
