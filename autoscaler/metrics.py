@@ -7,15 +7,17 @@ of five).
 from __future__ import annotations
 
 import dataclasses
+from typing import get_args
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 from autoscaler.policy import Decision
 from autoscaler.signals import Signals
+from streamcore.groups import GroupState
 
 #: The ``state`` label values of ``orderstream_autoscaler_groups`` (streamcore.groups' states
 #: plus ``unreadable``); every one is set on every poll, 0 when no stream is in it.
-GROUP_STATES = ('ok', 'missing', 'ahead', 'abandoned', 'no-stream', 'unreadable')
+GROUP_STATES = (*get_args(GroupState), 'unreadable')
 
 
 @dataclasses.dataclass(frozen=True)

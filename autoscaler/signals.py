@@ -51,7 +51,7 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from streamcore.connection import is_transient
 from streamcore.keys import partition_keys
-from streamcore.groups import ABANDONED_AFTER_MS, classify_group, quiet_ms, settled_last_generated
+from streamcore.groups import ABANDONED_AFTER_MS, MERGE_ORDER, classify_group, quiet_ms, settled_last_generated
 
 logger = logging.getLogger(__name__)
 
@@ -296,8 +296,9 @@ def _sum(values: Sequence[int | float | None]) -> Any:
     return None if any(v is None for v in values) else sum(values)  # type: ignore[arg-type]
 
 
-#: Which state a partitioned stream shows when its partitions disagree: the first any has.
-_STATE_ORDER = ('unreadable', 'ahead', 'abandoned', 'missing', 'no-stream', 'ok')
+#: Which state a partitioned stream shows when its partitions disagree: the first any has
+#: (:data:`streamcore.groups.MERGE_ORDER`, after our own ``unreadable``).
+_STATE_ORDER = ('unreadable', *MERGE_ORDER)
 
 
 def merge_partitions(stream: str, group: str, parts: Sequence[StreamSignals]) -> StreamSignals:

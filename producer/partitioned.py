@@ -29,13 +29,11 @@ import redis.asyncio as aioredis
 from producer import queries
 from producer.queries import GroupHealth, Page, entry_size, order_item, dead_letter_item, read_forward, read_last
 from streamcore import ids
-from streamcore.groups import ABANDONED_AFTER_MS, GroupState
+from streamcore.groups import ABANDONED_AFTER_MS, MERGE_ORDER, GroupState
 from streamcore.keys import Keys, partition_of
 
 Parts = tuple[Keys, ...] | list[Keys]
 
-#: Which state a group shows when its partitions disagree: the first that any partition has.
-_STATE_ORDER: tuple[GroupState, ...] = ("ahead", "abandoned", "missing", "no-stream", "ok")  # type: ignore[assignment]
 
 
 def _key(entry_id: str) -> tuple[int, int]:
@@ -196,7 +194,7 @@ async def pending(r: aioredis.Redis, parts: Parts, *, consumer: str | None = Non
 
 
 def _combine_states(states: list[GroupState]) -> GroupState:
-    for state in _STATE_ORDER:
+    for state in MERGE_ORDER:
         if state in states:
             return state
     return states[0]

@@ -42,6 +42,11 @@ from streamcore.ids import InvalidStreamId, parse_id
 
 GroupState = Literal["ok", "ahead", "abandoned", "missing", "no-stream"]
 
+#: Which state a group of a stream split into partitions (``STREAM_PARTITIONS``) shows when its
+#: partitions disagree: the first that any partition has (the producer's ``/stream/info`` and
+#: the autoscaler's signals merge the same way).
+MERGE_ORDER: tuple[GroupState, ...] = ("ahead", "abandoned", "missing", "no-stream", "ok")
+
 #: How far (ms) past the clock a group's last-delivered-id must be to count as ``ahead``. IDs come
 #: from Redis's clock, the judge reads this host's: the margin covers the skew between the two.
 #: A group set less than this into the future strands the orders appended until the clock
