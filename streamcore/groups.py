@@ -38,7 +38,10 @@ import time
 from collections.abc import Iterable, Mapping
 from typing import Any, Literal
 
+from redis.exceptions import ResponseError
+
 from streamcore.ids import InvalidStreamId, parse_id
+from streamcore.streams import is_no_such_key
 
 GroupState = Literal["ok", "ahead", "abandoned", "missing", "no-stream"]
 
@@ -110,8 +113,8 @@ async def settled_last_generated(r: Any, stream: str, last_generated_id: str | N
         return last_generated_id
     try:
         info = await r.xinfo_stream(stream)
-    except Exception as exc:  # noqa: BLE001 - a missing stream only
-        if "no such key" in str(exc).lower():
+    except ResponseError as exc:
+        if is_no_such_key(exc):
             return last_generated_id
         raise
     fresh = info.get("last-generated-id", info.get(b"last-generated-id"))
