@@ -51,13 +51,18 @@ async def stream_state(r: aioredis.Redis, keys: Keys) -> tuple[dict, list[dict]]
     Raises:
         redis.exceptions.RedisError: anything but a missing stream.
     """
-    try:
-        info = await r.xinfo_stream(keys.stream)
-        groups = await r.xinfo_groups(keys.stream)
-    except ResponseError as exc:
-        if is_no_such_key(exc):
-            return None
-        raise
+    # One round trip, in this order: XINFO STREAM before XINFO GROUPS is what loss detection
+    # needs (streamcore.loss); the ``ahead`` judgement reads the stream again when it must
+    # (streamcore.groups.settled_last_generated).
+    async with r.pipeline(transaction=False) as pipe:
+        pipe.xinfo_stream(keys.stream)
+        pipe.xinfo_groups(keys.stream)
+        info, groups = await pipe.execute(raise_on_error=False)
+    for reply in (info, groups):
+        if isinstance(reply, Exception):
+            if is_no_such_key(reply):
+                return None
+            raise reply
     return info, groups
 
 
