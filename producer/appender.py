@@ -3,8 +3,8 @@
 One ``await`` per request costs ~150–250 µs of Python per Redis call; batching the appends of
 concurrent requests into one Redis call recovers most of the HTTP rate. Requests enqueue groups
 of ``(call, future)`` pairs (one per :meth:`Appender.append`, all the orders of one
-:meth:`Appender.append_many`); ``pipelines`` tasks (2) drain the queue, each taking whole groups
-up to ``max_batch`` appends (a larger group goes alone) and sending them as **one** ``EVALSHA``
+:meth:`Appender.append_many`); ``pipelines`` tasks (4) drain the queue, each taking whole groups
+up to its share of the queue (below; a larger group goes alone) and sending them as **one** ``EVALSHA``
 of the append script (:mod:`streamcore.streams`), which appends the orders one after another on
 the server, each with its idempotency check, and answers one item per order. Each request gets
 its own reply or its own error back: one order's error (a ``WRONGTYPE`` idempotency key) does not
@@ -17,11 +17,16 @@ One script call per batch instead of one per order (a pipeline of ``EVALSHA``, u
 saves Redis the command and script-call overhead of each order, and this process a reply to read
 and dispatch per order (bench/README.md has the figures).
 
-Two pipelines in flight let Redis run one batch's scripts while this process parses the next
-requests and answers the previous batch (with one, each side waited for the other: measured
-~25 % of the producer's CPU idle under load). Order: the appends of one group are sent in one
-pipeline, in order, so a batch request's entries are in the stream in request order; appends of
-different concurrent requests carry no order, as before.
+Several pipelines in flight (4) let Redis run one batch's scripts while this process parses the
+next requests and answers the previous batch (with one, each side waited for the other: measured
+~25 % of the producer's CPU idle under load). What is queued is **shared among the idle
+pipelines** (``ceil(queued / idle pipelines)`` appends each, at least ``min_batch``): requests
+arrive in bursts (every client answered by one batch sends its next request at about the same
+time), and a burst sent as one batch left this process idle until Redis had run all of it
+(~10 % of its time under wrk's 64 connections), then answered every request at once. Split, the
+first part's answers go out while Redis runs the rest (issue 12; bench/README.md). Order: the
+appends of one group are sent in one pipeline, in order, so a batch request's entries are in the
+stream in request order; appends of different concurrent requests carry no order, as before.
 """
 
 from __future__ import annotations
@@ -110,6 +115,8 @@ class Appender:
         scripts: the registered scripts of ``r``.
         max_batch: most appends per batch (one script call), unless one group (one
             :meth:`append_many`) is larger: it is sent alone, whole, to keep its order.
+        min_batch: the smallest share when the queue is split among idle pipelines (a smaller
+            batch costs a round trip for little).
         pipelines: most batches in flight at once (each on its own pooled connection).
         idempotency_ttl_s: TTL of idempotency records, seconds.
         order_index_ttl_s: TTL of the orderId → entry ID index, seconds.
@@ -129,7 +136,8 @@ class Appender:
         scripts: Scripts,
         *,
         max_batch: int = 128,
-        pipelines: int = 2,
+        min_batch: int = 8,
+        pipelines: int = 4,
         idempotency_ttl_s: int = 86400,
         order_index_ttl_s: int = ORDER_INDEX_TTL_S,
         on_batch: Callable[[int], None] | None = None,
@@ -145,9 +153,11 @@ class Appender:
         self._head_args = [a.encode() for a in head_args]
         self._scripts = scripts
         self._max_batch = max_batch
+        self._min_batch = min_batch
         self._on_batch = on_batch
         self._pipelines = pipelines
         self._queue: deque[list[_Pending]] = deque()
+        self._queued = 0  # appends in _queue
         self._wake = asyncio.Event()
         self._tasks: list[asyncio.Task] = []
         self._closing = False
@@ -198,6 +208,7 @@ class Appender:
             failed.set_exception(exc)
             return failed
         self._queue.append([pending])
+        self._queued += 1
         self._wake.set()
         return pending.future
 
@@ -225,6 +236,7 @@ class Appender:
             indexes.append(index)
         if group:
             self._queue.append(group)
+            self._queued += len(group)
             self._wake.set()
             # gather on futures (not coroutines) creates no tasks; cancelling it cancels them all.
             results = await asyncio.gather(*(p.future for p in group), return_exceptions=True)
@@ -280,11 +292,16 @@ class Appender:
                 self._in_flight = [b for b in self._in_flight if b is not batch]
 
     def _take(self) -> list[_Pending]:
-        """The next batch: whole groups from the queue's head, at most ``max_batch`` appends
-        unless the first group alone is larger (a group is never split, see the module docstring)."""
+        """The next batch: whole groups from the queue's head, this pipeline's share of the queue
+        (``ceil(queued / idle pipelines)``, this one included, at least ``min_batch``, at most
+        ``max_batch`` appends), unless the first group alone is larger (a group is never split,
+        see the module docstring)."""
+        idle = self._pipelines - len(self._in_flight)  # this task's batch is not in flight yet
+        limit = min(self._max_batch, max(self._min_batch, -(-self._queued // max(idle, 1))))
         batch = self._queue.popleft()
-        while self._queue and len(batch) + len(self._queue[0]) <= self._max_batch:
+        while self._queue and len(batch) + len(self._queue[0]) <= limit:
             batch = batch + self._queue.popleft()
+        self._queued -= len(batch)
         return batch
 
     async def _flush(self, batch: list[_Pending]) -> None:
@@ -464,6 +481,7 @@ class Appender:
             if not item.future.done():
                 item.future.set_exception(RedisConnectionError("the producer is shutting down"))
         self._queue.clear()
+        self._queued = 0
 
 
 class RoutedAppender:

@@ -1,0 +1,84 @@
+"""How the producer's appender cuts what is queued into batches (producer.appender, issue 12).
+
+A burst of appends queued at once is shared among the idle pipelines, so the first part's
+answers go out while Redis runs the rest; a share never goes below ``min_batch`` nor above
+``max_batch``, and a group (one ``append_many``) is never split. Real Redis; the batch sizes are
+what ``on_batch`` (the ``orderstream_append_batch_size`` metric) sees, in the order sent.
+"""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+
+from producer.appender import AppendCall, Appender
+from streamcore.connection import create_redis
+from streamcore.envelope import encode
+from streamcore.keys import Keys
+from streamcore.streams import Scripts
+
+
+@pytest.fixture
+async def appender_of(redis_url, names):
+    """``appender_of(**options)``: a started :class:`Appender` on the test's stream, and the
+    list its ``on_batch`` fills; closed after the test."""
+    r = create_redis(redis_url)
+    made: list[Appender] = []
+
+    def make(**options) -> tuple[Appender, list[int]]:
+        sizes: list[int] = []
+        appender = Appender(r, Keys(stream=names.stream, group=names.group, dlq=names.dlq), Scripts(r),
+                            on_batch=sizes.append, **options)
+        appender.start()
+        made.append(appender)
+        return appender, sizes
+
+    yield make
+    for appender in made:
+        await appender.close()
+    await r.aclose()
+
+
+def fields(i: int, prefix: str = "o") -> dict[str, str]:
+    return encode({"orderId": f"{prefix}{i}", "product": "p", "quantity": 1})
+
+
+@pytest.mark.parametrize(("queued", "expected"), [
+    (60, [15, 15, 15, 15]),  # ceil(60/4), ceil(45/3), ceil(30/2), 15
+    (10, [8, 2]),            # a share of ceil(10/4) = 3 is raised to min_batch
+    (3, [3]),
+    (600, [128, 128, 128, 128, 88]),  # capped at max_batch; the rest waits for a free pipeline
+])
+async def test_a_burst_is_shared_among_the_idle_pipelines(appender_of, r, names, queued, expected):
+    appender, sizes = appender_of(pipelines=4, min_batch=8, max_batch=128)
+    futures = [appender.append(fields(i), f"o{i}") for i in range(queued)]  # queued before any is sent
+    results = await asyncio.gather(*futures)
+    assert sizes == expected
+    assert sum(sizes) == queued
+    # Each caller got its own entry, and the entries are all in the stream.
+    assert len({result.entry_id for result in results}) == queued
+    assert await r.xlen(names.stream) == queued
+
+
+async def test_a_group_is_never_split_by_the_sharing(appender_of, r, names):
+    appender, sizes = appender_of(pipelines=4, min_batch=8, max_batch=128)
+    group = asyncio.ensure_future(appender.append_many(
+        [AppendCall(fields(i, "g"), f"g{i}") for i in range(40)]))
+    await asyncio.sleep(0)  # the group's task has run up to its await: its 40 appends are queued
+    singles = [appender.append(fields(i, "s"), f"s{i}") for i in range(4)]
+    await asyncio.gather(group, *singles)
+    # 44 queued: the first pipeline's share is ceil(44/4) = 11, but the group of 40 at the head
+    # goes whole, alone; the next pipeline takes the 4 singles (a share of at least min_batch).
+    assert sizes == [40, 4]
+    # The two batches are in flight at once on two connections: which one Redis runs first is
+    # not fixed, but the group's entries are in call order.
+    order_ids = [e[1]["order_id"] for e in await r.xrange(names.stream)]
+    assert [i for i in order_ids if i.startswith("g")] == [f"g{i}" for i in range(40)]
+    assert sorted(i for i in order_ids if i.startswith("s")) == ["s0", "s1", "s2", "s3"]
+
+
+async def test_one_pipeline_takes_the_whole_queue_up_to_max_batch(appender_of):
+    appender, sizes = appender_of(pipelines=1, min_batch=8, max_batch=128)
+    await asyncio.gather(*(appender.append(fields(i), f"o{i}") for i in range(200)))
+    assert sizes == [128, 72]
