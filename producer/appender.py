@@ -52,6 +52,15 @@ from streamcore.streams import ORDER_INDEX_TTL_S, AppendResult, Scripts, append_
 logger = logging.getLogger(__name__)
 
 
+#: Batches one appender keeps in flight at most (each on its own pooled connection).
+PIPELINES = 4
+
+#: Batches in flight over all partitions' appenders at most, when that caps :data:`PIPELINES`
+#: (:class:`RoutedAppender`): half of the default connection pool (64,
+#: :func:`streamcore.connection.create_redis`), so that with many partitions the ingest path
+#: leaves connections to the read routes and the group checks.
+PIPELINE_BUDGET = 32
+
 #: Sends of one batch at most: a MOVED (the slot's new owner) can be followed by a NOSCRIPT (a
 #: promoted replica whose script cache is empty), each answered by sending the batch again.
 _ATTEMPTS = 3
@@ -137,7 +146,7 @@ class Appender:
         *,
         max_batch: int = 128,
         min_batch: int = 8,
-        pipelines: int = 4,
+        pipelines: int = PIPELINES,
         idempotency_ttl_s: int = 86400,
         order_index_ttl_s: int = ORDER_INDEX_TTL_S,
         on_batch: Callable[[int], None] | None = None,
@@ -165,6 +174,11 @@ class Appender:
         self._script_loaded = False
         self._cluster = is_cluster(r)
         self._loop: asyncio.AbstractEventLoop | None = None
+
+    @property
+    def pipelines(self) -> int:
+        """Most batches this appender keeps in flight at once."""
+        return self._pipelines
 
     def start(self) -> None:
         """Start the flushing tasks (call from a running loop)."""
@@ -493,11 +507,14 @@ class RoutedAppender:
         r: the client (standalone or cluster; not owned).
         parts: the key names of every partition, in index order.
         scripts: the registered scripts of ``r``.
-        **options: passed to every :class:`Appender`.
+        **options: passed to every :class:`Appender`. Without ``pipelines``, each appender gets
+            :data:`PIPELINES`, fewer when the partitions would together pass
+            :data:`PIPELINE_BUDGET` (at least 1): 4 for up to 8 partitions, 2 for 16, 1 from 32.
     """
 
     def __init__(self, r: aioredis.Redis, parts: tuple[Keys, ...] | list[Keys], scripts: Scripts, **options) -> None:
         self.parts = tuple(parts)
+        options.setdefault("pipelines", max(1, min(PIPELINES, PIPELINE_BUDGET // len(self.parts))))
         self.appenders = [Appender(r, keys, scripts, **options) for keys in self.parts]
 
     def start(self) -> None:

@@ -12,7 +12,7 @@ import asyncio
 
 import pytest
 
-from producer.appender import AppendCall, Appender
+from producer.appender import AppendCall, Appender, RoutedAppender
 from streamcore.connection import create_redis
 from streamcore.envelope import encode
 from streamcore.keys import Keys
@@ -82,3 +82,17 @@ async def test_one_pipeline_takes_the_whole_queue_up_to_max_batch(appender_of):
     appender, sizes = appender_of(pipelines=1, min_batch=8, max_batch=128)
     await asyncio.gather(*(appender.append(fields(i), f"o{i}") for i in range(200)))
     assert sizes == [128, 72]
+
+
+@pytest.mark.parametrize(("partitions", "pipelines"), [(1, 4), (8, 4), (12, 2), (16, 2), (32, 1), (256, 1)])
+async def test_many_partitions_share_a_budget_of_pipelines(redis_url, names, partitions, pipelines):
+    """With many partitions each appender keeps fewer batches in flight, so the ingest path
+    never holds more than about half of the connection pool (64) and the read routes keep theirs."""
+    r = create_redis(redis_url)
+    try:
+        parts = [Keys(stream=f"{names.stream}:{i}", group=names.group, dlq=names.dlq) for i in range(partitions)]
+        routed = RoutedAppender(r, parts, Scripts(r))
+        assert {a.pipelines for a in routed.appenders} == {pipelines}
+        assert RoutedAppender(r, parts[:1], Scripts(r), pipelines=7).appenders[0].pipelines == 7  # given: kept
+    finally:
+        await r.aclose()
