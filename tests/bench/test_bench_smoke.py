@@ -48,3 +48,14 @@ def test_the_smoke_run_writes_every_key_and_the_table(tmp_path):
     assert raw["e2e"]["orders"] > 0
     assert "| consumer, no-op handler (orders/s) |" in proc.stdout
     assert f"FastStream {result['versions']['faststream']} default" in proc.stdout
+
+
+def test_the_http_path_probe_measures_both_sides():
+    """``bench/http_path.py`` (CPU per POST /orders, aiohttp's protocol fed from memory): it runs,
+    every answer is a 201 (the script fails otherwise), and it prints a figure for each side."""
+    proc = subprocess.run([sys.executable, str(ROOT / "bench" / "http_path.py"), "--orders", "300", "--rounds", "1"],
+                          cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    summary = proc.stdout.split("rounds:", 1)[1]
+    assert "plain: CPU " in summary
+    assert f"producer {ROOT}: CPU " in summary
