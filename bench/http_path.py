@@ -217,7 +217,9 @@ def main(argv: list[str] | None = None) -> int:
                 rounds.append(got)
         finally:
             stop(proc)
-    print(f"\n{args.orders} requests x 3 per run (the fastest kept), {args.connections} connections, {args.rounds} rounds:")
+    placement = "pinned: this side on CPU 1, Redis on CPU 0" if two else "not pinned (one CPU)"
+    print(f"\n{args.orders} requests x 3 per run (the fastest kept), {args.connections} connections, {args.rounds} rounds, "
+          f"{placement}; the ratio is CPU per request over the plain app's (lower is better):")
     for name, _ in sides:
         cpu = statistics.median(r[name]["cpu_us"] for r in rounds)
         wall = statistics.median(r[name]["wall_us"] for r in rounds)

@@ -56,6 +56,6 @@ def test_the_http_path_probe_measures_both_sides():
     proc = subprocess.run([sys.executable, str(ROOT / "bench" / "http_path.py"), "--orders", "300", "--rounds", "1"],
                           cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    summary = proc.stdout.split("rounds:", 1)[1]
+    summary = proc.stdout.split("(lower is better):", 1)[1]
     assert "plain: CPU " in summary
     assert f"producer {ROOT}: CPU " in summary
