@@ -58,7 +58,10 @@ PIPELINES = 4
 #: Batches in flight over all partitions' appenders at most, when that caps :data:`PIPELINES`
 #: (:class:`RoutedAppender`): half of the default connection pool (64,
 #: :func:`streamcore.connection.create_redis`), so that with many partitions the ingest path
-#: leaves connections to the read routes and the group checks.
+#: leaves connections to the read routes and the group checks. Past 32 partitions each still has
+#: one pipeline, so up to one connection per partition is in use while appends are in flight;
+#: a pipeline takes its connection from the pool for one batch and gives it back, so an idle
+#: partition holds none.
 PIPELINE_BUDGET = 32
 
 #: Sends of one batch at most: a MOVED (the slot's new owner) can be followed by a NOSCRIPT (a
@@ -96,14 +99,6 @@ class _Pending:
     args: list[bytes]
     body_hash: str
     future: asyncio.Future
-
-
-@dataclass(slots=True)
-class _Lane:
-    """One flushing task's own state: the pooled connection it holds (standalone Redis and
-    Sentinel; None until its first batch, and always with a Redis Cluster client)."""
-
-    conn: Connection | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -299,25 +294,19 @@ class Appender:
         return (b"EVALSHA", self._scripts.append.sha, len(keys), *keys, *args)
 
     async def _run(self) -> None:
-        """One flushing task: send batches from the queue until it is empty and closing; then
-        give back the connection it held (see :meth:`_exchange`)."""
-        lane = _Lane()
-        try:
-            while True:
-                while not self._queue:
-                    if self._closing:
-                        return
-                    self._wake.clear()
-                    await self._wake.wait()
-                batch = self._take()
-                self._in_flight.append(batch)
-                try:
-                    await self._flush(batch, lane)
-                finally:
-                    self._in_flight = [b for b in self._in_flight if b is not batch]
-        finally:
-            if lane.conn is not None:
-                await self._r.connection_pool.release(lane.conn)
+        """One flushing task: send batches from the queue until it is empty and closing."""
+        while True:
+            while not self._queue:
+                if self._closing:
+                    return
+                self._wake.clear()
+                await self._wake.wait()
+            batch = self._take()
+            self._in_flight.append(batch)
+            try:
+                await self._flush(batch)
+            finally:
+                self._in_flight = [b for b in self._in_flight if b is not batch]
 
     def _take(self) -> list[_Pending]:
         """The next batch: whole groups from the queue's head, this pipeline's share of the queue
@@ -332,7 +321,7 @@ class Appender:
         self._queued -= len(batch)
         return batch
 
-    async def _flush(self, batch: list[_Pending], lane: _Lane) -> None:
+    async def _flush(self, batch: list[_Pending]) -> None:
         """Send ``batch`` and settle each future with its own outcome (see the module docstring)."""
         if self._on_batch is not None:
             self._on_batch(len(batch))
@@ -340,7 +329,7 @@ class Appender:
             try:
                 if not self._script_loaded:
                     await self._load_script()
-                replies = await self._exchange(batch, lane)
+                replies = await self._exchange(batch)
             except Exception as exc:  # the whole batch failed (connection lost, timeout)
                 logger.warning("append batch of %d failed: %s", len(batch), exc)
                 for item in batch:
@@ -414,8 +403,8 @@ class Appender:
             await pipe.load_scripts()
         self._script_loaded = True
 
-    async def _exchange(self, batch: list[_Pending], lane: _Lane) -> list:
-        """Send the batch's script call in one write on the lane's connection and read its reply:
+    async def _exchange(self, batch: list[_Pending]) -> list:
+        """Send the batch's script call in one write on a pooled connection and read its reply:
         one item per append (a result, or that append's error reply as an exception object, not
         raised), or the script's error as an exception object when it failed as a whole
         (``NOSCRIPT``, ``MOVED``, ``OOM``); with REDIS_WAIT_REPLICAS, ``WAIT``'s reply after it
@@ -426,13 +415,6 @@ class Appender:
         the client's retry policy on a fresh connection (the whole batch again: on a retry some
         of its appends may already have been made, which an ``Idempotency-Key`` replays; see
         :func:`streamcore.connection.create_redis`).
-
-        Each flushing task (lane) takes a connection from the pool at its first batch and keeps
-        it until the appender closes (at most ``pipelines`` per appender; :data:`PIPELINE_BUDGET`
-        over all partitions): taking and giving one back per batch cost the pool's lock and a
-        non-blocking read to check the socket every time, about a twentieth of the producer's
-        CPU per POST /orders (bench/README.md). A connection that failed is disconnected and
-        connects again on its next send (with Sentinel, to the primary Sentinel names then).
 
         With a Redis Cluster client the call goes through redis-py's cluster pipeline instead
         (every key of one appender is in one slot: one node), which follows ``MOVED``/``ASK``
@@ -462,10 +444,12 @@ class Appender:
         if self._cluster:
             return await self._r.exchange_with_primary(
                 self._keys.stream, lambda conn: self._send_and_read(conn, packed, count))
-        if lane.conn is None:
-            lane.conn = await self._r.connection_pool.get_connection()
-        conn = lane.conn
-        return await conn.retry.call_with_retry(lambda: self._send_and_read(conn, packed, count), lambda _error: conn.disconnect())
+        pool = self._r.connection_pool
+        conn = await pool.get_connection()
+        try:
+            return await conn.retry.call_with_retry(lambda: self._send_and_read(conn, packed, count), lambda _error: conn.disconnect())
+        finally:
+            await pool.release(conn)
 
     @staticmethod
     async def _send_and_read(conn: Connection, packed: bytes, count: int) -> list:
@@ -477,8 +461,9 @@ class Appender:
             redis.exceptions.ConnectionError: the connection failed.
         """
         if not conn.is_connected:
-            # connect() as the pool does: a Sentinel-managed connection asks the Sentinels for
-            # the primary's address there (send_packed_command would reconnect to the old one).
+            # After a failed attempt the retry policy disconnected it: connect() as the pool does,
+            # where a Sentinel-managed connection asks the Sentinels for the primary's address
+            # (send_packed_command would reconnect to the address it had, a demoted primary).
             await conn.connect()
         await conn.send_packed_command(packed)
         replies: list = []

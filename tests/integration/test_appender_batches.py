@@ -18,6 +18,8 @@ from streamcore.envelope import encode
 from streamcore.keys import Keys
 from streamcore.streams import Scripts
 
+ONLY_SERVER_KINDS = ("redis",)  # the appender and the producer's pool are under test, the same on any server
+
 
 @pytest.fixture
 async def appender_of(redis_url, names):
@@ -86,8 +88,9 @@ async def test_one_pipeline_takes_the_whole_queue_up_to_max_batch(appender_of):
 
 @pytest.mark.parametrize(("partitions", "pipelines"), [(1, 4), (8, 4), (12, 2), (16, 2), (32, 1), (256, 1)])
 async def test_many_partitions_share_a_budget_of_pipelines(redis_url, names, partitions, pipelines):
-    """With many partitions each appender keeps fewer batches in flight, so the ingest path
-    never holds more than about half of the connection pool (64) and the read routes keep theirs."""
+    """With many partitions each appender keeps fewer batches in flight, so up to 32 partitions
+    the ingest path never has more than half of the connection pool (64) in use and the read
+    routes keep theirs (past that, one pipeline per partition)."""
     r = create_redis(redis_url)
     try:
         parts = [Keys(stream=f"{names.stream}:{i}", group=names.group, dlq=names.dlq) for i in range(partitions)]
@@ -96,3 +99,44 @@ async def test_many_partitions_share_a_budget_of_pipelines(redis_url, names, par
         assert RoutedAppender(r, parts[:1], Scripts(r), pipelines=7).appenders[0].pipelines == 7  # given: kept
     finally:
         await r.aclose()
+
+
+
+async def test_a_producer_with_more_partitions_than_pool_connections_keeps_serving(redis_url, names, r):
+    """Breaker finding on an intermediate change that held one connection per pipeline for good:
+    with STREAM_PARTITIONS=70 (past the pool of 64), one order per partition left every pooled
+    connection held, and /readyz, GET /stream/info and the script reload after SCRIPT FLUSH
+    waited for a connection until they failed (503 after the socket timeout, for good). A
+    pipeline now gives its connection back after each batch."""
+    from aiohttp.test_utils import TestClient, TestServer
+    from prometheus_client import CollectorRegistry
+
+    from producer.app import create_app
+    from producer.settings import ProducerSettings
+    from streamcore.keys import partition_of
+
+    partitions = 70
+    settings = ProducerSettings(redis_url=redis_url, stream_name=names.stream, group_name=names.group,
+                                dlq_stream=names.dlq, stream_partitions=partitions, redis_socket_timeout_s=3)
+    client = TestClient(TestServer(create_app(settings, registry=CollectorRegistry())))
+    await client.start_server()
+    try:
+        ids: dict[int, str] = {}
+        n = 0
+        while len(ids) < partitions:  # one orderId for each partition, posted one after another
+            order_id = f"p{n}"
+            n += 1
+            if partition_of(order_id, partitions) not in ids:
+                ids[partition_of(order_id, partitions)] = order_id
+        for order_id in ids.values():
+            resp = await client.post("/orders", json={"orderId": order_id, "product": "p", "quantity": 1, "userId": 1})
+            assert resp.status == 201, await resp.text()
+        async with asyncio.timeout(2.0):  # well inside the 3 s socket timeout a pool wait would take
+            assert (await client.get("/readyz")).status == 200
+            assert (await client.get("/stream/info")).status == 200
+        await r.script_flush()
+        async with asyncio.timeout(2.0):
+            resp = await client.post("/orders", json={"orderId": "after-flush", "product": "p", "quantity": 1, "userId": 1})
+            assert resp.status == 201, await resp.text()
+    finally:
+        await client.close()
