@@ -120,19 +120,14 @@ class _Connection:
                 run.finished.set_result(None)
 
 
-async def _post_plain(request):
-    from aiohttp import web
-
-    order = await request.json()
-    return web.json_response({"id": "0-0", "orderId": order.get("orderId")}, status=201)
-
-
 async def _measure(side: str, redis_url: str, orders: int, connections: int, repetitions: int) -> dict:
     from aiohttp import web
 
     if side == "plain":
+        from bench.plain_app import post_order  # the plain side runs with this checkout on PYTHONPATH
+
         app = web.Application()
-        app.router.add_post("/orders", _post_plain)
+        app.router.add_post("/orders", post_order)
     else:
         from prometheus_client import CollectorRegistry
 
