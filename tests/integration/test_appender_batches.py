@@ -140,3 +140,32 @@ async def test_a_producer_with_more_partitions_than_pool_connections_keeps_servi
             assert resp.status == 201, await resp.text()
     finally:
         await client.close()
+
+
+async def test_a_disconnected_connection_is_reconnected_through_connect(redis_server, names):
+    """After a failed attempt the retry policy disconnects the batch's connection; the resend
+    must reconnect through ``connect()``, where a Sentinel-managed connection asks the Sentinels
+    for the current primary. Modelled with a connection whose ``connect()`` moves it from a dead
+    address to the live server, as Sentinel would after a failover: a resend through
+    ``send_packed_command``'s own reconnect went to the old address and failed."""
+    from urllib.parse import urlparse
+
+    import hiredis
+    from redis.asyncio.connection import Connection
+
+    live = urlparse(redis_server.url)
+
+    class FailedOver(Connection):
+        async def connect(self) -> None:
+            self.host, self.port = live.hostname, live.port  # what the Sentinels would answer now
+            await super().connect()
+
+    dead_port = 1  # nothing listens there: the demoted primary
+    conn = FailedOver(host="127.0.0.1", port=dead_port, socket_timeout=5)
+    try:
+        assert not conn.is_connected
+        replies = await Appender._send_and_read(conn, hiredis.pack_command((b"PING",)), 1)
+        assert replies == [b"PONG"]
+        assert (conn.host, conn.port) == (live.hostname, live.port)
+    finally:
+        await conn.disconnect()
