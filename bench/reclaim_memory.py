@@ -136,7 +136,7 @@ def run_child(url: str, stream: str, limit: int, code: Path, *, group: str = GRO
 
     Returns:
         the child's JSON line: ``line`` (the summary line), ``claimed``, ``processed``,
-        ``seconds`` of ``run_once``, ``peak_rss_mb`` (its ``VmHWM`` in MiB, see the module
+        ``seconds`` of ``run_once`` (wall) and its ``cpu_s`` (the child's CPU time, user + system), ``peak_rss_mb`` (its ``VmHWM`` in MiB, see the module
         docstring), plus ``ru_maxrss_mb`` (from ``os.wait4``; includes the parent's RSS at fork).
     """
     env = dict(os.environ, PYTHONPATH=str(code), REDIS_URL=url, STREAM_NAME=stream, GROUP_NAME=group,
@@ -192,13 +192,13 @@ async def child_pass() -> None:
                      max_connections=pool_size(settings.concurrency), **settings.redis_options())
     try:
         rec = Reclaimer(settings, r)
-        t0 = time.perf_counter()
+        t0, c0 = time.perf_counter(), time.process_time()
         summary = await rec.run_once()
-        seconds = time.perf_counter() - t0
+        seconds, cpu_s = time.perf_counter() - t0, time.process_time() - c0
     finally:
         await r.aclose()
     print(json.dumps({"line": summary.line(), "claimed": summary.claimed, "processed": summary.processed,
-                      "seconds": seconds, "peak_rss_mb": peak_rss_mib(),
+                      "seconds": seconds, "cpu_s": cpu_s, "peak_rss_mb": peak_rss_mib(),
                       "code": str(Path(reclaimer.__file__).resolve().parents[1])}), flush=True)
 
 

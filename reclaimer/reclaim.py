@@ -23,11 +23,14 @@ Order of work in a pass, and why:
 
 **Pages.** Steps 1-3 run a page at a time: claim ``RECLAIM_PAGE_SIZE`` entries (step 1's
 ``claim_due`` limit, resuming its PEL scan where the last page stopped; then step 2's XAUTOCLAIM
-COUNT), handle them, ack them, drop them, then claim the next page. So the pass holds one page of
-entries (and reads their delivery counts per page), and its memory does not grow with
-``RECLAIM_LIMIT``; an entry is never claimed long before it is handled. ``RECLAIM_LIMIT`` counts
-every entry claimed by steps 1 and 2 together and is honoured exactly: the last page asks only
-for what is left; everything else stays pending for the next pass.
+COUNT), handle them, ack them, drop them. The next page is claimed while one is handled (one page
+ahead, no more), so the claim's round trips and Redis's work on it overlap the handling: the pass
+holds at most two pages of entries (and reads their delivery counts per page), and its memory does
+not grow with ``RECLAIM_LIMIT``. Every entry the pass holds, handled or waiting its turn, keeps its
+lease: one renewer (``XCLAIM ... JUSTID``, owner-checked) runs for the whole pass every
+``CLAIM_IDLE_MS/3``, so a page waiting behind a slow one is not taken by a consumer's claim pass.
+``RECLAIM_LIMIT`` counts every entry claimed by steps 1 and 2 together and is honoured exactly:
+the last page asks only for what is left; everything else stays pending for the next pass.
 
 The pass prints one line: ``reclaim: claimed=N processed=N failed=N dead_lettered=N gone=N
 consumers_removed=N trimmed=N lost=N`` (see :class:`Summary` for what each counts).
@@ -38,7 +41,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import aclosing
 from dataclasses import dataclass, fields
 from typing import Any
@@ -144,8 +147,7 @@ class Reclaimer:
             logger.info("group %s is paused: nothing claimed this pass", self.keys.group)
             claim_dead_lettered = 0
         else:
-            claim_dead_lettered = await self._claim_backoff(s)
-            claim_dead_lettered += await self._sweep(s, self.settings.reclaim_limit - s.claimed)
+            claim_dead_lettered = await self._claim_and_handle(s)
         s.consumers_removed = await self._remove_dead_consumers()
         report = await trim_pass(self.r, self.keys, maxlen=self.settings.stream_maxlen,
                                  max_step=self.settings.trim_max_step, metrics=self.trim_metrics)
@@ -165,11 +167,78 @@ class Reclaimer:
         alert fires when no pass ended for longer than the CronJob's schedule allows."""
         await self.r.set(self.keys.reclaimer_last_pass, int(time.time() * 1000))
 
-    async def _claim_backoff(self, s: Summary) -> int:
+    async def _claim_and_handle(self, s: Summary) -> int:
+        """Steps 1 to 3 with the pass's lease renewer running (see the module docstring).
+        Returns how many entries steps 1 and 2 dead-lettered (the runner counts its own)."""
+        held: set[str] = set()
+        done = asyncio.Event()
+        renewer = asyncio.create_task(self._renew_while(held, done))
+        try:
+            dead_lettered = await self._handle_pages(self._backoff_pages(s), s, held)
+            left = self.settings.reclaim_limit - s.claimed
+            if left > 0:
+                dead_lettered += await self._handle_pages(self._sweep_pages(s, left), s, held)
+            return dead_lettered
+        finally:
+            # Stopped by an event, not by cancelling it: a cancellation that lands while its
+            # EVALSHA is in flight can be lost on Python 3.11 (the task goes on, and one pass
+            # in three hung after its last page). It ends after its current call, at most one
+            # socket timeout; past that it is cancelled and left behind.
+            done.set()
+            if not (await asyncio.wait({renewer}, timeout=self.settings.redis_socket_timeout_s + 1.0))[0]:
+                logger.warning("lease renewal did not stop within the socket timeout; left behind")
+                renewer.cancel()
+
+    async def _handle_pages(self, pages: AsyncIterator[tuple[list[ClaimedEntry], int]], s: Summary,
+                            held: set[str]) -> int:
+        """Handle each page of ``pages`` (claimed entries, how many the claim dead-lettered) while
+        the next page is claimed: one page ahead, its entries in ``held`` (leases renewed) from the
+        moment they are claimed. Returns the dead-lettered total."""
+
+        async def claim_next() -> tuple[list[ClaimedEntry], int] | None:
+            page = await anext(pages, None)
+            if page is not None:
+                held.update(e.entry_id for e in page[0])
+            return page
+
+        dead_lettered = 0
+        acking: asyncio.Future | None = None  # the previous page's XACK, sent while this one is handled
+        async with aclosing(pages):
+            ahead = asyncio.ensure_future(claim_next())
+            try:
+                while (page := await ahead) is not None:
+                    ahead = asyncio.ensure_future(claim_next())
+                    dead_lettered += page[1]
+                    acks = await self._handle_page(page[0], s, held)
+                    if acking is not None:
+                        await acking
+                    acking = asyncio.ensure_future(self._ack(acks)) if acks else None
+                if acking is not None:
+                    await acking
+            finally:
+                # A failed page ends the pass; the page being claimed and the XACK being sent are
+                # let finish (claimed entries stay pending to this reclaimer and are due again at
+                # the next pass), not cancelled mid-call (see _claim_and_handle).
+                for call in (ahead, acking):
+                    if call is None:
+                        continue
+                    if not call.done():
+                        if not (await asyncio.wait({call}, timeout=self.settings.redis_socket_timeout_s + 1.0))[0]:
+                            call.cancel()
+                    if call.done() and not call.cancelled():
+                        call.exception()  # retrieved: the pass fails with the first error already raised
+        return dead_lettered
+
+    async def _ack(self, entry_ids: list[str]) -> None:
+        """XACK ``entry_ids`` (handled, or gone) in one call, and count them."""
+        acked = await self.r.xack(self.keys.stream, self.keys.group, *entry_ids)
+        self.metrics.acked.labels(COMPONENT).inc(int(acked))
+
+    async def _backoff_pages(self, s: Summary) -> AsyncIterator[tuple[list[ClaimedEntry], int]]:
         """Step 1, a page at a time: ``claim_due`` resumes its PEL scan where the previous page
-        stopped, until the limit, the end of the PEL or :attr:`backoff_scan_rows` rows.
-        Returns how many entries it dead-lettered."""
-        dead_lettered, scanned, start = 0, 0, "-"
+        stopped, until the limit, the end of the PEL or :attr:`backoff_scan_rows` rows. Counts
+        what it claims in ``s`` as it claims it (the limit of the next page depends on it)."""
+        scanned, start = 0, "-"
         limit, page = self.settings.reclaim_limit, self.settings.reclaim_page_size
         while s.claimed < limit and start is not None and scanned < self.backoff_scan_rows:
             due = await claim_due(self.r, self.keys, self.name, scripts=self.scripts, base_ms=self.settings.claim_idle_ms,
@@ -178,31 +247,27 @@ class Reclaimer:
                                   delete_source=self.settings.dead_letter_xdel)
             scanned += due.scanned
             start = due.resume
-            dead_lettered += len(due.dead_lettered)
             s.dead_lettered += len(due.dead_lettered)
             s.gone += len(due.gone)
-            await self._handle_page(due.claimed, s)
-        return dead_lettered
+            self._count_claimed(s, len(due.claimed))
+            yield due.claimed, len(due.dead_lettered)
 
-    async def _sweep(self, s: Summary, left: int) -> int:
-        """Step 2, a page at a time: each XAUTOCLAIM page is handled and acked before the next
-        is claimed; at most ``left`` entries. Returns how many entries it dead-lettered."""
-        if left <= 0:
-            return 0
-        dead_lettered = 0
+    async def _sweep_pages(self, s: Summary, left: int) -> AsyncIterator[tuple[list[ClaimedEntry], int]]:
+        """Step 2, a page at a time: XAUTOCLAIM pages of at most ``left`` entries in all; an entry
+        the sweep took past ``MAX_DELIVERIES`` is dead-lettered here, the rest yielded for handling."""
         pages = iter_autoclaim(self.r, self.keys, self.name, min_idle_ms=ceiling_ms(self.settings.claim_idle_ms),
                                count=self.settings.reclaim_page_size, limit=left, component=COMPONENT)
         async with aclosing(pages):
             async for page in pages:
                 s.gone += len(page.gone)
                 work: list[ClaimedEntry] = []
+                dead_lettered = 0
                 for entry in page.claimed:
                     if entry.deliveries <= self.settings.max_deliveries:
                         work.append(entry)
                         continue
                     # The sweep cannot filter by count; it added a delivery no handler will see.
-                    s.claimed += 1
-                    self.metrics.claimed.labels(COMPONENT).inc()
+                    self._count_claimed(s, 1)
                     res = await dead_letter_pending(self.r, self.keys, entry.entry_id, scripts=self.scripts,
                                                     consumer=self.name, deliveries=entry.deliveries - 1,
                                                     error=f"gave up after {entry.deliveries - 1} deliveries",
@@ -210,17 +275,22 @@ class Reclaimer:
                     dead_lettered += res.status == "dead_lettered"
                     s.dead_lettered += res.status == "dead_lettered"
                     s.gone += res.status == "gone"
-                await self._handle_page(work, s)
-        return dead_lettered
+                self._count_claimed(s, len(work))
+                yield work, dead_lettered
 
-    async def _handle_page(self, work: list[ClaimedEntry], s: Summary) -> None:
-        """Count ``work`` as claimed, run it through the handler (``CONCURRENCY`` at a time, leases
-        renewed meanwhile) and XACK what succeeded or was gone, in one call."""
+    def _count_claimed(self, s: Summary, n: int) -> None:
+        if n:
+            s.claimed += n
+            self.metrics.claimed.labels(COMPONENT).inc(n)
+
+    async def _handle_page(self, work: list[ClaimedEntry], s: Summary, held: set[str]) -> list[str]:
+        """Run ``work`` (claimed, counted, in ``held``) through the handler, ``CONCURRENCY`` at a
+        time. Each entry leaves ``held`` (its lease is no longer renewed) once handled. Returns
+        the IDs to XACK (succeeded, or gone); the failed ones stay pending to back off. When a
+        lane raised (a Redis error while dead-lettering) or the page is cancelled, what was
+        handled is acked here before the error goes on."""
         if not work:
-            return
-        s.claimed += len(work)
-        self.metrics.claimed.labels(COMPONENT).inc(len(work))
-        in_flight = {e.entry_id for e in work}
+            return []
         acks: list[str] = []
         queue = iter(work)
 
@@ -232,7 +302,7 @@ class Reclaimer:
                 try:
                     outcome = await self.runner.run(entry.entry_id, entry.fields, entry.deliveries, self.name, task)
                 finally:
-                    in_flight.discard(entry.entry_id)
+                    held.discard(entry.entry_id)
                 if outcome == OK:
                     s.processed += 1
                     acks.append(entry.entry_id)
@@ -245,51 +315,45 @@ class Reclaimer:
                 else:
                     s.failed += 1
 
-        page_done = asyncio.Event()
-        renewer = asyncio.create_task(self._renew_while(in_flight, page_done))
         try:
             lanes = min(self.settings.concurrency, len(work))
             results = await asyncio.gather(*(lane() for _ in range(lanes)), return_exceptions=True)
+            errors = [e for e in results if isinstance(e, BaseException)]
+        except BaseException:
+            errors = None
+            raise
         finally:
-            # Stopped by an event, not by cancelling it: a cancellation that lands while its
-            # EVALSHA is in flight can be lost on Python 3.11 (the task goes on, and one pass
-            # in three hung after its last page). It ends after its current call, at most one
-            # socket timeout; past that it is cancelled and left behind.
-            page_done.set()
-            if not (await asyncio.wait({renewer}, timeout=self.settings.redis_socket_timeout_s + 1.0))[0]:
-                logger.warning("lease renewal did not stop within the socket timeout; left behind")
-                renewer.cancel()
-            if acks:
-                acked = await self.r.xack(self.keys.stream, self.keys.group, *acks)
-                self.metrics.acked.labels(COMPONENT).inc(int(acked))
-        errors = [e for e in results if isinstance(e, BaseException)]
+            held.difference_update(e.entry_id for e in work)  # none is handled any more
+            if acks and errors != []:  # cancelled or failed: ack what was handled, then go on
+                await self._ack(acks)
         if errors:
             raise errors[0]
+        return acks
 
-    async def _renew_while(self, in_flight: set[str], page_done: asyncio.Event) -> None:
-        """Renew the leases of orders still being handled every ``CLAIM_IDLE_MS/3`` until
-        ``page_done`` is set.
+    async def _renew_while(self, held: set[str], done: asyncio.Event) -> None:
+        """Renew the leases of the entries in ``held`` (claimed by this pass, not yet handled)
+        every ``CLAIM_IDLE_MS/3`` until ``done`` is set.
 
         A transient Redis error (:func:`streamcore.connection.is_transient`) skips one renewal
         and is reported to the runner's :class:`~streamcore.lifecycle.RedisHealth`; anything else
-        is logged with its traceback and ends renewal for this page (the entries stay owned by
-        this pass and are handled; at worst a consumer's XAUTOCLAIM takes one over once it
-        is idle past the ceiling, which at-least-once allows).
+        is logged with its traceback and ends renewal for this pass (the entries stay owned by
+        this pass and are handled; at worst a consumer's claim takes one over once it is idle
+        past its back-off, which at-least-once allows).
         """
         interval = max(self.settings.claim_idle_ms / 3000.0, 0.05)
         while True:
             try:
-                await asyncio.wait_for(page_done.wait(), interval)
+                await asyncio.wait_for(done.wait(), interval)
                 return
             except TimeoutError:
                 pass
-            if not in_flight:
+            if not held:
                 continue
             try:
-                await renew_leases(self.r, self.keys, self.name, list(in_flight), scripts=self.claim_scripts)
+                await renew_leases(self.r, self.keys, self.name, list(held), scripts=self.claim_scripts)
             except Exception as exc:
                 if not is_transient(exc):
-                    logger.exception("lease renewal stopped for this page")
+                    logger.exception("lease renewal stopped for this pass")
                     return
                 self.runner.redis_health.failed("renew", exc)
             else:

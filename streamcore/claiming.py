@@ -32,7 +32,7 @@ uses the non-JUSTID form, which also matches its meaning: what it claims is hand
 **Paging and memory.** The paging helpers read the PEL a page at a time and never hold more
 than one page: :func:`iter_pending` pages ``XPENDING``; :func:`iter_autoclaim` yields one ``XAUTOCLAIM``
 page at a time, with ``COUNT`` cut to what is left of its limit (so the limit is exact), and
-reads the page's delivery counts with one ``XPENDING`` over the page's ID range; and
+reads the page's delivery counts with an ``XPENDING`` in the same MULTI/EXEC; and
 :func:`claim_due` resumes a scan where the previous call stopped (``start`` /
 :attr:`ClaimOutcome.resume`). A caller that handles and acks each page before asking for the next
 (the reclaimer) holds one page of entries whatever its total limit. The ID after the last row of
@@ -297,8 +297,10 @@ async def iter_autoclaim(r: aioredis.Redis, keys: Keys, consumer: str, *, min_id
     Each call asks for ``COUNT min(count, limit - claimed so far)``, so exactly ``limit`` entries
     are claimed when that many are due, never more. Every claimed entry's delivery count goes up
     by 1 (non-JUSTID form). The deleted IDs of each reply (element 3) are XACKed to be sure and
-    reported as gone. Delivery counts are read per page with one ``XPENDING`` over the page's ID
-    range (XAUTOCLAIM does not return them). The next page is claimed only when the caller asks
+    reported as gone. Delivery counts (XAUTOCLAIM does not return them) come with the claim: each
+    page is one MULTI/EXEC of the ``XAUTOCLAIM`` and an ``XPENDING`` of the consumer's rows from the
+    cursor on, with a second ``XPENDING`` over the page's ID range only when the consumer already
+    owned entries among them. The next page is claimed only when the caller asks
     for it, so a caller that handles each page first holds one page at a time.
 
     Raises:
@@ -307,7 +309,15 @@ async def iter_autoclaim(r: aioredis.Redis, keys: Keys, consumer: str, *, min_id
     cursor = "0-0"
     left = limit
     while left > 0:
-        reply = await r.xautoclaim(keys.stream, keys.group, consumer, min_idle_ms, cursor, count=min(count, left))
+        want = min(count, left)
+        # One round trip, atomic (MULTI/EXEC): the claim, and the delivery counts of what it
+        # claimed. Everything claimed is ours and at or after the cursor, so the first ``want``
+        # of our PEL rows from the cursor on hold them, unless we already owned entries among
+        # them (not idle enough to be swept): then _delivery_counts reads the rest.
+        async with r.pipeline(transaction=True) as pipe:
+            pipe.xautoclaim(keys.stream, keys.group, consumer, min_idle_ms, cursor, count=want)
+            pipe.xpending_range(keys.stream, keys.group, cursor, "+", want, consumername=consumer)
+            reply, rows = await pipe.execute()
         cursor, entries = reply[0], reply[1]
         page = ClaimOutcome()
         page.gone = list(reply[2]) if len(reply) > 2 else []
@@ -320,8 +330,10 @@ async def iter_autoclaim(r: aioredis.Redis, keys: Keys, consumer: str, *, min_id
         if page.gone:
             await ack_gone(r, keys, page.gone, component=component)
         if claimed:
-            # XAUTOCLAIM walks the PEL in ID order, so the page is sorted.
-            counts = await _delivery_counts(r, keys, consumer, [i for i, _ in claimed])
+            counts = {row["message_id"]: int(row["times_delivered"]) for row in rows}
+            if any(i not in counts for i, _ in claimed):
+                # XAUTOCLAIM walks the PEL in ID order, so the page is sorted.
+                counts = await _delivery_counts(r, keys, consumer, [i for i, _ in claimed])
             page.claimed = [ClaimedEntry(i, f, counts.get(i, 1)) for i, f in claimed]
             left -= len(claimed)
         if page.claimed or page.gone:

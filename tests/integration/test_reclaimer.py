@@ -15,7 +15,7 @@ from streamcore import envelope
 from streamcore.claiming import autoclaim_sweep, ceiling_ms
 from streamcore.ids import next_id
 from streamcore.streams import ensure_group
-from tests.handlers import applied_key
+from tests.handlers import applied_key, calls_key
 from tests.integration.consumer_support import (HANDLER, ROOT, keys_for, pending_ids, pending_rows, per_partition, post,
                                                 reclaimer_for, wait_for, wait_idle)
 from tests.servers import RedisServer, free_port, server_binary
@@ -285,6 +285,38 @@ async def test_sweep_reads_delivery_counts_per_page_around_its_own_entries(r, na
     dlq = {f["source_id"]: f["deliveries"] for _, f in await r.xrange(keys.dlq)}
     assert dlq == {ids[1]: "5", ids[3]: "5", ids[6]: "5"}
     assert await pending_rows(r, keys) == {ids[2]: ("reclaimer", 4), ids[5]: ("reclaimer", 4)}
+
+
+@pytest.mark.parametrize("path", ["back-off claim", "sweep"])
+async def test_a_page_claimed_ahead_keeps_its_lease_while_the_page_before_it_is_handled(r, names, path):
+    """The pass claims the next page while one is handled. The entries waiting in it are the
+    pass's too: their leases are renewed (XCLAIM JUSTID every CLAIM_IDLE_MS/3) like those being
+    handled, so their idle time stays under the back-off a consumer's claim pass waits for at
+    their delivery count (2 x CLAIM_IDLE_MS, less 10 % jitter) however long the page before takes."""
+    keys = keys_for(names)
+    await ensure_group(r, keys)
+    orders = [900 + i for i in range(3)]
+    ids = [await post(r, keys, order, sleep_s=0.6) for order in orders]
+    await r.xreadgroup(keys.group, "pod-gone", {keys.stream: ">"})
+    await wait_all_idle(r, keys, ids[-1], ceiling_ms(150))
+    rec = reclaimer_for(r, names, claim_idle_ms=150, reclaim_page_size=1, concurrency=1)
+    if path == "sweep":
+        for each in per_partition(rec):
+            each.backoff_scan_rows = 0
+    waiting_idle: list[int] = []  # idle (ms) of entries the pass owns whose handler has not started
+    run = asyncio.ensure_future(rec.run_once())
+    deadline = time.monotonic() + 20
+    while not run.done() and time.monotonic() < deadline:
+        rows = await r.xpending_range(keys.stream, keys.group, "-", "+", 10, consumername="reclaimer")
+        by_id = dict(zip(ids, orders))
+        for row in rows:
+            if await r.get(calls_key(keys.stream, by_id[row["message_id"]])) is None:
+                waiting_idle.append(int(row["time_since_delivered"]))
+        await asyncio.sleep(0.02)
+    summary = await asyncio.wait_for(run, 5)
+    assert (summary.claimed, summary.processed) == (3, 3)
+    assert len(waiting_idle) >= 10, "no page was seen waiting its turn"
+    assert max(waiting_idle) < 270, sorted(waiting_idle)[-5:]
 
 
 @pytest.mark.parametrize("path", ["back-off claim", "sweep"])
