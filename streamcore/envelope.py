@@ -78,7 +78,11 @@ _DECODER = json.JSONDecoder(parse_constant=_refuse_constant, parse_float=_finite
 #: 19 digits in a row: a number orjson might read as a float (it keeps integers up to 64 bits),
 #: which would change the value; such data goes to the reference decoder.
 _LONG_DIGITS = re.compile(r"[0-9]{19}")
-_LONG_DIGITS_BYTES = re.compile(rb"[0-9]{19}")
+#: For bytes, the same test as a ``bytes.translate`` (ASCII digits to ``0``, every other byte to
+#: a space) and a substring search: both run at C speed, where the regex above tries a match at
+#: every position (13x slower on a 100-order POST /orders/batch body, issue 12).
+_DIGITS_ONLY = bytes(0x30 if 0x30 <= c <= 0x39 else 0x20 for c in range(256))
+_LONG_RUN = b"0" * 19
 
 #: What :func:`fast_loads` returns when the reference decoder must decide.
 NOT_FAST = object()
@@ -95,8 +99,11 @@ def fast_loads(data: str | bytes) -> Any:
     19 or more digits in a row is not given to it. Shared by the consumer (:func:`decode`) and
     the producer (:func:`producer.validation.parse_json`).
     """
-    long_digits = _LONG_DIGITS_BYTES if isinstance(data, bytes) else _LONG_DIGITS
-    if long_digits.search(data) is None:
+    if isinstance(data, bytes):
+        long_digits = _LONG_RUN in data.translate(_DIGITS_ONLY)
+    else:
+        long_digits = _LONG_DIGITS.search(data) is not None
+    if not long_digits:
         try:
             return orjson.loads(data)
         except orjson.JSONDecodeError:

@@ -169,3 +169,23 @@ async def test_a_disconnected_connection_is_reconnected_through_connect(redis_se
         assert (conn.host, conn.port) == (live.hostname, live.port)
     finally:
         await conn.disconnect()
+
+
+async def test_a_cancelled_group_ends_at_once_and_its_batch_still_settles(appender_of, r, names):
+    """A group waits on its last append's future (the group is settled in one loop, in order);
+    cancelling the caller cancels every append of the group at once, the batch in flight still
+    runs (the appends happen: cancelling drops outcomes, not appends) and the appender goes on."""
+    appender, sizes = appender_of(pipelines=1, min_batch=1, max_batch=128)
+    await r.execute_command("CLIENT", "PAUSE", "700", "WRITE")  # the group's EVALSHA waits in Redis
+    group = asyncio.ensure_future(appender.append_many([AppendCall(fields(i, "c"), f"c{i}") for i in range(5)]))
+    await asyncio.sleep(0.1)
+    assert sizes == [5] and not group.done()  # sent, not answered
+    started = asyncio.get_running_loop().time()
+    group.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await group
+    assert asyncio.get_running_loop().time() - started < 0.3  # not after the pause
+    after = await asyncio.wait_for(appender.append(fields(9, "d"), "d9"), 5)
+    assert after.created
+    assert sizes == [5, 1]
+    assert [e[1]["order_id"] for e in await r.xrange(names.stream)] == ["c0", "c1", "c2", "c3", "c4", "d9"]

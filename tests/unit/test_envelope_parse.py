@@ -78,6 +78,9 @@ def test_random_numbers_keep_their_value_and_type():
         data = json.dumps({"orderId": n, "f": f})
         parsed = envelope._parse(data)
         assert parsed["orderId"] == n and type(parsed["orderId"]) is int
+        fast = envelope.fast_loads(data.encode())  # the producer's path: the request body as bytes
+        if fast is not envelope.NOT_FAST:
+            assert fast["orderId"] == n and type(fast["orderId"]) is int
         assert parsed["f"] == f or (math.isinf(f) is False and parsed["f"] == json.loads(data)["f"])
 
 
@@ -90,3 +93,20 @@ def test_decode_refuses_what_the_reference_refuses_with_its_reason():
     assert err.value.reason == "not_json"
     order = decode("1-1", {"data": '{"orderId":18446744073709551616}'}).order
     assert order == {"orderId": 18446744073709551616} and type(order["orderId"]) is int
+
+
+@pytest.mark.parametrize("as_bytes", [False, True], ids=["str", "bytes"])
+def test_nineteen_digits_in_a_row_go_to_the_reference_decoder(as_bytes):
+    """orjson would read an integer over 64 bits as a float: 19 ASCII digits in a row anywhere
+    (a number, or inside a string) send the data to the reference decoder; 18, or a run broken
+    by any other character, do not."""
+    def fast(text: str):
+        return envelope.fast_loads(text.encode() if as_bytes else text)
+
+    assert fast('{"orderId":123456789012345678}') == {"orderId": 123456789012345678}
+    assert fast('{"orderId":1234567890123456789}') is envelope.NOT_FAST
+    assert fast('{"orderId":1,"x":"0000000000000000000"}') is envelope.NOT_FAST
+    assert fast('{"orderId":1,"x":"000000000.0000000000","y":"café 0123456789"}') == {
+        "orderId": 1, "x": "000000000.0000000000", "y": "café 0123456789"}
+    assert fast('{"orderId":1,"x":"١٢٣٤٥٦٧٨٩٠'
+                '١٢٣٤٥٦٧٨٩"}')["orderId"] == 1  # not ASCII digits
