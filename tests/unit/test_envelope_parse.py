@@ -110,3 +110,11 @@ def test_nineteen_digits_in_a_row_go_to_the_reference_decoder(as_bytes):
         "orderId": 1, "x": "000000000.0000000000", "y": "café 0123456789"}
     assert fast('{"orderId":1,"x":"١٢٣٤٥٦٧٨٩٠'
                 '١٢٣٤٥٦٧٨٩"}')["orderId"] == 1  # not ASCII digits
+
+
+def test_text_with_lone_surrogates_goes_to_the_reference_decoder_without_an_error():
+    """A value decoded with surrogateescape from bytes that were not UTF-8 holds lone
+    surrogates: the digit scan must not fail on it, and orjson refuses it (the reference and
+    decode() then judge it)."""
+    assert envelope.fast_loads('{"orderId":1,"x":"\udcff"}') is envelope.NOT_FAST
+    assert envelope.fast_loads('{"orderId":1234567890123456789,"x":"\udcff"}') is envelope.NOT_FAST
