@@ -296,8 +296,10 @@ if #p == 0 then return {0, ''} end
 if ARGV[9] ~= '' and p[1][2] ~= ARGV[9] then return {0, ''} end
 if ARGV[10] ~= '' and tonumber(p[1][3]) < tonumber(ARGV[10]) then return {0, ''} end
 local e = redis.call('XRANGE', KEYS[1], ARGV[3], ARGV[3])
-redis.call('XACK', KEYS[1], ARGV[1], ARGV[3])
-if #e == 0 then return {2, ''} end
+if #e == 0 then
+  redis.call('XACK', KEYS[1], ARGV[1], ARGV[3])
+  return {2, ''}
+end
 local args = {'XADD', KEYS[2], '*'}
 for _, v in ipairs(e[1][2]) do args[#args + 1] = v end
 local meta = {'source_id', ARGV[3], 'source_stream', KEYS[1], 'group', ARGV[1], 'reason', ARGV[11],
@@ -305,6 +307,9 @@ local meta = {'source_id', ARGV[3], 'source_stream', KEYS[1], 'group', ARGV[1], 
   'first_seen_ms', ARGV[6], 'dead_lettered_ms', ARGV[7]}
 for _, v in ipairs(meta) do args[#args + 1] = v end
 local id = redis.call(unpack(args))
+-- Acked only once the dead letter is written: a script is not rolled back, so an XADD refused
+-- (a dead-letter key of another type: WRONGTYPE) must leave the entry pending, not lost.
+redis.call('XACK', KEYS[1], ARGV[1], ARGV[3])
 if ARGV[12] == '1' then redis.call('XDEL', KEYS[1], ARGV[3]) end
 if ARGV[8] ~= '' then redis.call('SET', KEYS[3], id) end
 return {1, id}

@@ -6,10 +6,13 @@ import asyncio
 import logging
 import time
 
+import pytest
 from prometheus_client import CollectorRegistry
 
 from streamcore.claiming import ClaimScripts, autoclaim_sweep, claim_due, delete_consumer_if_dead, renew_leases
-from streamcore.streams import Scripts, ensure_group
+from redis.exceptions import ResponseError
+
+from streamcore.streams import Scripts, dead_letter, ensure_group
 from tests.handlers import applied_key, calls_key
 from tests.integration.consumer_support import (keys_for, pending_ids, pending_rows, post, reclaimer_for, running,
                                                 wait_for, wait_idle)
@@ -283,3 +286,24 @@ async def test_two_claimers_racing_for_the_same_entries_never_both_win(r, names)
     assert set(a.lost_race) <= won_b and set(b.lost_race) <= won_a
     rows = await pending_rows(r, keys)
     assert {d for _, d in rows.values()} == {2}
+
+
+async def test_dead_lettering_refused_by_redis_leaves_the_entry_pending(r, names):
+    """The dead-letter script acks the entry only once its dead letter is written: a script is
+    not rolled back, so when the XADD is refused (here the dead-letter key holds a string:
+    WRONGTYPE) the entry must stay pending with its owner and count, not be acked and lost."""
+    keys = keys_for(names)
+    await ensure_group(r, keys)
+    entry = await post(r, keys, 41)
+    await r.xreadgroup(keys.group, "pod-a", {keys.stream: ">"})
+    await r.set(keys.dlq, "not a stream")
+    try:
+        with pytest.raises(ResponseError, match="WRONGTYPE"):
+            await dead_letter(r, keys, entry, scripts=Scripts(r), consumer="pod-a", deliveries=5, error="boom")
+        assert await pending_rows(r, keys) == {entry: ("pod-a", 1)}
+    finally:
+        await r.delete(keys.dlq)
+    res = await dead_letter(r, keys, entry, scripts=Scripts(r), consumer="pod-a", deliveries=5, error="boom")
+    assert res.status == "dead_lettered"
+    assert await pending_rows(r, keys) == {}
+    assert [f["source_id"] for _, f in await r.xrange(keys.dlq)] == [entry]
