@@ -23,12 +23,14 @@ Order of work in a pass, and why:
 
 **Pages.** Steps 1-3 run a page at a time: claim ``RECLAIM_PAGE_SIZE`` entries (step 1's
 ``claim_due`` limit, resuming its PEL scan where the last page stopped; then step 2's XAUTOCLAIM
-COUNT), handle them, ack them, drop them. The next page is claimed while one is handled (one page
-ahead, no more), so the claim's round trips and Redis's work on it overlap the handling: the pass
-holds at most two pages of entries (and reads their delivery counts per page), and its memory does
-not grow with ``RECLAIM_LIMIT``. Every entry the pass holds, handled or waiting its turn, keeps its
-lease: one renewer (``XCLAIM ... JUSTID``, owner-checked) runs for the whole pass every
-``CLAIM_IDLE_MS/3``, so a page waiting behind a slow one is not taken by a consumer's claim pass.
+COUNT), handle them, ack them, drop them. While the handlers are fast (the page before took less
+than :data:`AHEAD_MAX_PAGE_S`), the next page is claimed while one is handled (one page ahead, no
+more), so the claim's round trips and Redis's work on it overlap the handling; with slow handlers
+the next page is claimed once this one is done (see :meth:`Reclaimer._handle_pages` for why). The
+pass holds at most two pages of entries (and reads their delivery counts per page), and its memory
+does not grow with ``RECLAIM_LIMIT``. Every entry the pass holds, waiting its turn or handled and
+not yet acked, keeps its lease: one renewer (``XCLAIM ... JUSTID``, owner-checked) runs for the
+whole pass every ``CLAIM_IDLE_MS/3``, so no consumer's claim pass takes it meanwhile.
 ``RECLAIM_LIMIT`` counts every entry claimed by steps 1 and 2 together and is honoured exactly:
 the last page asks only for what is left; everything else stays pending for the next pass.
 
@@ -67,6 +69,10 @@ logger = logging.getLogger(__name__)
 ORPHAN_LOG_INTERVAL_S = 300.0
 
 COMPONENT = "reclaimer"
+
+#: The next page is claimed while one is handled only when the page before was handled within
+#: this many seconds (see :meth:`Reclaimer._handle_pages`).
+AHEAD_MAX_PAGE_S = 0.25
 
 
 @dataclass
@@ -191,9 +197,18 @@ class Reclaimer:
 
     async def _handle_pages(self, pages: AsyncIterator[tuple[list[ClaimedEntry], int]], s: Summary,
                             held: set[str]) -> int:
-        """Handle each page of ``pages`` (claimed entries, how many the claim dead-lettered) while
-        the next page is claimed: one page ahead, its entries in ``held`` (leases renewed) from the
-        moment they are claimed. Returns the dead-lettered total."""
+        """Handle each page of ``pages`` (claimed entries, how many the claim dead-lettered), its
+        entries in ``held`` (leases renewed) from the moment they are claimed until acked or
+        failed. Returns the dead-lettered total.
+
+        **Claiming ahead.** While a page is handled, the next one is claimed, but only when the
+        page before took less than :data:`AHEAD_MAX_PAGE_S`: with fast handlers the claim's round
+        trips and Redis's work on it are what the pass would wait for, and a page claimed ahead
+        waits a fraction of a second. With slow handlers claiming ahead saves nothing, and would
+        hold a page, each entry one delivery further (XAUTOCLAIM and XCLAIM count one), for as
+        long as the page before takes; a pass killed meanwhile would have spent a delivery of each
+        without handling it, which can dead-letter an order one try early.
+        """
 
         async def claim_next() -> tuple[list[ClaimedEntry], int] | None:
             page = await anext(pages, None)
@@ -202,37 +217,55 @@ class Reclaimer:
             return page
 
         dead_lettered = 0
+        ahead: asyncio.Future | None = None  # the next page's claim, when claimed ahead
         acking: asyncio.Future | None = None  # the previous page's XACK, sent while this one is handled
-        async with aclosing(pages):
-            ahead = asyncio.ensure_future(claim_next())
-            try:
-                while (page := await ahead) is not None:
+        try:
+            fast = False  # the last page was handled within AHEAD_MAX_PAGE_S
+            page = await claim_next()
+            while page is not None:
+                if fast:
                     ahead = asyncio.ensure_future(claim_next())
-                    dead_lettered += page[1]
-                    acks = await self._handle_page(page[0], s, held)
-                    if acking is not None:
-                        await acking
-                    acking = asyncio.ensure_future(self._ack(acks)) if acks else None
+                dead_lettered += page[1]
+                started = time.monotonic()
+                acks = await self._handle_page(page[0], s, held)
+                fast = time.monotonic() - started < AHEAD_MAX_PAGE_S
                 if acking is not None:
                     await acking
-            finally:
-                # A failed page ends the pass; the page being claimed and the XACK being sent are
-                # let finish (claimed entries stay pending to this reclaimer and are due again at
-                # the next pass), not cancelled mid-call (see _claim_and_handle).
-                for call in (ahead, acking):
-                    if call is None:
-                        continue
-                    if not call.done():
-                        if not (await asyncio.wait({call}, timeout=self.settings.redis_socket_timeout_s + 1.0))[0]:
-                            call.cancel()
-                    if call.done() and not call.cancelled():
-                        call.exception()  # retrieved: the pass fails with the first error already raised
+                acking = asyncio.ensure_future(self._ack(acks, held)) if acks else None
+                if ahead is not None:
+                    page, ahead = await ahead, None
+                else:
+                    page = await claim_next()
+            if acking is not None:
+                await acking
+        finally:
+            # A failed page ends the pass; the page being claimed and the XACK being sent are let
+            # finish (claimed entries stay pending to this reclaimer and are due again at the next
+            # pass), not cancelled mid-call (see _claim_and_handle). The pages are closed only
+            # once no claim runs in them (closing a running generator raises RuntimeError, which
+            # would hide the error that ended the pass).
+            bound = self.settings.redis_socket_timeout_s + 1.0
+            for call in (ahead, acking):
+                if call is None:
+                    continue
+                if not call.done() and not (await asyncio.wait({call}, timeout=bound))[0]:
+                    call.cancel()
+                    await asyncio.wait({call}, timeout=bound)
+                if call.done() and not call.cancelled():
+                    call.exception()  # retrieved: the pass fails with the first error already raised
+            if ahead is None or ahead.done():
+                await pages.aclose()  # type: ignore[attr-defined]  # an async generator
+            else:
+                logger.warning("a page claim did not end within the socket timeout; left behind")
         return dead_lettered
 
-    async def _ack(self, entry_ids: list[str]) -> None:
-        """XACK ``entry_ids`` (handled, or gone) in one call, and count them."""
-        acked = await self.r.xack(self.keys.stream, self.keys.group, *entry_ids)
-        self.metrics.acked.labels(COMPONENT).inc(int(acked))
+    async def _ack(self, entry_ids: list[str], held: set[str]) -> None:
+        """XACK ``entry_ids`` (handled, or gone) in one call, count them, and stop renewing them."""
+        try:
+            acked = await self.r.xack(self.keys.stream, self.keys.group, *entry_ids)
+            self.metrics.acked.labels(COMPONENT).inc(int(acked))
+        finally:
+            held.difference_update(entry_ids)
 
     async def _backoff_pages(self, s: Summary) -> AsyncIterator[tuple[list[ClaimedEntry], int]]:
         """Step 1, a page at a time: ``claim_due`` resumes its PEL scan where the previous page
@@ -285,10 +318,11 @@ class Reclaimer:
 
     async def _handle_page(self, work: list[ClaimedEntry], s: Summary, held: set[str]) -> list[str]:
         """Run ``work`` (claimed, counted, in ``held``) through the handler, ``CONCURRENCY`` at a
-        time. Each entry leaves ``held`` (its lease is no longer renewed) once handled. Returns
-        the IDs to XACK (succeeded, or gone); the failed ones stay pending to back off. When a
-        lane raised (a Redis error while dead-lettering) or the page is cancelled, what was
-        handled is acked here before the error goes on."""
+        time. Returns the IDs to XACK (succeeded, or gone), which stay in ``held`` (leases renewed)
+        until acked: a page's XACK waits for its slowest entry, and an entry handled early must
+        not be taken by a consumer's claim meanwhile and handled twice. A failed entry leaves
+        ``held`` at once, to back off. When a lane raised (a Redis error while dead-lettering)
+        or the page is cancelled, what was handled is acked here before the error goes on."""
         if not work:
             return []
         acks: list[str] = []
@@ -299,21 +333,18 @@ class Reclaimer:
             # handlers at most, without a task per entry (bench/README.md).
             task = asyncio.current_task()
             for entry in queue:
-                try:
-                    outcome = await self.runner.run(entry.entry_id, entry.fields, entry.deliveries, self.name, task)
-                finally:
-                    held.discard(entry.entry_id)
+                outcome = await self.runner.run(entry.entry_id, entry.fields, entry.deliveries, self.name, task)
                 if outcome == OK:
                     s.processed += 1
                     acks.append(entry.entry_id)
-                elif outcome == GONE:
+                    continue
+                if outcome == GONE:
                     s.gone += 1
                     acks.append(entry.entry_id)
-                elif outcome == DEAD_LETTERED:
-                    s.failed += 1
-                    s.dead_lettered += 1
-                else:
-                    s.failed += 1
+                    continue
+                held.discard(entry.entry_id)
+                s.failed += 1
+                s.dead_lettered += outcome == DEAD_LETTERED
 
         try:
             lanes = min(self.settings.concurrency, len(work))
@@ -323,9 +354,11 @@ class Reclaimer:
             errors = None
             raise
         finally:
-            held.difference_update(e.entry_id for e in work)  # none is handled any more
-            if acks and errors != []:  # cancelled or failed: ack what was handled, then go on
-                await self._ack(acks)
+            if errors != []:  # cancelled or failed: ack what was handled, then go on
+                done = set(acks)
+                held.difference_update(e.entry_id for e in work if e.entry_id not in done)
+                if acks:
+                    await self._ack(acks, held)
         if errors:
             raise errors[0]
         return acks

@@ -32,10 +32,11 @@ uses the non-JUSTID form, which also matches its meaning: what it claims is hand
 **Paging and memory.** The paging helpers read the PEL a page at a time and never hold more
 than one page: :func:`iter_pending` pages ``XPENDING``; :func:`iter_autoclaim` yields one ``XAUTOCLAIM``
 page at a time, with ``COUNT`` cut to what is left of its limit (so the limit is exact), and
-reads the page's delivery counts with an ``XPENDING`` in the same MULTI/EXEC; and
+reads the page's delivery counts with an ``XPENDING`` in the same round trip; and
 :func:`claim_due` resumes a scan where the previous call stopped (``start`` /
 :attr:`ClaimOutcome.resume`). A caller that handles and acks each page before asking for the next
-(the reclaimer) holds one page of entries whatever its total limit. The ID after the last row of
+holds one page of entries whatever its total limit; the reclaimer asks for the next page while it
+handles one, so it holds two. The ID after the last row of
 a page is :func:`streamcore.ids.successor` (an inclusive start), never ``"(" + id``, which Redis
 refuses for the largest ID.
 """
@@ -298,8 +299,8 @@ async def iter_autoclaim(r: aioredis.Redis, keys: Keys, consumer: str, *, min_id
     are claimed when that many are due, never more. Every claimed entry's delivery count goes up
     by 1 (non-JUSTID form). The deleted IDs of each reply (element 3) are XACKed to be sure and
     reported as gone. Delivery counts (XAUTOCLAIM does not return them) come with the claim: each
-    page is one MULTI/EXEC of the ``XAUTOCLAIM`` and an ``XPENDING`` of the consumer's rows from the
-    cursor on, with a second ``XPENDING`` over the page's ID range only when the consumer already
+    page is one pipelined round trip of the ``XAUTOCLAIM`` and an ``XPENDING`` of the consumer's
+    rows from the cursor on, with a second ``XPENDING`` over the page's ID range only when the consumer already
     owned entries among them. The next page is claimed only when the caller asks
     for it, so a caller that handles each page first holds one page at a time.
 
@@ -310,11 +311,12 @@ async def iter_autoclaim(r: aioredis.Redis, keys: Keys, consumer: str, *, min_id
     left = limit
     while left > 0:
         want = min(count, left)
-        # One round trip, atomic (MULTI/EXEC): the claim, and the delivery counts of what it
-        # claimed. Everything claimed is ours and at or after the cursor, so the first ``want``
-        # of our PEL rows from the cursor on hold them, unless we already owned entries among
-        # them (not idle enough to be swept): then _delivery_counts reads the rest.
-        async with r.pipeline(transaction=True) as pipe:
+        # One round trip: the claim, and the delivery counts of what it claimed. Everything
+        # claimed is ours and at or after the cursor, so the first ``want`` of our PEL rows from
+        # the cursor on hold them, unless we already owned entries among them (not idle enough
+        # to be swept), or another client acked one in between: then _delivery_counts reads the
+        # rest. A pipeline, not MULTI/EXEC: the least-privilege ACL user grants no MULTI.
+        async with r.pipeline(transaction=False) as pipe:
             pipe.xautoclaim(keys.stream, keys.group, consumer, min_idle_ms, cursor, count=want)
             pipe.xpending_range(keys.stream, keys.group, cursor, "+", want, consumername=consumer)
             reply, rows = await pipe.execute()

@@ -15,7 +15,7 @@ from streamcore import envelope
 from streamcore.claiming import autoclaim_sweep, ceiling_ms
 from streamcore.ids import next_id
 from streamcore.streams import ensure_group
-from tests.handlers import applied_key, calls_key
+from tests.handlers import applied_key, calls_key, done_key
 from tests.integration.consumer_support import (HANDLER, ROOT, keys_for, pending_ids, pending_rows, per_partition, post,
                                                 reclaimer_for, wait_for, wait_idle)
 from tests.servers import RedisServer, free_port, server_binary
@@ -287,36 +287,78 @@ async def test_sweep_reads_delivery_counts_per_page_around_its_own_entries(r, na
     assert await pending_rows(r, keys) == {ids[2]: ("reclaimer", 4), ids[5]: ("reclaimer", 4)}
 
 
+async def _watch_the_pass(r, keys, rec, orders: dict[str, int]) -> tuple[object, list[int], list[int]]:
+    """Run one pass of ``rec`` and poll the reclaimer's PEL rows every 20 ms meanwhile. Returns
+    the summary, and the idle times (ms) seen of entries it owned whose handler had not started
+    (claimed ahead, waiting their turn) and of entries it owned already handled (not yet acked)."""
+    waiting: list[int] = []
+    handled: list[int] = []
+    run = asyncio.ensure_future(rec.run_once())
+    deadline = time.monotonic() + 20
+    while not run.done() and time.monotonic() < deadline:
+        for row in await r.xpending_range(keys.stream, keys.group, "-", "+", 10, consumername="reclaimer"):
+            order = orders[row["message_id"]]
+            if await r.get(done_key(keys.stream, order)) is not None:
+                handled.append(int(row["time_since_delivered"]))
+            elif await r.get(calls_key(keys.stream, order)) is None:
+                waiting.append(int(row["time_since_delivered"]))
+        await asyncio.sleep(0.02)
+    return await asyncio.wait_for(run, 5), waiting, handled
+
+
+async def _slow_and_fast_pel(r, keys, sleeps: list[float]) -> dict[str, int]:
+    """A dead consumer's PEL of orders 900, 901, ... sleeping ``sleeps`` s each when handled,
+    idle past the back-off ceiling of CLAIM_IDLE_MS=150; entry ID -> orderId."""
+    await ensure_group(r, keys)
+    orders = {await post(r, keys, 900 + i, sleep_s=sleep): 900 + i for i, sleep in enumerate(sleeps)}
+    await r.xreadgroup(keys.group, "pod-gone", {keys.stream: ">"})
+    await wait_all_idle(r, keys, list(orders)[-1], ceiling_ms(150))
+    return orders
+
+
 @pytest.mark.parametrize("path", ["back-off claim", "sweep"])
 async def test_a_page_claimed_ahead_keeps_its_lease_while_the_page_before_it_is_handled(r, names, path):
-    """The pass claims the next page while one is handled. The entries waiting in it are the
-    pass's too: their leases are renewed (XCLAIM JUSTID every CLAIM_IDLE_MS/3) like those being
-    handled, so their idle time stays under the back-off a consumer's claim pass waits for at
-    their delivery count (2 x CLAIM_IDLE_MS, less 10 % jitter) however long the page before takes."""
+    """After a fast page the pass claims the next page while one is handled. If that one is
+    slow, the entries waiting in the page claimed ahead are the pass's too: their leases are
+    renewed (XCLAIM JUSTID every CLAIM_IDLE_MS/3) like those being handled, so their idle time
+    stays under the back-off a consumer's claim pass waits for at their delivery count (2 x
+    CLAIM_IDLE_MS, less 10 % jitter) however long the page before takes."""
     keys = keys_for(names)
-    await ensure_group(r, keys)
-    orders = [900 + i for i in range(3)]
-    ids = [await post(r, keys, order, sleep_s=0.6) for order in orders]
-    await r.xreadgroup(keys.group, "pod-gone", {keys.stream: ">"})
-    await wait_all_idle(r, keys, ids[-1], ceiling_ms(150))
+    orders = await _slow_and_fast_pel(r, keys, [0, 0.6, 0, 0])
     rec = reclaimer_for(r, names, claim_idle_ms=150, reclaim_page_size=1, concurrency=1)
     if path == "sweep":
         for each in per_partition(rec):
             each.backoff_scan_rows = 0
-    waiting_idle: list[int] = []  # idle (ms) of entries the pass owns whose handler has not started
-    run = asyncio.ensure_future(rec.run_once())
-    deadline = time.monotonic() + 20
-    while not run.done() and time.monotonic() < deadline:
-        rows = await r.xpending_range(keys.stream, keys.group, "-", "+", 10, consumername="reclaimer")
-        by_id = dict(zip(ids, orders))
-        for row in rows:
-            if await r.get(calls_key(keys.stream, by_id[row["message_id"]])) is None:
-                waiting_idle.append(int(row["time_since_delivered"]))
-        await asyncio.sleep(0.02)
-    summary = await asyncio.wait_for(run, 5)
+    summary, waiting, _ = await _watch_the_pass(r, keys, rec, orders)
+    assert (summary.claimed, summary.processed) == (4, 4)
+    assert len(waiting) >= 10, "no page was seen waiting its turn"
+    assert max(waiting) < 270, sorted(waiting)[-5:]
+
+
+async def test_after_a_slow_page_the_next_page_is_claimed_only_once_it_is_done(r, names):
+    """A page claimed ahead costs each of its entries a delivery before any handler sees it; if
+    the pass died meanwhile, an order could be dead-lettered one try early. With slow handlers
+    claiming ahead saves nothing, so after a page slower than AHEAD_MAX_PAGE_S nothing is
+    claimed before it is handled: no entry is ever seen owned by the pass and not started."""
+    keys = keys_for(names)
+    orders = await _slow_and_fast_pel(r, keys, [0.4, 0.4, 0.4])
+    rec = reclaimer_for(r, names, claim_idle_ms=150, reclaim_page_size=1, concurrency=1)
+    summary, waiting, _ = await _watch_the_pass(r, keys, rec, orders)
     assert (summary.claimed, summary.processed) == (3, 3)
-    assert len(waiting_idle) >= 10, "no page was seen waiting its turn"
-    assert max(waiting_idle) < 270, sorted(waiting_idle)[-5:]
+    assert waiting == []
+
+
+async def test_entries_handled_early_keep_their_lease_until_the_page_is_acked(r, names):
+    """A page is acked in one XACK once its slowest entry is done; the entries handled before
+    it stay the pass's, leases renewed, so that no consumer's claim pass takes them meanwhile and
+    handles them a second time."""
+    keys = keys_for(names)
+    orders = await _slow_and_fast_pel(r, keys, [0, 0, 0.6])
+    rec = reclaimer_for(r, names, claim_idle_ms=150, reclaim_page_size=3, concurrency=3)
+    summary, _, handled = await _watch_the_pass(r, keys, rec, orders)
+    assert (summary.claimed, summary.processed) == (3, 3)
+    assert len(handled) >= 10, "no handled entry was seen waiting for the page's XACK"
+    assert max(handled) < 270, sorted(handled)[-5:]
 
 
 @pytest.mark.parametrize("path", ["back-off claim", "sweep"])
@@ -342,3 +384,43 @@ async def test_dead_letter_xdel_removes_what_the_reclaimer_dead_letters_from_the
     assert reasons == {poison: "not_utf8", ids[1]: "max_deliveries"}
     assert [i for i, _ in await r.xrange(keys.stream)] == [ids[0], ids[2]]
     assert await pending_rows(r, keys) == {}
+
+
+async def test_a_failed_page_ends_the_pass_with_its_own_error_while_the_claim_ahead_hangs(r, names):
+    """The page claimed ahead is let finish for one socket timeout (+1 s), then cancelled, and
+    the pages are closed only once that claim has ended: the pass ends with the failed page's own
+    error (here a transient ConnectionError, which `python -m reclaimer` retries), not with
+    "aclose(): asynchronous generator is already running" from closing a generator mid-claim."""
+    from redis.exceptions import ConnectionError as RedisConnectionError
+
+    from reclaimer.reclaim import Summary
+    from streamcore.claiming import ClaimedEntry
+
+    rec = per_partition(reclaimer_for(r, names, redis_socket_timeout_s=0.2))[0]
+    never = asyncio.Event()
+    closed = []
+
+    async def pages():
+        try:
+            yield [ClaimedEntry("1-1", {}, 1)], 0
+            yield [ClaimedEntry("1-2", {}, 1)], 0
+            await never.wait()  # the claim of the third page never answers
+            yield [], 0
+        finally:
+            closed.append(True)
+
+    calls = []
+
+    async def handle_page(work, s, held):
+        calls.append(work[0].entry_id)
+        if len(calls) == 2:
+            raise RedisConnectionError("connection lost while handling a page")
+        return []
+
+    rec._handle_page = handle_page
+    started = time.monotonic()
+    with pytest.raises(RedisConnectionError, match="connection lost"):
+        await rec._handle_pages(pages(), Summary(), set())
+    assert calls == ["1-1", "1-2"]  # the second page was handled while the third was claimed
+    assert closed == [True]
+    assert time.monotonic() - started < 5

@@ -7,6 +7,7 @@ and has its default user off. The core modules run their tests against it too
 
 from __future__ import annotations
 
+import asyncio
 import os
 import subprocess
 import sys
@@ -133,3 +134,30 @@ async def test_the_operator_reaches_a_rediss_target_with_its_own_tls_files(app_c
     finally:
         for c in runtime.clients.values():
             await c.aclose()
+
+
+async def test_a_reclaim_pass_needs_nothing_beyond_the_documented_user(app_client, redis_server, names, r):
+    """The suite's other tests add the test handlers' commands (MULTI, EXEC, ...) to the user,
+    which would hide a component sending one of them itself. Here a whole reclaimer pass (the
+    back-off claim, the sweep, consumer hygiene, trimming) runs as exactly ``rules()`` with a
+    handler that sends nothing: every step completes and Redis refuses nothing."""
+    from reclaimer.reclaim import Reclaimer
+    from reclaimer.settings import ReclaimerSettings
+    from streamcore.streams import ensure_group
+
+    client, user = app_client
+    keys = Keys(stream=names.stream, group=names.group, dlq=names.dlq)
+    await ensure_group(r, keys)
+    for i in range(30):
+        await r.xadd(keys.stream, envelope.encode({"orderId": i, "product": "x", "quantity": 1, "userId": 2}))
+    await r.xreadgroup(keys.group, "pod-gone", {keys.stream: ">"})
+    settings = ReclaimerSettings(**names.settings(), handler="bench.noop:handle", claim_idle_ms=1, redis_tls_ca_file=None,
+                                 redis_tls_cert_file=None, redis_tls_key_file=None,
+                                 reclaim_page_size=7, consumer_inactive_ttl_ms=1)
+    rec = Reclaimer(settings, client)
+    rec.backoff_scan_rows = 10  # step 1 claims 10, the sweep the other 20
+    await asyncio.sleep(0.05)  # idle past the back-off ceiling of 1 ms
+    summary = await rec.run_once()
+    assert (summary.claimed, summary.processed, summary.consumers_removed) == (30, 30, 1)
+    assert (await r.xpending(keys.stream, keys.group))["pending"] == 0
+    assert redis_server.denials(user) == []
