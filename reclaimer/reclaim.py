@@ -23,14 +23,17 @@ Order of work in a pass, and why:
 
 **Pages.** Steps 1-3 run a page at a time: claim ``RECLAIM_PAGE_SIZE`` entries (step 1's
 ``claim_due`` limit, resuming its PEL scan where the last page stopped; then step 2's XAUTOCLAIM
-COUNT), handle them, ack them, drop them. While the handlers are fast (the page before took less
-than :data:`AHEAD_MAX_PAGE_S`), the next page is claimed while one is handled (one page ahead, no
-more), so the claim's round trips and Redis's work on it overlap the handling; with slow handlers
-the next page is claimed once this one is done (see :meth:`Reclaimer._handle_pages` for why). The
-pass holds at most two pages of entries (and reads their delivery counts per page), and its memory
-does not grow with ``RECLAIM_LIMIT``. Every entry the pass holds, waiting its turn or handled and
-not yet acked, keeps its lease: one renewer (``XCLAIM ... JUSTID``, owner-checked) runs for the
-whole pass every ``CLAIM_IDLE_MS/3``, so no consumer's claim pass takes it meanwhile.
+COUNT), handle them, ack them, drop them, then claim the next page; a page's XACK is sent while
+the next page is claimed, so the pass waits for one round trip per page (the sweep's XAUTOCLAIM
+and the XPENDING of its delivery counts share one). The next page is never claimed before this
+one is handled: a claim counts a delivery of each entry (XAUTOCLAIM, XCLAIM), and a page claimed
+ahead behind a slow one, in a pass killed meanwhile, would have spent a delivery of each without
+any handler seeing it (an order one try from MAX_DELIVERIES would be dead-lettered untried). So
+the pass holds one page of entries (plus the IDs of the page being acked), and its memory does not
+grow with ``RECLAIM_LIMIT``. Every entry the pass holds, handled or not, keeps its lease until it
+is acked: one renewer (``XCLAIM ... JUSTID``, owner-checked) runs for the whole pass every
+``CLAIM_IDLE_MS/3``, so no consumer's claim pass takes an entry handled early while the page's
+XACK waits for its slowest one.
 ``RECLAIM_LIMIT`` counts every entry claimed by steps 1 and 2 together and is honoured exactly:
 the last page asks only for what is left; everything else stays pending for the next pass.
 
@@ -69,10 +72,6 @@ logger = logging.getLogger(__name__)
 ORPHAN_LOG_INTERVAL_S = 300.0
 
 COMPONENT = "reclaimer"
-
-#: The next page is claimed while one is handled only when the page before was handled within
-#: this many seconds (see :meth:`Reclaimer._handle_pages`).
-AHEAD_MAX_PAGE_S = 0.25
 
 
 @dataclass
@@ -199,64 +198,30 @@ class Reclaimer:
                             held: set[str]) -> int:
         """Handle each page of ``pages`` (claimed entries, how many the claim dead-lettered), its
         entries in ``held`` (leases renewed) from the moment they are claimed until acked or
-        failed. Returns the dead-lettered total.
-
-        **Claiming ahead.** While a page is handled, the next one is claimed, but only when the
-        page before took less than :data:`AHEAD_MAX_PAGE_S`: with fast handlers the claim's round
-        trips and Redis's work on it are what the pass would wait for, and a page claimed ahead
-        waits a fraction of a second. With slow handlers claiming ahead saves nothing, and would
-        hold a page, each entry one delivery further (XAUTOCLAIM and XCLAIM count one), for as
-        long as the page before takes; a pass killed meanwhile would have spent a delivery of each
-        without handling it, which can dead-letter an order one try early.
-        """
-
-        async def claim_next() -> tuple[list[ClaimedEntry], int] | None:
-            page = await anext(pages, None)
-            if page is not None:
-                held.update(e.entry_id for e in page[0])
-            return page
-
+        failed; a page's XACK goes out while the next page is claimed. Returns the dead-lettered
+        total."""
         dead_lettered = 0
-        ahead: asyncio.Future | None = None  # the next page's claim, when claimed ahead
-        acking: asyncio.Future | None = None  # the previous page's XACK, sent while this one is handled
+        acking: asyncio.Future | None = None  # the previous page's XACK
         try:
-            fast = False  # the last page was handled within AHEAD_MAX_PAGE_S
-            page = await claim_next()
-            while page is not None:
-                if fast:
-                    ahead = asyncio.ensure_future(claim_next())
-                dead_lettered += page[1]
-                started = time.monotonic()
-                acks = await self._handle_page(page[0], s, held)
-                fast = time.monotonic() - started < AHEAD_MAX_PAGE_S
+            async for work, claim_dead_lettered in pages:
+                held.update(e.entry_id for e in work)
+                dead_lettered += claim_dead_lettered
+                acks = await self._handle_page(work, s, held)
                 if acking is not None:
                     await acking
                 acking = asyncio.ensure_future(self._ack(acks, held)) if acks else None
-                if ahead is not None:
-                    page, ahead = await ahead, None
-                else:
-                    page = await claim_next()
             if acking is not None:
                 await acking
         finally:
-            # A failed page ends the pass; the page being claimed and the XACK being sent are let
-            # finish (claimed entries stay pending to this reclaimer and are due again at the next
-            # pass), not cancelled mid-call (see _claim_and_handle). The pages are closed only
-            # once no claim runs in them (closing a running generator raises RuntimeError, which
-            # would hide the error that ended the pass).
-            bound = self.settings.redis_socket_timeout_s + 1.0
-            for call in (ahead, acking):
-                if call is None:
-                    continue
-                if not call.done() and not (await asyncio.wait({call}, timeout=bound))[0]:
-                    call.cancel()
-                    await asyncio.wait({call}, timeout=bound)
-                if call.done() and not call.cancelled():
-                    call.exception()  # retrieved: the pass fails with the first error already raised
-            if ahead is None or ahead.done():
-                await pages.aclose()  # type: ignore[attr-defined]  # an async generator
-            else:
-                logger.warning("a page claim did not end within the socket timeout; left behind")
+            # A failed page or claim ends the pass; the XACK being sent is let finish (within one
+            # socket timeout, +1 s), not cancelled mid-call (see _claim_and_handle).
+            if acking is not None:
+                bound = self.settings.redis_socket_timeout_s + 1.0
+                if not acking.done() and not (await asyncio.wait({acking}, timeout=bound))[0]:
+                    acking.cancel()
+                if acking.done() and not acking.cancelled():
+                    acking.exception()  # retrieved: the pass fails with the first error already raised
+            await pages.aclose()  # type: ignore[attr-defined]  # an async generator
         return dead_lettered
 
     async def _ack(self, entry_ids: list[str], held: set[str]) -> None:

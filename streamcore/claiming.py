@@ -35,8 +35,7 @@ page at a time, with ``COUNT`` cut to what is left of its limit (so the limit is
 reads the page's delivery counts with an ``XPENDING`` in the same round trip; and
 :func:`claim_due` resumes a scan where the previous call stopped (``start`` /
 :attr:`ClaimOutcome.resume`). A caller that handles and acks each page before asking for the next
-holds one page of entries whatever its total limit; the reclaimer asks for the next page while it
-handles one, so it holds two. The ID after the last row of
+(the reclaimer) holds one page of entries whatever its total limit. The ID after the last row of
 a page is :func:`streamcore.ids.successor` (an inclusive start), never ``"(" + id``, which Redis
 refuses for the largest ID.
 """

@@ -287,11 +287,13 @@ async def test_sweep_reads_delivery_counts_per_page_around_its_own_entries(r, na
     assert await pending_rows(r, keys) == {ids[2]: ("reclaimer", 4), ids[5]: ("reclaimer", 4)}
 
 
-async def _watch_the_pass(r, keys, rec, orders: dict[str, int]) -> tuple[object, list[int], list[int]]:
+async def _watch_the_pass(r, keys, rec, orders: dict[str, int]) -> tuple[object, dict[int, float], list[int]]:
     """Run one pass of ``rec`` and poll the reclaimer's PEL rows every 20 ms meanwhile. Returns
-    the summary, and the idle times (ms) seen of entries it owned whose handler had not started
-    (claimed ahead, waiting their turn) and of entries it owned already handled (not yet acked)."""
-    waiting: list[int] = []
+    the summary; for each order seen owned by the pass before its handler started, how long (s)
+    it was seen so; and the idle times (ms) seen of entries it owned already handled (not yet
+    acked)."""
+    first_seen: dict[int, float] = {}
+    last_seen: dict[int, float] = {}
     handled: list[int] = []
     run = asyncio.ensure_future(rec.run_once())
     deadline = time.monotonic() + 20
@@ -301,9 +303,12 @@ async def _watch_the_pass(r, keys, rec, orders: dict[str, int]) -> tuple[object,
             if await r.get(done_key(keys.stream, order)) is not None:
                 handled.append(int(row["time_since_delivered"]))
             elif await r.get(calls_key(keys.stream, order)) is None:
-                waiting.append(int(row["time_since_delivered"]))
+                now = time.monotonic()
+                first_seen.setdefault(order, now)
+                last_seen[order] = now
         await asyncio.sleep(0.02)
-    return await asyncio.wait_for(run, 5), waiting, handled
+    waited = {order: last_seen[order] - first_seen[order] for order in first_seen}
+    return await asyncio.wait_for(run, 5), waited, handled
 
 
 async def _slow_and_fast_pel(r, keys, sleeps: list[float]) -> dict[str, int]:
@@ -317,35 +322,22 @@ async def _slow_and_fast_pel(r, keys, sleeps: list[float]) -> dict[str, int]:
 
 
 @pytest.mark.parametrize("path", ["back-off claim", "sweep"])
-async def test_a_page_claimed_ahead_keeps_its_lease_while_the_page_before_it_is_handled(r, names, path):
-    """After a fast page the pass claims the next page while one is handled. If that one is
-    slow, the entries waiting in the page claimed ahead are the pass's too: their leases are
-    renewed (XCLAIM JUSTID every CLAIM_IDLE_MS/3) like those being handled, so their idle time
-    stays under the back-off a consumer's claim pass waits for at their delivery count (2 x
-    CLAIM_IDLE_MS, less 10 % jitter) however long the page before takes."""
+async def test_no_page_is_claimed_before_the_page_before_it_is_handled(r, names, path):
+    """A claim counts a delivery of each entry (XCLAIM, XAUTOCLAIM). A page claimed ahead while
+    a slow one runs would hold its entries one delivery further without any handler seeing them,
+    and a pass killed then would have spent that delivery: an order one try from MAX_DELIVERIES
+    would be dead-lettered untried. So whatever the pages before took (here fast, then slow), no
+    entry is seen owned by the pass and not started for longer than the instant between its
+    claim and its handler's first call."""
     keys = keys_for(names)
-    orders = await _slow_and_fast_pel(r, keys, [0, 0.6, 0, 0])
+    orders = await _slow_and_fast_pel(r, keys, [0, 0, 0.6, 0, 0])
     rec = reclaimer_for(r, names, claim_idle_ms=150, reclaim_page_size=1, concurrency=1)
     if path == "sweep":
         for each in per_partition(rec):
             each.backoff_scan_rows = 0
-    summary, waiting, _ = await _watch_the_pass(r, keys, rec, orders)
-    assert (summary.claimed, summary.processed) == (4, 4)
-    assert len(waiting) >= 10, "no page was seen waiting its turn"
-    assert max(waiting) < 270, sorted(waiting)[-5:]
-
-
-async def test_after_a_slow_page_the_next_page_is_claimed_only_once_it_is_done(r, names):
-    """A page claimed ahead costs each of its entries a delivery before any handler sees it; if
-    the pass died meanwhile, an order could be dead-lettered one try early. With slow handlers
-    claiming ahead saves nothing, so after a page slower than AHEAD_MAX_PAGE_S nothing is
-    claimed before it is handled: no entry is ever seen owned by the pass and not started."""
-    keys = keys_for(names)
-    orders = await _slow_and_fast_pel(r, keys, [0.4, 0.4, 0.4])
-    rec = reclaimer_for(r, names, claim_idle_ms=150, reclaim_page_size=1, concurrency=1)
-    summary, waiting, _ = await _watch_the_pass(r, keys, rec, orders)
-    assert (summary.claimed, summary.processed) == (3, 3)
-    assert waiting == []
+    summary, waited, _ = await _watch_the_pass(r, keys, rec, orders)
+    assert (summary.claimed, summary.processed) == (5, 5)
+    assert all(seconds < 0.3 for seconds in waited.values()), waited
 
 
 async def test_entries_handled_early_keep_their_lease_until_the_page_is_acked(r, names):
@@ -386,41 +378,37 @@ async def test_dead_letter_xdel_removes_what_the_reclaimer_dead_letters_from_the
     assert await pending_rows(r, keys) == {}
 
 
-async def test_a_failed_page_ends_the_pass_with_its_own_error_while_the_claim_ahead_hangs(r, names):
-    """The page claimed ahead is let finish for one socket timeout (+1 s), then cancelled, and
-    the pages are closed only once that claim has ended: the pass ends with the failed page's own
-    error (here a transient ConnectionError, which `python -m reclaimer` retries), not with
-    "aclose(): asynchronous generator is already running" from closing a generator mid-claim."""
+async def test_a_failed_page_ends_the_pass_with_its_own_error_after_the_previous_xack(r, names):
+    """A page's XACK goes out while the next page is claimed and handled. When that next page
+    fails, the XACK is let finish (the handled page is acked), the pages are closed, and the pass
+    ends with the page's own error: here a transient ConnectionError, which `python -m
+    reclaimer` retries."""
     from redis.exceptions import ConnectionError as RedisConnectionError
 
     from reclaimer.reclaim import Summary
     from streamcore.claiming import ClaimedEntry
 
-    rec = per_partition(reclaimer_for(r, names, redis_socket_timeout_s=0.2))[0]
-    never = asyncio.Event()
+    keys = keys_for(names)
+    ids = await dead_consumer_pel(r, keys, 2)
+    [rec] = [each for each in per_partition(reclaimer_for(r, names)) if each.keys.stream == keys.stream]
     closed = []
 
     async def pages():
         try:
-            yield [ClaimedEntry("1-1", {}, 1)], 0
-            yield [ClaimedEntry("1-2", {}, 1)], 0
-            await never.wait()  # the claim of the third page never answers
-            yield [], 0
+            yield [ClaimedEntry(ids[0], {}, 1)], 0
+            yield [ClaimedEntry(ids[1], {}, 1)], 0
         finally:
             closed.append(True)
 
-    calls = []
-
     async def handle_page(work, s, held):
-        calls.append(work[0].entry_id)
-        if len(calls) == 2:
+        if work[0].entry_id == ids[1]:
             raise RedisConnectionError("connection lost while handling a page")
-        return []
+        return [work[0].entry_id]
 
     rec._handle_page = handle_page
-    started = time.monotonic()
+    held: set[str] = set()
     with pytest.raises(RedisConnectionError, match="connection lost"):
-        await rec._handle_pages(pages(), Summary(), set())
-    assert calls == ["1-1", "1-2"]  # the second page was handled while the third was claimed
+        await rec._handle_pages(pages(), Summary(), held)
     assert closed == [True]
-    assert time.monotonic() - started < 5
+    assert await pending_ids(r, keys) == [ids[1]]  # the first page was acked, the failed one stays pending
+    assert held == {ids[1]}  # the pass's renewer keeps it until the pass ends
