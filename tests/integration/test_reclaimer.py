@@ -321,6 +321,7 @@ async def _slow_and_fast_pel(r, keys, sleeps: list[float]) -> dict[str, int]:
     return orders
 
 
+@pytest.mark.parametrize("redis_server", ["redis"], indirect=True)  # the pass's own scheduling: the same on every server
 @pytest.mark.parametrize("path", ["back-off claim", "sweep"])
 async def test_no_page_is_claimed_before_the_page_before_it_is_handled(r, names, path):
     """A claim counts a delivery of each entry (XCLAIM, XAUTOCLAIM). A page claimed ahead while
@@ -340,6 +341,7 @@ async def test_no_page_is_claimed_before_the_page_before_it_is_handled(r, names,
     assert all(seconds < 0.3 for seconds in waited.values()), waited
 
 
+@pytest.mark.parametrize("redis_server", ["redis"], indirect=True)  # the pass's own scheduling: the same on every server
 async def test_entries_handled_early_keep_their_lease_until_the_page_is_acked(r, names):
     """A page is acked in one XACK once its slowest entry is done; the entries handled before
     it stay the pass's, leases renewed, so that no consumer's claim pass takes them meanwhile and
@@ -378,6 +380,7 @@ async def test_dead_letter_xdel_removes_what_the_reclaimer_dead_letters_from_the
     assert await pending_rows(r, keys) == {}
 
 
+@pytest.mark.parametrize("redis_server", ["redis"], indirect=True)  # the pass's own scheduling: the same on every server
 async def test_a_failed_page_ends_the_pass_with_its_own_error_after_the_previous_xack(r, names):
     """A page's XACK goes out while the next page is claimed and handled. When that next page
     fails, the XACK is let finish (the handled page is acked), the pages are closed, and the pass
