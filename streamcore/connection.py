@@ -25,10 +25,11 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import TypeVar
 
+import hiredis
 import redis
 import redis.asyncio as aioredis
 from redis.asyncio.cluster import ClusterNode, RedisCluster
-from redis.asyncio.connection import Connection, parse_url
+from redis.asyncio.connection import AbstractConnection, Connection, parse_url
 from redis.asyncio.sentinel import Sentinel, SentinelConnectionPool
 from redis.asyncio.retry import Retry
 from redis.backoff import ExponentialBackoff
@@ -52,6 +53,43 @@ TESTED_SERVERS: dict[str, tuple[int, ...]] = {"redis": (7, 8), "valkey": (8, 9)}
 #: Connections beyond CONCURRENCY that a worker needs besides its handlers: the blocked
 #: XREADGROUP, the acker, the timer (heartbeat, lease renewal, claim pass), scripts.
 POOL_HEADROOM = 16
+
+
+class _HiredisPacking:
+    """Mixin for redis-py's asyncio connection classes: commands packed by hiredis in C, as
+    redis-py's synchronous client already does (``redis.connection.HiredisRespSerializer``).
+
+    redis-py 7.4's asyncio connections pack every argument in Python (``Encoder.encode`` and a
+    bytes join per argument): an XACK of 100 entry IDs cost the consumer ~7 % of its CPU
+    (issue 12, bench/README.md). hiredis gives the same bytes for str (UTF-8), bytes,
+    memoryview, int and float arguments. An argument it cannot pack goes to redis-py's own
+    packer, so behaviour is unchanged there: a lone surrogate (a value read with
+    :data:`ENCODING_ERRORS` from bytes that are not UTF-8, written back byte for byte), a bool or
+    None (redis-py's ``DataError``).
+    """
+
+    def pack_command(self, *args):  # type: ignore[no-untyped-def]  # redis-py's signature
+        # A command name with a space ("XINFO GROUPS") goes as separate arguments, as in redis-py.
+        first = args[0]
+        if (isinstance(first, str) and " " in first) or (isinstance(first, bytes) and b" " in first):
+            args = (*first.split(), *args[1:])
+        try:
+            return [hiredis.pack_command(args)]
+        except (TypeError, UnicodeEncodeError):
+            return super().pack_command(*args)  # type: ignore[misc]  # the redis-py class mixed with
+
+
+_PACKING: dict[type, type] = {}
+
+
+def _hiredis_packing(cls: type[AbstractConnection]) -> type[AbstractConnection]:
+    """``cls`` (a redis-py connection class: TCP, TLS, Unix socket, Sentinel-managed) with
+    :class:`_HiredisPacking`; one subclass per class, made once."""
+    if issubclass(cls, _HiredisPacking):
+        return cls
+    if cls not in _PACKING:
+        _PACKING[cls] = type(f"Hiredis{cls.__name__}", (_HiredisPacking, cls), {"__module__": __name__})
+    return _PACKING[cls]
 
 
 def pool_size(concurrency: int) -> int:
@@ -185,6 +223,7 @@ def create_redis(url: str, *, socket_timeout_s: float = 15.0, max_connections: i
             raise ValueError("sentinels need a master name")
         return _sentinel_client(url, sentinels, sentinel_master, tls, options)
     pool = aioredis.BlockingConnectionPool.from_url(url, **options)
+    pool.connection_class = _hiredis_packing(pool.connection_class)  # from the URL's scheme: TCP, TLS, Unix
     return aioredis.Redis.from_pool(pool)
 
 
@@ -205,8 +244,11 @@ def _sentinel_client(url: str, sentinels: list[tuple[str, int]], master: str, tl
         sentinel_kwargs.update(ssl=True, **tls)
         parsed["ssl"] = True  # SentinelConnectionPool picks its SSL connection class from this flag
     manager = Sentinel(sentinels, sentinel_kwargs=sentinel_kwargs)
-    return manager.master_for(master, redis_class=aioredis.Redis, connection_pool_class=BlockingSentinelPool,
-                              **parsed, **options)
+    client = manager.master_for(master, redis_class=aioredis.Redis, connection_pool_class=BlockingSentinelPool,
+                                **parsed, **options)
+    pool = client.connection_pool
+    pool.connection_class = _hiredis_packing(pool.connection_class)  # Sentinel-managed, TCP or TLS
+    return client
 
 
 def check_sentinel_master(sentinels: list[tuple[str, int]], master: str, *, timeout_s: float = 2.0,
@@ -276,9 +318,11 @@ class _ClusterNode(ClusterNode):
 
 
 def _safe(node: ClusterNode) -> ClusterNode:
-    """Make ``node`` a :class:`_ClusterNode` (same slots, so the class can be swapped in place)."""
+    """Make ``node`` a :class:`_ClusterNode` (same slots, so the class can be swapped in place)
+    whose new connections pack commands with hiredis (:class:`_HiredisPacking`)."""
     if type(node) is ClusterNode:
         node.__class__ = _ClusterNode
+        node.connection_class = _hiredis_packing(node.connection_class)
     return node
 
 
