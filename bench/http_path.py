@@ -17,7 +17,17 @@ process under test on CPU 1 when there are two CPUs, and alternates, ``--rounds`
 ``plain``
     the baseline of ``bench/plain_app.py`` (parse the JSON, answer 201, no Redis call);
 each ``--code DIR``
-    the producer of that checkout (default: this one), with every order appended to Redis.
+    the producer of that checkout (default: this one), with every order appended to Redis;
+``xadd`` (with ``--xadd``)
+    the plain app plus what a hand-written producer does: one awaited redis-py ``XADD`` of the
+    body per request (``redis.asyncio.Redis.from_url``, default pool, hiredis), no validation,
+    no idempotency, no batching;
+``floor`` (with ``--floor``)
+    this checkout's producer with each append answered at once, no Redis call (a finished future
+    with a made-up entry ID): everything the producer does per request but the append itself,
+    i.e. the least CPU per request its request path can reach while it runs on aiohttp's
+    ``web.Application`` as the plain app does. Not a way to run the producer: a probe for
+    bench/README.md ("What is not met").
 
 It prints, per side, the median over the rounds of each round's CPU time per request (µs,
 ``time.process_time``; the fastest of 3 repetitions of ``--orders`` requests) and the paired
@@ -128,6 +138,8 @@ async def _measure(side: str, redis_url: str, orders: int, connections: int, rep
 
         app = web.Application()
         app.router.add_post("/orders", post_order)
+    elif side == "xadd":
+        app = _xadd_app(redis_url)
     else:
         from prometheus_client import CollectorRegistry
 
@@ -138,6 +150,8 @@ async def _measure(side: str, redis_url: str, orders: int, connections: int, rep
                          registry=CollectorRegistry())
     runner = web.AppRunner(app, access_log=None)
     await runner.setup()
+    if side == "floor":
+        _answer_appends_at_once(app)
     runs = []
     try:
         for rep in range(repetitions):
@@ -156,6 +170,51 @@ async def _measure(side: str, redis_url: str, orders: int, connections: int, rep
     finally:
         await runner.cleanup()
     return min(runs, key=lambda r: r["cpu_us"])
+
+
+def _xadd_app(redis_url: str):
+    """The ``xadd`` side: bench/plain_app.py's handler plus one awaited ``XADD`` per request."""
+    import json
+
+    import redis.asyncio as aioredis
+    from aiohttp import web
+
+    r = aioredis.Redis.from_url(redis_url)
+    stream = f"bench:http-path-xadd:{os.getpid()}"
+
+    async def post_order(request: web.Request) -> web.Response:
+        body = await request.text()
+        order = json.loads(body)
+        entry_id = await r.xadd(stream, {"data": body})
+        return web.json_response({"id": entry_id.decode(), "orderId": order.get("orderId")}, status=201)
+
+    async def close(_app: web.Application) -> None:
+        await r.aclose()
+
+    app = web.Application()
+    app.router.add_post("/orders", post_order)
+    app.on_cleanup.append(close)
+    return app
+
+
+def _answer_appends_at_once(app) -> None:
+    """The ``floor`` side: the started producer's appender answers every append with a finished
+    future (entry ID ``1-<n>``, created) instead of sending it to Redis."""
+    from producer.appkeys import APPENDER
+    from streamcore.streams import AppendResult
+
+    appender = app[APPENDER]
+    loop = asyncio.get_running_loop()
+    count = 0
+
+    def append(fields, order_id, *, idempotency_key=None, body_hash=""):
+        nonlocal count
+        count += 1
+        future = loop.create_future()
+        future.set_result(AppendResult(f"1-{count}", True))
+        return future
+
+    appender.append = append  # this instance only; its tasks still run and close as usual
 
 
 def _child(args: argparse.Namespace) -> None:
@@ -184,6 +243,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--connections", type=int, default=64)
     parser.add_argument("--rounds", type=int, default=5, help="alternations of every side")
     parser.add_argument("--code", action="append", type=Path, help="a checkout whose producer to measure (repeatable; default: this one)")
+    parser.add_argument("--xadd", action="store_true", help="also measure the plain app plus one awaited XADD per request")
+    parser.add_argument("--floor", action="store_true", help="also measure this checkout's producer with every append answered at once (no Redis call)")
     parser.add_argument("--child", help=argparse.SUPPRESS)
     parser.add_argument("--redis-url", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
@@ -200,12 +261,12 @@ def main(argv: list[str] | None = None) -> int:
         proc, url = start_redis(Path(tmp), "0" if two else None)
         try:
             asyncio.run(wait_redis(url))
-            sides = [("plain", ROOT)] + [(f"producer {c}", c) for c in codes]
+            sides = [("plain", ROOT)] + [(f"producer {c}", c) for c in codes] + ([("xadd", ROOT)] if args.xadd else []) + ([("floor", ROOT)] if args.floor else [])
             rounds: list[dict[str, dict]] = []
             for i in range(args.rounds):
                 got = {}
                 for name, code in sides:
-                    got[name] = _run_side("plain" if name == "plain" else "producer", code, url, args,
+                    got[name] = _run_side(name if name in ("plain", "xadd", "floor") else "producer", code, url, args,
                                           taskset("1" if two else None))
                     print(f"round {i + 1} {name}: {got[name]['cpu_us']:.1f} µs CPU, {got[name]['wall_us']:.1f} µs wall per request",
                           flush=True)
