@@ -61,22 +61,35 @@ class _HiredisPacking:
 
     redis-py 7.4's asyncio connections pack every argument in Python (``Encoder.encode`` and a
     bytes join per argument): an XACK of 100 entry IDs cost the consumer ~7 % of its CPU
-    (issue 12, bench/README.md). hiredis gives the same bytes for str (UTF-8), bytes,
-    memoryview, int and float arguments. An argument it cannot pack goes to redis-py's own
-    packer, so behaviour is unchanged there: a lone surrogate (a value read with
-    :data:`ENCODING_ERRORS` from bytes that are not UTF-8, written back byte for byte), a bool or
-    None (redis-py's ``DataError``).
+    (issue 12, bench/README.md). hiredis gives the same bytes for arguments of exactly the types
+    ``str`` (UTF-8), ``bytes``, ``int`` and ``float``, which is all our commands pass; the
+    command name is split into words first exactly as redis-py splits it (``"XINFO GROUPS"``).
+    Every other command goes to redis-py's own packer, so its behaviour is unchanged: one with a
+    lone surrogate (a value read with :data:`ENCODING_ERRORS` from bytes that are not UTF-8,
+    written back byte for byte), a ``memoryview`` (hiredis ignores its strides and would pack a
+    released one), a subclass (a bool, an IntEnum, a str with its own ``encode``), None (redis-py's
+    ``DataError``).
     """
 
     def pack_command(self, *args):  # type: ignore[no-untyped-def]  # redis-py's signature
-        # A command name with a space ("XINFO GROUPS") goes as separate arguments, as in redis-py.
-        first = args[0]
-        if (isinstance(first, str) and " " in first) or (isinstance(first, bytes) and b" " in first):
-            args = (*first.split(), *args[1:])
+        first = args[0] if args else None
         try:
-            return [hiredis.pack_command(args)]
-        except (TypeError, UnicodeEncodeError):
-            return super().pack_command(*args)  # type: ignore[misc]  # the redis-py class mixed with
+            # redis-py: a str name is split on ASCII whitespace, a bytes name only when it holds a space.
+            if type(first) is str:
+                words = (*first.encode().split(), *args[1:])
+            elif type(first) is bytes:
+                words = (*first.split(), *args[1:]) if b" " in first else args
+            else:
+                words = ()  # no command name, or another type: redis-py's packer (or its error)
+            if words and _PACKED_BY_HIREDIS.issuperset(map(type, words)):
+                return [hiredis.pack_command(words)]
+        except UnicodeEncodeError:
+            pass  # a lone surrogate: redis-py's packer (surrogateescape) or its error
+        return super().pack_command(*args)  # type: ignore[misc]  # the redis-py class mixed with
+
+
+#: Argument types hiredis packs to redis-py's exact bytes (subclasses excluded).
+_PACKED_BY_HIREDIS = frozenset({str, bytes, int, float})
 
 
 _PACKING: dict[type, type] = {}
@@ -352,6 +365,10 @@ class _Cluster(RedisCluster):
         self._dropped_at: dict[int, float] = {}
         for node in self._known_nodes().values():
             _safe(node)
+        # Nodes made later (a redirection to a node not in the slot map yet) get their connection
+        # class from these keywords, shared with the nodes manager.
+        node_kwargs = self.nodes_manager.connection_kwargs
+        node_kwargs["connection_class"] = _hiredis_packing(node_kwargs.get("connection_class", Connection))
 
     async def _execute_command(self, target_node: ClusterNode, *args, **kwargs):
         """redis-py's per-node attempt of a command, counting a connection error or timeout in

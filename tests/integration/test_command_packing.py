@@ -4,6 +4,9 @@ that is not UTF-8 (read with ``surrogateescape``) still goes back to Redis byte 
 
 from __future__ import annotations
 
+import enum
+from array import array
+
 import pytest
 from redis.asyncio.cluster import ClusterNode
 from redis.asyncio.connection import Connection, SSLConnection, UnixDomainSocketConnection
@@ -11,9 +14,18 @@ from redis.asyncio.sentinel import SentinelManagedConnection
 from redis.exceptions import DataError
 
 from streamcore.settings import CommonSettings
-from streamcore.connection import ENCODING_ERRORS, _HiredisPacking, _hiredis_packing, _safe, create_redis
+from streamcore.connection import ENCODING_ERRORS, _Cluster, _HiredisPacking, _hiredis_packing, _safe, create_redis
 
 EXTRA_SERVER_KINDS = ("cluster", "tls-acl")  # the round trip below through every client kind we make
+
+class _Level(enum.IntEnum):
+    HIGH = 3
+
+
+class _Upper(str):
+    def encode(self, *args, **kwargs):  # type: ignore[override]
+        return super().encode(*args, **kwargs).upper()
+
 
 ARGS = {
     "text": ("XACK", "orders", "workers", "1700000000000-0", "1700000000001-12"),
@@ -25,11 +37,19 @@ ARGS = {
     "bytes name with a space": (b"CONFIG GET", "maxmemory"),
     "lone surrogate": ("SET", "k", "caf\udcc3\udca9 \udcff"),  # bytes that were not UTF-8, as read
     "empty values": ("SET", "", ""),
+    # What hiredis would pack differently; each must reach redis-py's packer.
+    "name with a tab": ("XINFO\tGROUPS", "orders"),
+    "name with a no-break space": ("XINFO\u00a0GROUPS x", "orders"),
+    "empty name": ("",),
+    "strided memoryview": ("SET", "k", memoryview(b"abcdefgh")[::2]),
+    "int memoryview": ("SET", "k", memoryview(array("i", [1, 2, 3]))),
+    "IntEnum": ("SET", "k", _Level.HIGH),
+    "str subclass": ("SET", "k", _Upper("quiet")),
 }
 
 
 def _packed(cls: type, args: tuple) -> bytes:
-    return b"".join(cls(encoding_errors=ENCODING_ERRORS).pack_command(*args))
+    return b"".join(bytes(chunk) for chunk in cls(encoding_errors=ENCODING_ERRORS).pack_command(*args))
 
 
 @pytest.mark.parametrize("args", ARGS.values(), ids=ARGS.keys())
@@ -37,12 +57,22 @@ def test_hiredis_packing_sends_the_bytes_redis_py_sends(args):
     assert _packed(_hiredis_packing(Connection), args) == _packed(Connection, args)
 
 
-@pytest.mark.parametrize("value", [True, None, bytearray(b"x")], ids=["bool", "None", "bytearray"])
-def test_an_argument_redis_py_refuses_is_refused_the_same_way(value):
-    with pytest.raises(DataError) as ours:
-        _hiredis_packing(Connection)().pack_command("SET", "k", value)
-    with pytest.raises(DataError) as theirs:
-        Connection().pack_command("SET", "k", value)
+def _released() -> memoryview:
+    view = memoryview(bytearray(b"secret-data-123"))
+    view.release()
+    return view
+
+
+@pytest.mark.parametrize(("args", "error"), [
+    (("SET", "k", True), DataError), (("SET", "k", None), DataError), (("SET", "k", bytearray(b"x")), DataError),
+    (("SET", "k", _released()), ValueError),  # hiredis would send freed memory
+    (("SET \udc80", "k"), UnicodeEncodeError), ((7, "k"), TypeError),
+], ids=["bool", "None", "bytearray", "released memoryview", "surrogate in the name", "int name"])
+def test_a_command_redis_py_refuses_is_refused_the_same_way(args, error):
+    with pytest.raises(error) as ours:
+        _hiredis_packing(Connection)(encoding_errors=ENCODING_ERRORS).pack_command(*args)
+    with pytest.raises(error) as theirs:
+        Connection(encoding_errors=ENCODING_ERRORS).pack_command(*args)
     assert str(ours.value) == str(theirs.value)
 
 
@@ -59,6 +89,8 @@ def test_sentinel_and_cluster_connections_pack_with_hiredis():
     pool = create_redis("redis://ignored:1/0", sentinels=[("127.0.0.1", 1)], sentinel_master="m").connection_pool
     assert issubclass(pool.connection_class, _HiredisPacking)
     assert issubclass(pool.connection_class, SentinelManagedConnection)
+    cluster = _Cluster(host="127.0.0.1", port=1)  # nodes it makes later, on a redirection, too
+    assert issubclass(cluster.nodes_manager.connection_kwargs["connection_class"], _HiredisPacking)
     node = _safe(ClusterNode("127.0.0.1", 1))
     assert issubclass(node.connection_class, _HiredisPacking) and issubclass(node.connection_class, Connection)
     assert _hiredis_packing(node.connection_class) is node.connection_class  # made once, not stacked
