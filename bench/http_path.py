@@ -226,7 +226,9 @@ def _child(args: argparse.Namespace) -> None:
 
 
 def _run_side(side: str, code: Path, redis_url: str, args: argparse.Namespace, cpu_prefix: list[str]) -> dict:
-    env = dict(os.environ, PYTHONPATH=str(code), LOG_LEVEL="WARNING")
+    from bench.environ import clean_environ
+
+    env = dict(clean_environ(), PYTHONPATH=str(code), LOG_LEVEL="WARNING")
     argv = cpu_prefix + [sys.executable, str(Path(__file__).resolve()), "--child", side, "--redis-url", redis_url,
                            "--orders", str(args.orders), "--connections", str(args.connections)]
     out = subprocess.run(argv, env=env, cwd=code, capture_output=True, text=True, check=False)

@@ -23,7 +23,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import os
 import shutil
 import signal
 import socket
@@ -38,6 +37,7 @@ import redis
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from bench.environ import clean_environ  # noqa: E402
 from streamcore.burst import post_burst  # noqa: E402
 from streamcore.keys import partition_keys  # noqa: E402
 
@@ -104,7 +104,7 @@ def wait_ping(port: int, timeout_s: float = 10.0) -> None:
 
 
 def component(module: str, env: dict[str, str]) -> subprocess.Popen:
-    return subprocess.Popen([sys.executable, "-m", module], cwd=ROOT, env={**os.environ, **env},
+    return subprocess.Popen([sys.executable, "-m", module], cwd=ROOT, env={**clean_environ(), **env},
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
 
 

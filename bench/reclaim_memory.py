@@ -139,7 +139,11 @@ def run_child(url: str, stream: str, limit: int, code: Path, *, group: str = GRO
         ``seconds`` of ``run_once`` (wall) and its ``cpu_s`` (the child's CPU time, user + system), ``peak_rss_mb`` (its ``VmHWM`` in MiB, see the module
         docstring), plus ``ru_maxrss_mb`` (from ``os.wait4``; includes the parent's RSS at fork).
     """
-    env = dict(os.environ, PYTHONPATH=str(code), REDIS_URL=url, STREAM_NAME=stream, GROUP_NAME=group,
+    if str(ROOT) not in sys.path:  # run as a script; the child imports nothing of this checkout's bench
+        sys.path.insert(0, str(ROOT))
+    from bench.environ import clean_environ
+
+    env = dict(clean_environ(), PYTHONPATH=str(code), REDIS_URL=url, STREAM_NAME=stream, GROUP_NAME=group,
                DLQ_STREAM=stream + ":dlq", RECLAIM_LIMIT=str(limit), CLAIM_IDLE_MS=str(CLAIM_IDLE_MS),
                HANDLER="bench.noop:handle", LOG_LEVEL="WARNING", REDIS_SOCKET_TIMEOUT_S="60")
     proc = subprocess.Popen([*argv_prefix, PY, str(Path(__file__).resolve()), "--child"], cwd=code, env=env,

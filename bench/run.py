@@ -71,6 +71,7 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 from bench import partitions, peers, reclaim_memory, wrk  # noqa: E402
+from bench.environ import clean_environ  # noqa: E402
 
 PY = sys.executable
 
@@ -139,20 +140,32 @@ def start_redis(tmp: Path, cpu: str | None) -> tuple[subprocess.Popen, str]:
                         "--appendonly", "yes", "--appendfsync", "everysec", "--auto-aof-rewrite-min-size", "1gb",
                         "--loglevel", "warning"],
         stdout=subprocess.DEVNULL)
-    return proc, f"redis://127.0.0.1:{port}/0"
+    url = f"redis://127.0.0.1:{port}/0"
+    _OWN_REDIS[url] = proc.pid
+    return proc, url
+
+
+#: URL -> PID of each redis-server :func:`start_redis` started: the only servers
+#: :func:`fresh_redis` empties.
+_OWN_REDIS: dict[str, int] = {}
 
 
 async def fresh_redis(url: str, timeout_s: float = 60.0) -> None:
     """Empty the bench's own Redis (``FLUSHALL``) and rewrite its AOF (``BGREWRITEAOF``, waited
     for through ``INFO persistence``), so the next measurement starts as every other did: what the
     sides before it wrote neither fills memory nor grows the AOF under it. Only for the
-    redis-server :func:`start_redis` started.
+    redis-server :func:`start_redis` started: the server answering at ``url`` must be that
+    process (``INFO server`` ``process_id``), not one that took the port when ours could not.
 
     Raises:
+        RuntimeError: the server at ``url`` is not one :func:`start_redis` started.
         TimeoutError: the rewrite did not finish within ``timeout_s`` seconds.
     """
     r = aioredis.Redis.from_url(url, decode_responses=True)
     try:
+        pid = (await r.info("server"))["process_id"]
+        if _OWN_REDIS.get(url) != pid:
+            raise RuntimeError(f"{url} is not the redis-server this bench started (process {pid}): not emptying it")
         await r.flushall()
         deadline = time.monotonic() + timeout_s
         while True:
@@ -214,7 +227,10 @@ async def wait_redis(url: str, timeout_s: float = 10.0) -> None:
 
 
 def env_for(url: str, **extra: object) -> dict[str, str]:
-    return dict(os.environ, REDIS_URL=url, LOG_LEVEL="WARNING", PYTHONPATH=str(ROOT),
+    """The environment of a process under test: this one's without our components' settings
+    (:func:`bench.environ.clean_environ`), then ``REDIS_URL`` (the bench's own Redis),
+    ``LOG_LEVEL=WARNING`` and ``extra``."""
+    return dict(clean_environ(), REDIS_URL=url, LOG_LEVEL="WARNING", PYTHONPATH=str(ROOT),
                 **{k: str(v) for k, v in extra.items()})
 
 

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import os
 import shutil
 import signal
 import socket
@@ -27,6 +26,9 @@ import aiohttp
 import redis
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from bench.environ import clean_environ  # noqa: E402
 
 
 def free_port() -> int:
@@ -99,7 +101,7 @@ def percentile(values: list[float], q: float) -> float:
 
 async def measure(redis_port: int, k: int, clients_list: list[int], seconds: float) -> list[dict]:
     port = free_port()
-    env = {**os.environ, "REDIS_URL": f"redis://127.0.0.1:{redis_port}/0", "PORT": str(port), "HOST": "127.0.0.1",
+    env = {**clean_environ(), "REDIS_URL": f"redis://127.0.0.1:{redis_port}/0", "PORT": str(port), "HOST": "127.0.0.1",
            "REDIS_WAIT_REPLICAS": str(k), "REDIS_WAIT_TIMEOUT_MS": "1000", "LOG_LEVEL": "WARNING",
            "STREAM_NAME": f"bench-wait-{k}", "DLQ_STREAM": f"bench-wait-{k}:dlq"}
     proc = subprocess.Popen([sys.executable, "-m", "producer"], cwd=ROOT, env=env)
