@@ -191,6 +191,22 @@ class CommonSettings(BaseSettings):
             raise ValueError("REDIS_TLS_* files are set but REDIS_URL does not start with rediss://")
         return self
 
+    @model_validator(mode="after")
+    def _text_is_utf8(self) -> "CommonSettings":
+        """A setting read from bytes that are not UTF-8 (Python gives them as lone surrogates)
+        is refused here, naming it: a text field without a length or pattern constraint
+        (POD_NAME, RECLAIMER_NAME) otherwise passed validation and failed later, with a
+        traceback, wherever the value was encoded (the settings log line, Redis)."""
+        for name, value in self:
+            if isinstance(value, str):
+                try:
+                    value.encode("utf-8")
+                except UnicodeEncodeError as exc:
+                    code = ord(value[exc.start])
+                    what = f"a byte 0x{code - 0xDC00:02x}" if 0xDC80 <= code <= 0xDCFF else "a lone surrogate"
+                    raise ValueError(f"{name.upper()} is not valid UTF-8 ({what} at position {exc.start})") from None
+        return self
+
     @property
     def tls_files(self) -> dict[str, str]:
         """The TLS files as redis-py connection keywords (``ssl_ca_certs``, ``ssl_certfile``,
@@ -277,6 +293,10 @@ class HandlingSettings(CommonSettings):
         # (exit 2, one line naming it), not a traceback and a crash loop once the worker starts.
         from streamcore.handling import load_handler
 
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError as exc:  # not a module path; raised as it is, pydantic failed on it
+            raise ValueError(f"is not valid UTF-8 (at position {exc.start})") from None
         try:
             load_handler(value)
         except (ImportError, AttributeError) as exc:

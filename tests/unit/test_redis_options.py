@@ -121,3 +121,26 @@ def test_the_operator_follows_sentinel_for_its_own_url_only():
     assert isinstance(runtime.redis_for(own).connection_pool, BlockingSentinelPool)
     other = runtime.redis_for("redis://elsewhere:6379/0").connection_pool
     assert not isinstance(other, BlockingSentinelPool) and other.connection_kwargs["host"] == "elsewhere"
+
+
+@pytest.mark.parametrize(("cls", "field", "value", "message"), [
+    ("consumer.settings:ConsumerSettings", "pod_name", "bk-c\udcff", "POD_NAME is not valid UTF-8 (a byte 0xff at position 4)"),
+    ("producer.settings:ProducerSettings", "host", "0.0.0.\ud800", "HOST is not valid UTF-8 (a lone surrogate at position 6)"),
+])
+def test_a_setting_that_is_not_utf8_is_refused_naming_it(cls, field, value, message):
+    import importlib
+
+    module, name = cls.split(":")
+    settings_class = getattr(importlib.import_module(module), name)
+    with pytest.raises(ValidationError) as info:
+        settings_class(**{field: value})
+    assert describe_errors(info.value, settings_class) == f"invalid settings: {message}"
+
+
+def test_a_handler_that_is_not_utf8_is_refused_naming_it():
+    from reclaimer.settings import ReclaimerSettings
+
+    with pytest.raises(ValidationError) as info:
+        ReclaimerSettings(handler="consumer.handler:x\udcff")
+    assert describe_errors(info.value, ReclaimerSettings) == (
+        "invalid setting HANDLER='consumer.handler:x\\udcff': is not valid UTF-8 (at position 18)")
