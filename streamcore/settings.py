@@ -49,6 +49,19 @@ def parse_sentinels(text: str) -> list[tuple[str, int]]:
     return found
 
 
+def _not_utf8(value: str) -> str | None:
+    """None when ``value`` encodes as UTF-8, else where it does not: ``"a byte 0xff at position
+    4"`` for a byte that was not UTF-8 (read with ``surrogateescape``), ``"a lone surrogate at
+    position 4"`` otherwise."""
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        code = ord(value[exc.start])
+        what = f"a byte 0x{code - 0xDC00:02x}" if 0xDC80 <= code <= 0xDCFF else "a lone surrogate"
+        return f"{what} at position {exc.start}"
+    return None
+
+
 class CommonSettings(BaseSettings):
     """What every component needs: where Redis is and which stream and group to use."""
 
@@ -195,16 +208,11 @@ class CommonSettings(BaseSettings):
     def _text_is_utf8(self) -> "CommonSettings":
         """A setting read from bytes that are not UTF-8 (Python gives them as lone surrogates)
         is refused here, naming it: a text field without a length or pattern constraint
-        (POD_NAME, RECLAIMER_NAME) otherwise passed validation and failed later, with a
-        traceback, wherever the value was encoded (the settings log line, Redis)."""
+        (POD_NAME, HOST) otherwise passed validation and failed later, with a traceback,
+        wherever the value was encoded (the settings log line, Redis)."""
         for name, value in self:
-            if isinstance(value, str):
-                try:
-                    value.encode("utf-8")
-                except UnicodeEncodeError as exc:
-                    code = ord(value[exc.start])
-                    what = f"a byte 0x{code - 0xDC00:02x}" if 0xDC80 <= code <= 0xDCFF else "a lone surrogate"
-                    raise ValueError(f"{name.upper()} is not valid UTF-8 ({what} at position {exc.start})") from None
+            if isinstance(value, str) and (problem := _not_utf8(value)):
+                raise ValueError(f"{name.upper()} is not valid UTF-8 ({problem})")
         return self
 
     @property
@@ -293,10 +301,9 @@ class HandlingSettings(CommonSettings):
         # (exit 2, one line naming it), not a traceback and a crash loop once the worker starts.
         from streamcore.handling import load_handler
 
-        try:
-            value.encode("utf-8")
-        except UnicodeEncodeError as exc:  # not a module path; raised as it is, pydantic failed on it
-            raise ValueError(f"is not valid UTF-8 (at position {exc.start})") from None
+        # Before the import: its UnicodeEncodeError, raised as it is, failed pydantic's own error.
+        if problem := _not_utf8(value):
+            raise ValueError(f"is not valid UTF-8 ({problem})")
         try:
             load_handler(value)
         except (ImportError, AttributeError) as exc:

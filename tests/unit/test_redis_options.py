@@ -143,4 +143,4 @@ def test_a_handler_that_is_not_utf8_is_refused_naming_it():
     with pytest.raises(ValidationError) as info:
         ReclaimerSettings(handler="consumer.handler:x\udcff")
     assert describe_errors(info.value, ReclaimerSettings) == (
-        "invalid setting HANDLER='consumer.handler:x\\udcff': is not valid UTF-8 (at position 18)")
+        "invalid setting HANDLER='consumer.handler:x\\udcff': is not valid UTF-8 (a byte 0xff at position 18)")
